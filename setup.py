@@ -1,0 +1,32 @@
+"""sincmi: speaker representations with mutual information (LIM) on SincNet, as SpeechBrain recipes."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sincmi",
+    version="0.1.0",
+    description="Learning speaker representations with mutual information (Local Info Max) "
+    "on a SincNet encoder, as SpeechBrain recipes",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["sincmi", "sincmi.*"]),
+    python_requires=">=3.9",
+    # torch, torchaudio and speechbrain are pinned together: this torchaudio is
+    # built against this torch (a CPU torch beside a CUDA torchaudio cannot
+    # load libc10_cuda.so), and speechbrain 1.1.2 is the release tested here.
+    install_requires=[
+        "torch==2.14.1",
+        "torchaudio==2.11.0",
+        "speechbrain==1.1.2",
+        "hyperpyyaml>=1.2.2",
+        "sentencepiece>=0.2.0",
+        "numpy>=1.24",
+        "pandas>=2.0",
+        "soundfile>=0.12",
+        "tqdm>=4.60",
+        # The Demo corpus is synthesised with eSpeak NG; this wheel ships the
+        # library and its voices, so no system package is needed.
+        "espeakng-loader==0.2.4",
+    ],
+    extras_require={"dev": ["pytest>=8"]},
+)
