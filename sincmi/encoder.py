@@ -1,0 +1,332 @@
+"""SincNet encoder: raw waveform chunks -> speaker embeddings.
+
+The reference configuration is SincNet's TIMIT one (Ravanelli & Bengio, 2018):
+input LayerNorm; 80 sinc band-pass filters of 251 taps (valid convolution),
+|.|, max-pool 3, LayerNorm, LeakyReLU(0.2); two 60x5 convolutions with the same
+pool/norm/activation; flatten (60 x 107 for a 3200-sample chunk); three fully
+connected layers of 2048 units with BatchNorm and LeakyReLU. The chunk
+embedding is the output of the last fully connected layer.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def hz_to_mel(hz):
+    """Converts Hz to mel (O'Shaughnessy's formula)."""
+    return 2595.0 * math.log10(1.0 + hz / 700.0)
+
+
+def mel_to_hz(mel):
+    """Converts mel to Hz (inverse of :func:`hz_to_mel`)."""
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+class SincConv(nn.Module):
+    """Learnable band-pass sinc filters applied as a valid 1-D convolution.
+
+    Each filter is the difference of two low-pass sinc filters with learnable
+    low cut-off ``f1`` and bandwidth ``f2 - f1``, windowed by a Hamming window
+    and normalised to unit gain at the band centre. Cut-offs are stored as
+    fractions of the sample rate (as in the original SincNet ``sinc_conv``):
+    stored in Hz, an optimiser's step of 1e-3 would barely move them.
+
+    Arguments
+    ---------
+    out_channels : int
+        Number of filters.
+    kernel_size : int
+        Number of taps (made odd if even).
+    sample_rate : int
+        Sample rate of the input, in Hz.
+    min_low_hz, min_band_hz : float
+        Lower bounds of the low cut-off and of the bandwidth, in Hz.
+
+    Example
+    -------
+    >>> conv = SincConv(8, 51)
+    >>> conv(torch.randn(2, 1, 400)).shape
+    torch.Size([2, 8, 350])
+    """
+
+    def __init__(
+        self,
+        out_channels=80,
+        kernel_size=251,
+        sample_rate=16000,
+        min_low_hz=50.0,
+        min_band_hz=50.0,
+    ):
+        super().__init__()
+        if kernel_size % 2 == 0:
+            kernel_size += 1
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.sample_rate = sample_rate
+        self.min_low = min_low_hz / sample_rate
+        self.min_band = min_band_hz / sample_rate
+
+        # Mel-spaced initial bands between 30 Hz and Nyquist.
+        high_hz = sample_rate / 2 - (min_low_hz + min_band_hz)
+        mels = torch.linspace(hz_to_mel(30.0), hz_to_mel(high_hz), out_channels + 1)
+        edges = torch.tensor([mel_to_hz(float(m)) for m in mels]) / sample_rate
+        self.low = nn.Parameter(edges[:-1].clone().unsqueeze(1))
+        self.band = nn.Parameter((edges[1:] - edges[:-1]).unsqueeze(1))
+
+        half = (kernel_size - 1) // 2
+        n = torch.arange(-half, half + 1, dtype=torch.float32)
+        self.register_buffer("n", n, persistent=False)
+        self.register_buffer(
+            "window", torch.hamming_window(kernel_size, periodic=False), persistent=False
+        )
+
+    def cutoffs(self):
+        """Returns the low and high cut-offs ``(f1, f2)`` as fractions of fs."""
+        f1 = self.min_low + self.low.abs()
+        f2 = torch.clamp(f1 + self.min_band + self.band.abs(), self.min_low, 0.5)
+        return f1, f2
+
+    def filters(self):
+        """Returns the filter bank, shape ``(out_channels, 1, kernel_size)``."""
+        f1, f2 = self.cutoffs()
+        n = self.n
+        center = n == 0
+        safe_n = torch.where(center, torch.ones_like(n), n)
+        # h[n] = (sin(2 pi f2 n) - sin(2 pi f1 n)) / (pi n); h[0] = 2 (f2 - f1)
+        h = (torch.sin(2 * math.pi * f2 * safe_n) - torch.sin(2 * math.pi * f1 * safe_n)) / (
+            math.pi * safe_n
+        )
+        h = torch.where(center, 2 * (f2 - f1), h)
+        h = h / (2 * (f2 - f1)) * self.window
+        return h.unsqueeze(1)
+
+    def forward(self, x):
+        """Filters ``x`` of shape ``(batch, 1, time)``."""
+        return F.conv1d(x, self.filters().to(x.dtype))
+
+
+class ConvBlock(nn.Module):
+    """Convolution -> (abs) -> max-pool -> LayerNorm -> LeakyReLU.
+
+    The LayerNorm has one gain and bias per channel and time step. With
+    ``norm_over="time"`` it normalises each channel over time, as SincNet's
+    own LayerNorm does (this discards the relative energy of the channels);
+    with ``"channel_time"`` it normalises the whole feature map at once.
+    """
+
+    def __init__(self, conv, out_length, pool, use_abs=False, negative_slope=0.2, norm_over="time"):
+        super().__init__()
+        if norm_over not in ("time", "channel_time"):
+            raise ValueError(f"norm_over must be 'time' or 'channel_time', got {norm_over!r}")
+        self.norm_dims = 1 if norm_over == "time" else 2
+        self.conv = conv
+        self.pool = pool
+        self.use_abs = use_abs
+        self.negative_slope = negative_slope
+        channels = conv.out_channels
+        self.gain = nn.Parameter(torch.ones(channels, out_length))
+        self.bias = nn.Parameter(torch.zeros(channels, out_length))
+
+    def forward(self, x):
+        """Maps ``(batch, in_channels, time)`` to ``(batch, channels, time')``."""
+        x = self.conv(x)
+        if self.use_abs:
+            x = x.abs()
+        if self.pool > 1:
+            x = F.max_pool1d(x, self.pool)
+        x = F.layer_norm(x, x.shape[-self.norm_dims :]) * self.gain + self.bias
+        return F.leaky_relu(x, self.negative_slope)
+
+
+class SincNetEncoder(nn.Module):
+    """SincNet: waveform chunks ``(batch, chunk_size)`` -> embeddings ``(batch, D)``.
+
+    Arguments
+    ---------
+    chunk_size : int
+        Samples per chunk (3200 = 200 ms at 16 kHz).
+    sample_rate : int
+        Sample rate in Hz.
+    sinc_filters, sinc_kernel : int
+        Number and length of the sinc band-pass filters.
+    conv_channels, conv_kernels : list of int
+        Channels and kernel sizes of the ordinary convolutions after the sinc layer.
+    pool : int
+        Max-pool size after every convolution.
+    fc_sizes : list of int
+        Sizes of the fully connected layers; the last one is the embedding size.
+    negative_slope : float
+        LeakyReLU slope.
+    min_low_hz, min_band_hz : float
+        Lower bounds of the sinc cut-off and bandwidth, in Hz.
+    norm_over : str
+        ``"time"`` (SincNet: each channel normalised over time) or
+        ``"channel_time"`` (the whole feature map), see :class:`ConvBlock`.
+
+    Example
+    -------
+    >>> enc = SincNetEncoder(chunk_size=800, sinc_filters=8, sinc_kernel=51,
+    ...                      conv_channels=[8], conv_kernels=[5], fc_sizes=[16])
+    >>> enc(torch.randn(4, 800)).shape
+    torch.Size([4, 16])
+    """
+
+    def __init__(
+        self,
+        chunk_size=3200,
+        sample_rate=16000,
+        sinc_filters=80,
+        sinc_kernel=251,
+        conv_channels=(60, 60),
+        conv_kernels=(5, 5),
+        pool=3,
+        fc_sizes=(2048, 2048, 2048),
+        negative_slope=0.2,
+        min_low_hz=50.0,
+        min_band_hz=50.0,
+        norm_over="time",
+    ):
+        super().__init__()
+        if len(conv_channels) != len(conv_kernels):
+            raise ValueError(
+                f"conv_channels ({list(conv_channels)}) and conv_kernels "
+                f"({list(conv_kernels)}) must have the same length"
+            )
+        self.chunk_size = chunk_size
+        self.sample_rate = sample_rate
+        self.input_norm = nn.LayerNorm(chunk_size)
+
+        sinc = SincConv(sinc_filters, sinc_kernel, sample_rate, min_low_hz, min_band_hz)
+        length = (chunk_size - sinc.kernel_size + 1) // pool
+        blocks = [ConvBlock(sinc, length, pool, True, negative_slope, norm_over)]
+        in_channels = sinc_filters
+        for channels, kernel in zip(conv_channels, conv_kernels):
+            length = (length - kernel + 1) // pool
+            conv = nn.Conv1d(in_channels, channels, kernel)
+            blocks.append(ConvBlock(conv, length, pool, False, negative_slope, norm_over))
+            in_channels = channels
+        if length < 1:
+            raise ValueError(
+                f"chunk_size={chunk_size} is too short for the convolution stack "
+                "(kernel sizes and pooling leave no output); use longer chunks"
+            )
+        self.conv_blocks = nn.ModuleList(blocks)
+        self.conv_output_shape = (in_channels, length)
+
+        layers = []
+        in_features = in_channels * length
+        for size in fc_sizes:
+            layers += [
+                nn.Linear(in_features, size),
+                nn.BatchNorm1d(size, momentum=0.05),
+                nn.LeakyReLU(negative_slope),
+            ]
+            in_features = size
+        self.fc = nn.Sequential(*layers)
+        self.embedding_size = in_features
+
+    def conv_features(self, chunks):
+        """Returns the convolutional feature map ``(batch, channels, frames)``."""
+        x = self.input_norm(chunks).unsqueeze(1)
+        for block in self.conv_blocks:
+            x = block(x)
+        return x
+
+    def forward(self, chunks, lens=None):
+        """Embeds chunks of shape ``(batch, chunk_size)``.
+
+        ``lens`` is accepted for SpeechBrain-style calls and ignored: every
+        chunk is complete by construction.
+        """
+        if chunks.dim() != 2 or chunks.shape[1] != self.chunk_size:
+            raise ValueError(
+                f"expected chunks of shape (batch, {self.chunk_size}), "
+                f"got {tuple(chunks.shape)}"
+            )
+        return self.fc(self.conv_features(chunks).flatten(1))
+
+    def embed_utterances(self, wavs, lens=None, shift=None, max_chunks=64):
+        """Utterance embeddings: mean of L2-normalised chunk embeddings.
+
+        See :func:`utterance_embeddings`.
+        """
+        return utterance_embeddings(self, wavs, lens, self.chunk_size, shift, max_chunks)
+
+
+def chunk_waveforms(wavs, lens, chunk_size, shift):
+    """Cuts padded waveforms into overlapping chunks, without Python loops.
+
+    Arguments
+    ---------
+    wavs : torch.Tensor
+        ``(batch, time)`` padded waveforms.
+    lens : torch.Tensor or None
+        Relative lengths in [0, 1] (SpeechBrain convention); None means full.
+    chunk_size, shift : int
+        Window and hop, in samples.
+
+    Returns
+    -------
+    chunks : torch.Tensor
+        ``(num_chunks, chunk_size)``, every chunk entirely inside its signal.
+    owner : torch.Tensor
+        ``(num_chunks,)`` index of the waveform each chunk comes from.
+
+    A waveform shorter than ``chunk_size`` is zero-padded to one chunk so that
+    every waveform owns at least one chunk.
+
+    Example
+    -------
+    >>> chunks, owner = chunk_waveforms(torch.ones(2, 10), torch.tensor([1.0, 0.6]), 4, 2)
+    >>> owner.tolist()
+    [0, 0, 0, 0, 1, 1]
+    """
+    batch, time = wavs.shape
+    if lens is None:
+        samples = torch.full((batch,), time, device=wavs.device)
+    else:
+        samples = torch.round(lens.to(wavs.device) * time).long()
+    if time < chunk_size:
+        wavs = F.pad(wavs, (0, chunk_size - time))
+    windows = wavs.unfold(1, chunk_size, shift)  # (batch, frames, chunk)
+    starts = torch.arange(windows.shape[1], device=wavs.device) * shift
+    valid = starts.unsqueeze(0) + chunk_size <= samples.unsqueeze(1)
+    valid[:, 0] = True
+    owner = torch.arange(batch, device=wavs.device).unsqueeze(1).expand_as(valid)
+    return windows[valid], owner[valid]
+
+
+def utterance_embeddings(encoder, wavs, lens=None, chunk_size=3200, shift=None, max_chunks=64):
+    """Embeds whole utterances as the mean of their L2-normalised chunk embeddings.
+
+    Arguments
+    ---------
+    encoder : callable
+        Maps ``(n, chunk_size)`` chunks to ``(n, D)`` embeddings.
+    wavs : torch.Tensor
+        ``(batch, time)`` padded waveforms.
+    lens : torch.Tensor or None
+        Relative lengths (SpeechBrain convention).
+    chunk_size : int
+        Chunk length in samples.
+    shift : int or None
+        Hop between chunks; defaults to half a chunk.
+    max_chunks : int
+        Chunks encoded per forward call, to bound memory on long inputs.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(batch, D)`` utterance embeddings (not re-normalised).
+    """
+    shift = shift or chunk_size // 2
+    chunks, owner = chunk_waveforms(wavs, lens, chunk_size, shift)
+    pieces = [encoder(chunks[i : i + max_chunks]) for i in range(0, len(chunks), max_chunks)]
+    emb = F.normalize(torch.cat(pieces), dim=-1)
+    total = torch.zeros(wavs.shape[0], emb.shape[1], device=emb.device, dtype=emb.dtype)
+    total.index_add_(0, owner, emb)
+    counts = torch.bincount(owner, minlength=wavs.shape[0]).clamp(min=1)
+    return total / counts.unsqueeze(1).to(emb.dtype)

@@ -1,0 +1,35 @@
+"""Critics: the fast pairwise path equals the direct definition."""
+
+import torch
+
+from sincmi.discriminator import BilinearDiscriminator, CosineDiscriminator, MLPDiscriminator
+
+
+def test_mlp_pairwise_equals_mlp_on_concatenation():
+    torch.manual_seed(0)
+    critic = MLPDiscriminator(6, 10, num_layers=2)
+    a, b = torch.randn(4, 6), torch.randn(5, 6)
+    index = torch.tensor([[0, 1], [2, 3], [4, 0], [1, 1]])
+    fast = critic.pairwise(a, b, index)
+    # Direct: one Linear on [z1; z2], then the rest of the MLP.
+    weight = torch.cat([critic.first.weight, critic.second.weight], dim=1)
+    for i in range(4):
+        for k in range(2):
+            x = torch.cat([a[i], b[index[i, k]]])
+            hidden = weight @ x + critic.first.bias
+            direct = critic.rest(hidden.unsqueeze(0)).squeeze()
+            assert torch.allclose(fast[i, k], direct, atol=1e-5)
+
+
+def test_cosine_and_bilinear_definitions():
+    torch.manual_seed(1)
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+    cos = CosineDiscriminator(init_scale=4.0, init_bias=-1.0)
+    expected = 4.0 * torch.nn.functional.cosine_similarity(a, b) - 1.0
+    assert torch.allclose(cos(a, b), expected, atol=1e-5)
+    bil = BilinearDiscriminator(5)
+    with torch.no_grad():
+        bil.weight.copy_(torch.randn(5, 5))
+        bil.bias.fill_(0.5)
+    expected = torch.einsum("nd,de,ne->n", a, bil.weight, b) + 0.5
+    assert torch.allclose(bil(a, b), expected, atol=1e-5)
