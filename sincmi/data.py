@@ -1,0 +1,159 @@
+"""Manifests -> SpeechBrain datasets.
+
+Three views of a manifest (``ID,duration,wav,start,stop,spk_id``):
+
+* :func:`pair_dataset`: two random chunks of each sentence (LIM pretraining);
+* :func:`chunk_dataset`: one random labelled chunk per sentence (speaker id);
+* :func:`sentence_dataset`: whole sentences (evaluation; chunked in the Brain).
+
+Audio is read with soundfile, and only the frames needed: a chunk read never
+loads the whole file.
+"""
+
+import math
+import random
+
+import soundfile as sf
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataio import load_data_csv
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.encoder import CategoricalEncoder
+
+
+def read_segment(path, start, frames):
+    """Reads ``frames`` samples from ``start`` as a mono float32 tensor.
+
+    Multi-channel audio is down-mixed by averaging channels.
+    """
+    data, _ = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
+    return torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])
+
+
+def random_chunk(path, start, stop, chunk_size, gain_range=None):
+    """Reads one chunk at a uniformly random offset inside ``[start, stop)``."""
+    span = stop - start
+    offset = start + int(torch.randint(0, max(span - chunk_size, 0) + 1, (1,)))
+    chunk = read_segment(path, offset, chunk_size)
+    if chunk.shape[0] < chunk_size:  # segment shorter than a chunk: zero-pad
+        chunk = torch.nn.functional.pad(chunk, (0, chunk_size - chunk.shape[0]))
+    if gain_range is not None:
+        low, high = gain_range
+        chunk = chunk * (low + (high - low) * float(torch.rand(())))
+    return chunk
+
+
+def load_manifest(csv_path, data_root):
+    """Reads a manifest into SpeechBrain's ``{id: row}`` form (``$data_root`` replaced)."""
+    data = load_data_csv(csv_path, replacements={"data_root": data_root})
+    for row in data.values():
+        row["start"] = int(row["start"])
+        row["stop"] = int(row["stop"])
+    return data
+
+
+def pair_dataset(data, chunk_size, gain_range=None):
+    """Dataset of ``(anchor, positive)`` chunk pairs, one pair per sentence.
+
+    Arguments
+    ---------
+    data : dict
+        ``{id: row}`` from :func:`load_manifest`.
+    chunk_size : int
+        Samples per chunk.
+    gain_range : tuple of float, optional
+        Random gain applied to each chunk independently.
+
+    Output keys: ``id``, ``anchor``, ``positive``.
+    """
+    dataset = DynamicItemDataset(data)
+
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.provides("anchor", "positive")
+    def pair_pipeline(wav, start, stop):
+        yield random_chunk(wav, start, stop, chunk_size, gain_range)
+        yield random_chunk(wav, start, stop, chunk_size, gain_range)
+
+    dataset.add_dynamic_item(pair_pipeline)
+    dataset.set_output_keys(["id", "anchor", "positive"])
+    return dataset
+
+
+def chunk_dataset(data, chunk_size, label_encoder, gain_range=None):
+    """Dataset of one random labelled chunk per sentence.
+
+    Output keys: ``id``, ``chunk``, ``spk_id_encoded``.
+    """
+    dataset = DynamicItemDataset(data)
+
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.provides("chunk")
+    def chunk_pipeline(wav, start, stop):
+        return random_chunk(wav, start, stop, chunk_size, gain_range)
+
+    dataset.add_dynamic_item(chunk_pipeline)
+    _add_label_pipeline(dataset, label_encoder)
+    dataset.set_output_keys(["id", "chunk", "spk_id_encoded"])
+    return dataset
+
+
+def sentence_dataset(data, label_encoder=None):
+    """Dataset of whole sentences (``id``, ``sig`` and, with labels, ``spk_id_encoded``)."""
+    dataset = DynamicItemDataset(data)
+
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.provides("sig")
+    def sentence_pipeline(wav, start, stop):
+        return read_segment(wav, start, stop - start)
+
+    dataset.add_dynamic_item(sentence_pipeline)
+    keys = ["id", "sig"]
+    if label_encoder is not None:
+        _add_label_pipeline(dataset, label_encoder)
+        keys.append("spk_id_encoded")
+    dataset.set_output_keys(keys)
+    return dataset
+
+
+def _add_label_pipeline(dataset, label_encoder):
+    @sb.utils.data_pipeline.takes("spk_id")
+    @sb.utils.data_pipeline.provides("spk_id_encoded")
+    def label_pipeline(spk_id):
+        return torch.LongTensor([label_encoder.encode_label(spk_id)])
+
+    dataset.add_dynamic_item(label_pipeline)
+
+
+def speaker_label_encoder(data, path):
+    """Creates (or reloads from ``path``) the speaker label encoder of ``data``."""
+    encoder = CategoricalEncoder()
+    encoder.load_or_create(path, from_iterables=[sorted({row["spk_id"] for row in data.values()})])
+    return encoder
+
+
+def label_subset(data, fraction, seed=1234):
+    """Keeps a fraction of the labelled sentences of every speaker.
+
+    Each speaker keeps ``ceil(fraction * n)`` of its n sentences (at least
+    one), chosen with a fixed seed, so every class stays represented.
+
+    Example
+    -------
+    >>> data = {f"u{i}": {"spk_id": "ab"[i % 2]} for i in range(10)}
+    >>> kept = label_subset(data, 0.4)  # ceil(0.4 * 5) = 2 of each speaker's 5
+    >>> sorted(row["spk_id"] for row in kept.values())
+    ['a', 'a', 'b', 'b']
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return data
+    by_speaker = {}
+    for utt_id in sorted(data):
+        by_speaker.setdefault(data[utt_id]["spk_id"], []).append(utt_id)
+    rng = random.Random(seed)
+    keep = set()
+    for spk in sorted(by_speaker):
+        ids = by_speaker[spk]
+        keep.update(rng.sample(ids, max(1, math.ceil(fraction * len(ids)))))
+    return {utt_id: data[utt_id] for utt_id in sorted(keep)}

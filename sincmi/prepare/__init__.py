@@ -1,0 +1,1 @@
+"""Corpus preparation: audio folders -> CSV manifests (one module per corpus)."""

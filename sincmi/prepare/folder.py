@@ -1,0 +1,185 @@
+"""Prepares any folder laid out as ``<data_folder>/<speaker>/**/*.{wav,flac}``.
+
+Used by the Demo recipe (on the synthetic corpus or on a user's recordings).
+Speakers are split into *training* speakers (unlabelled pretraining and the
+speaker-id probe: train / valid / test sentences) and *verification* speakers,
+never seen in training, whose utterances form the verification trials.
+
+Outputs in ``save_folder``: ``train.csv``, ``valid.csv``, ``test.csv``,
+``verification.csv``, ``trials.txt`` (``label enrol test``), ``skipped.csv``.
+"""
+
+import itertools
+import logging
+import os
+import random
+
+import soundfile as sf
+
+from sincmi.prepare.manifest import (
+    already_prepared,
+    mark_prepared,
+    report_skipped,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac")
+OUTPUTS = ["train.csv", "valid.csv", "test.csv", "verification.csv", "trials.txt"]
+
+
+def find_speaker_files(data_folder):
+    """Maps each speaker folder to its sorted audio files (relative paths)."""
+    if not data_folder or not os.path.isdir(data_folder):
+        raise FileNotFoundError(
+            f"data_folder {data_folder!r} does not exist. Pass --data_folder=DIR with "
+            "DIR/<speaker>/**/*.wav (or .flac), or leave it null to synthesise the Demo corpus."
+        )
+    speakers = {}
+    for spk in sorted(os.listdir(data_folder)):
+        spk_dir = os.path.join(data_folder, spk)
+        if not os.path.isdir(spk_dir):
+            continue
+        files = []
+        for root, _, names in os.walk(spk_dir):
+            for name in names:
+                if name.lower().endswith(AUDIO_EXTENSIONS):
+                    files.append(os.path.relpath(os.path.join(root, name), data_folder))
+        if files:
+            speakers[spk] = sorted(files)
+    if not speakers:
+        raise ValueError(
+            f"data_folder {data_folder!r} holds no audio: expected "
+            f"<speaker>/**/*{{{','.join(AUDIO_EXTENSIONS)}}} below it."
+        )
+    return speakers
+
+
+def inspect_audio(path, sample_rate, min_samples):
+    """Returns ``(frames, None)`` for a usable file, ``(None, reason)`` otherwise."""
+    try:
+        info = sf.info(path)
+    except Exception as err:  # soundfile raises several types for bad files
+        return None, f"unreadable audio ({type(err).__name__}: {err})".replace("\n", " ")
+    if info.samplerate != sample_rate:
+        return None, f"sample rate {info.samplerate} Hz, expected {sample_rate} Hz"
+    if info.frames < min_samples:
+        return None, f"too short ({info.frames} samples < {min_samples}, one chunk)"
+    return info.frames, None
+
+
+def prepare_folder(
+    data_folder,
+    save_folder,
+    sample_rate=16000,
+    min_samples=3200,
+    num_verification_speakers=20,
+    valid_per_speaker=2,
+    test_per_speaker=4,
+    max_trials=200000,
+    seed=1234,
+):
+    """Writes the manifests of a speaker folder; skipped if already done.
+
+    Arguments
+    ---------
+    data_folder : str
+        ``<data_folder>/<speaker>/**/*.{wav,flac}``.
+    save_folder : str
+        Where the manifests are written.
+    sample_rate : int
+        Expected sample rate; other files are skipped and listed.
+    min_samples : int
+        Shortest usable file (one chunk); shorter files are skipped and listed.
+    num_verification_speakers : int
+        Speakers held out of training for verification trials.
+    valid_per_speaker, test_per_speaker : int
+        Sentences of each training speaker held out for validation and for the
+        sentence-level speaker-id test.
+    max_trials : int
+        Verification uses every pair of held-out utterances, subsampled to at
+        most this many trials.
+    seed : int
+        Seed of the speaker and sentence splits.
+    """
+    opts = {
+        "data_folder": os.path.abspath(data_folder) if data_folder else data_folder,
+        "sample_rate": sample_rate,
+        "min_samples": min_samples,
+        "num_verification_speakers": num_verification_speakers,
+        "valid_per_speaker": valid_per_speaker,
+        "test_per_speaker": test_per_speaker,
+        "max_trials": max_trials,
+        "seed": seed,
+    }
+    if already_prepared(save_folder, opts, OUTPUTS):
+        logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
+        return
+    os.makedirs(save_folder, exist_ok=True)
+
+    speakers = find_speaker_files(data_folder)
+    rows, skipped = {}, []
+    for spk, files in speakers.items():
+        for rel in files:
+            frames, reason = inspect_audio(os.path.join(data_folder, rel), sample_rate, min_samples)
+            if reason:
+                skipped.append((os.path.join(data_folder, rel), reason))
+                continue
+            utt_id = spk + "-" + os.path.splitext(rel)[0].replace(os.sep, "-")
+            rows.setdefault(spk, []).append(
+                {
+                    "ID": utt_id,
+                    "duration": round(frames / sample_rate, 4),
+                    "wav": "$data_root/" + rel.replace(os.sep, "/"),
+                    "start": 0,
+                    "stop": frames,
+                    "spk_id": spk,
+                }
+            )
+    report_skipped(save_folder, skipped)
+
+    names = sorted(rows)
+    if len(names) - num_verification_speakers < 2 or num_verification_speakers < 2:
+        raise ValueError(
+            f"{data_folder}: {len(names)} speaker(s) with usable audio; "
+            f"num_verification_speakers={num_verification_speakers} must be >= 2 and leave "
+            ">= 2 training speakers. Add speakers or lower num_verification_speakers."
+        )
+    rng = random.Random(seed)
+    rng.shuffle(names)
+    verification_speakers = sorted(names[:num_verification_speakers])
+    training_speakers = sorted(names[num_verification_speakers:])
+
+    splits = {"train": [], "valid": [], "test": []}
+    for spk in training_speakers:
+        utts = list(rows[spk])
+        rng.shuffle(utts)
+        held = min(valid_per_speaker + test_per_speaker, len(utts) - 1)
+        n_test = min(test_per_speaker, held)
+        splits["test"] += utts[:n_test]
+        splits["valid"] += utts[n_test:held]
+        splits["train"] += utts[held:]
+        if held < valid_per_speaker + test_per_speaker:
+            logger.warning(f"speaker {spk} has only {len(utts)} usable file(s); fewer held out")
+    for name, split_rows in splits.items():
+        write_manifest(os.path.join(save_folder, f"{name}.csv"), sorted(split_rows, key=lambda r: r["ID"]))
+
+    verification = sorted((r for spk in verification_speakers for r in rows[spk]), key=lambda r: r["ID"])
+    write_manifest(os.path.join(save_folder, "verification.csv"), verification)
+    trials = [
+        (int(a["spk_id"] == b["spk_id"]), a["ID"], b["ID"])
+        for a, b in itertools.combinations(verification, 2)
+    ]
+    if len(trials) > max_trials:
+        trials = sorted(rng.sample(trials, max_trials), key=lambda t: (t[1], t[2]))
+    with open(os.path.join(save_folder, "trials.txt"), "w") as f:
+        f.writelines(f"{label} {enrol} {test}\n" for label, enrol, test in trials)
+
+    mark_prepared(save_folder, opts)
+    logger.info(
+        f"Prepared {data_folder}: {len(training_speakers)} training speakers "
+        f"({len(splits['train'])}/{len(splits['valid'])}/{len(splits['test'])} "
+        f"train/valid/test sentences), {len(verification_speakers)} verification speakers "
+        f"({len(verification)} utterances, {len(trials)} trials), {len(skipped)} skipped"
+    )

@@ -1,0 +1,63 @@
+"""Writing and checking CSV manifests shared by every corpus preparer.
+
+A manifest row is one sentence: ``ID,duration,wav,start,stop,spk_id``, with
+``start``/``stop`` in samples and ``wav`` relative to ``$data_root``.
+"""
+
+import csv
+import json
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+FIELDS = ["ID", "duration", "wav", "start", "stop", "spk_id"]
+OPTS_FILE = "prepare_opts.json"
+SKIPPED_FILE = "skipped.csv"
+
+
+def write_manifest(path, rows):
+    """Writes ``rows`` (dicts with :data:`FIELDS`) to ``path`` atomically."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_manifest(path):
+    """Returns the rows of a manifest as a list of dicts."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def already_prepared(save_folder, opts, outputs):
+    """True if ``outputs`` exist in ``save_folder`` and were made with ``opts``."""
+    opts_file = os.path.join(save_folder, OPTS_FILE)
+    if not all(os.path.isfile(os.path.join(save_folder, name)) for name in outputs):
+        return False
+    if not os.path.isfile(opts_file):
+        return False
+    with open(opts_file) as f:
+        return json.load(f) == opts
+
+
+def mark_prepared(save_folder, opts):
+    """Records ``opts`` once all manifests are written."""
+    with open(os.path.join(save_folder, OPTS_FILE), "w") as f:
+        json.dump(opts, f, indent=2)
+
+
+def report_skipped(save_folder, skipped):
+    """Writes ``skipped.csv`` (file, reason) and logs a summary."""
+    path = os.path.join(save_folder, SKIPPED_FILE)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "reason"])
+        writer.writerows(skipped)
+    if skipped:
+        logger.warning(f"Skipped {len(skipped)} audio file(s); see {path}")
+        for file, reason in skipped[:5]:
+            logger.warning(f"  skipped {file}: {reason}")
+    return path
