@@ -1,0 +1,167 @@
+"""SpeechBrain ``Brain`` classes: LIM pretraining and speaker identification."""
+
+import logging
+
+import speechbrain as sb
+import torch
+import torch.nn.functional as F
+
+from sincmi.encoder import chunk_waveforms
+from sincmi.metrics import SpeakerIdErrorStats
+from sincmi.pairs import pair_logits
+
+logger = logging.getLogger(__name__)
+
+
+class LIMBrain(sb.Brain):
+    """Local Info Max: encoder and discriminator minimise one MI objective together.
+
+    Modules: ``encoder``, ``discriminator``, ``objective``
+    (:class:`sincmi.objectives.LIMObjective`). Hparams used:
+    ``num_negatives`` (None = every other sentence of the batch).
+
+    Each step encodes exactly the 2B chunks of the batch (anchor and positive
+    of B sentences); negatives pair an anchor with the positive chunks of other
+    sentences, reusing those encodings.
+    """
+
+    def compute_forward(self, batch, stage):
+        """Encodes both chunks of every sentence and scores all pairs."""
+        batch = batch.to(self.device)
+        anchors, positives = batch.anchor.data, batch.positive.data
+        z = self.modules.encoder(torch.cat([anchors, positives]))
+        z_anchor, z_positive = z.split(anchors.shape[0])
+        return pair_logits(
+            self.modules.discriminator,
+            z_anchor,
+            z_positive,
+            batch.id,
+            getattr(self.hparams, "num_negatives", None),
+        )
+
+    def compute_objectives(self, predictions, batch, stage):
+        """The MI objective; in evaluation, also the pair ranking accuracy."""
+        pos, neg, valid = predictions
+        loss = self.modules.objective(pos.float(), neg.float(), valid)
+        if stage != sb.Stage.TRAIN:
+            # Fraction of negatives scored below their anchor's positive.
+            self.pair_accuracy.append((pos.unsqueeze(1) > neg)[valid].float())
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        """Resets the evaluation statistics."""
+        self.pair_accuracy = []
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs the epoch and checkpoints at the end of validation."""
+        stats = {"loss": stage_loss}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+            return
+        if self.pair_accuracy:
+            stats["pair_accuracy"] = torch.cat(self.pair_accuracy).mean().item()
+        if stage == sb.Stage.VALID:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"stage": "pretrain", "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            if self.checkpointer is not None:
+                self.checkpointer.save_and_keep_only(meta=stats, min_keys=["loss"])
+
+
+class SpeakerIdBrain(sb.Brain):
+    """Speaker identification: a classifier on chunk embeddings.
+
+    Modules: ``encoder``, ``classifier``. Hparams used: ``freeze_encoder``
+    (True: the encoder is a fixed feature extractor, in eval mode),
+    ``eval_shift`` (hop of the test chunks, samples) and optionally
+    ``valid_shift`` (hop of the validation chunks; default ``eval_shift``) and
+    ``eval_chunks_per_batch`` (chunks encoded per forward call, default 64).
+
+    Training sees one random chunk per sentence; validation and test score
+    whole sentences: chunk log-posteriors summed over every chunk (SincNet's
+    protocol), reported as sentence error and chunk error.
+    """
+
+    def __init__(self, *args, freeze_encoder=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            for p in self.modules.encoder.parameters():
+                p.requires_grad_(False)
+
+    def init_optimizers(self):
+        """One optimizer over the trainable parameters only."""
+        params = [p for p in self.modules.parameters() if p.requires_grad]
+        self.optimizer = self.opt_class(params)
+        self.optimizers_dict = {"opt_class": self.optimizer}
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    def embed(self, chunks):
+        """Chunk embeddings; under no_grad and in eval mode when frozen."""
+        if self.freeze_encoder:
+            self.modules.encoder.eval()
+            with torch.no_grad():
+                return self.modules.encoder(chunks)
+        return self.modules.encoder(chunks)
+
+    def compute_forward(self, batch, stage):
+        """Training: log-posteriors of one chunk per sentence.
+        Evaluation: log-posteriors of every chunk of every sentence."""
+        batch = batch.to(self.device)
+        if stage == sb.Stage.TRAIN:
+            return self.modules.classifier(self.embed(batch.chunk.data)), None
+        wavs, lens = batch.sig
+        chunk_size = self.hparams.chunk_size
+        shift = self.hparams.eval_shift
+        if stage == sb.Stage.VALID:  # checkpoint selection may use a coarser hop
+            shift = getattr(self.hparams, "valid_shift", None) or shift
+        chunks, owner = chunk_waveforms(wavs, lens, chunk_size, shift)
+        step = getattr(self.hparams, "eval_chunks_per_batch", 64)
+        log_probs = torch.cat(
+            [self.modules.classifier(self.embed(chunks[i : i + step])) for i in range(0, len(chunks), step)]
+        )
+        return log_probs, owner
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Negative log-likelihood of the chunk labels."""
+        log_probs, owner = predictions
+        labels = batch.spk_id_encoded.data.squeeze(1)
+        if stage == sb.Stage.TRAIN:
+            return F.nll_loss(log_probs, labels)
+        self.error_stats.append(log_probs.detach(), owner, labels)
+        return F.nll_loss(log_probs, labels[owner])
+
+    def on_stage_start(self, stage, epoch=None):
+        """Resets the error statistics."""
+        self.error_stats = SpeakerIdErrorStats()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs errors; checkpoints on the validation sentence error."""
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {"loss": stage_loss}
+            return
+        stats = {"loss": stage_loss, **self.error_stats.summarize()}
+        if stage == sb.Stage.VALID:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"stage": self.stage_name, "epoch": epoch},
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            if self.checkpointer is not None:
+                self.checkpointer.save_and_keep_only(meta=stats, min_keys=["sentence_error"])
+        else:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"stage": self.stage_name, "Epoch loaded": self.hparams_epoch()},
+                test_stats=stats,
+            )
+            self.test_stats = stats
+
+    stage_name = "speaker_id"
+
+    def hparams_epoch(self):
+        """The epoch the evaluated checkpoint comes from, when known."""
+        counter = getattr(self, "epoch_counter", None)
+        return counter.current if counter is not None else None

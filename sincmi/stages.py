@@ -1,0 +1,172 @@
+"""The stages every recipe runs: pretrain (LIM) -> speaker id -> verification.
+
+Each stage has its own checkpoint folder, so an interrupted run resumes where
+it stopped and a finished stage is not run again. Recipes call these
+functions in order from their ``train.py``.
+"""
+
+import json
+import logging
+import os
+
+import torch
+from speechbrain.dataio.sampler import ReproducibleRandomSampler
+from speechbrain.utils.checkpoints import Checkpointer
+from speechbrain.utils.epoch_loop import EpochCounter
+
+from sincmi.brains import LIMBrain, SpeakerIdBrain
+from sincmi.inference import embed_dataset
+from sincmi.metrics import cosine_trial_scores, read_trials, verification_metrics
+
+logger = logging.getLogger(__name__)
+
+
+def pretrain(hparams, run_opts, train_set, valid_set):
+    """Unsupervised LIM pretraining of ``hparams['encoder']``.
+
+    Uses ``pretrain_epochs`` (0 skips the stage: the supervised baseline),
+    ``pairs_per_epoch`` (sentences drawn per epoch, with repetition across
+    passes; default one pass), ``pretrain_batch_size``, ``pretrain_optimizer``,
+    ``discriminator``, ``objective``, ``num_workers``.
+
+    Returns the encoder with the weights of the best validation checkpoint.
+    """
+    encoder = hparams["encoder"]
+    if hparams["pretrain_epochs"] <= 0:
+        logger.info("pretrain_epochs is 0: no LIM pretraining (supervised baseline)")
+        return encoder
+    counter = EpochCounter(hparams["pretrain_epochs"])
+    modules = {
+        "encoder": encoder,
+        "discriminator": hparams["discriminator"],
+        "objective": hparams["objective"],
+    }
+    checkpointer = Checkpointer(
+        os.path.join(hparams["save_folder"], "pretrain"),
+        recoverables={**modules, "counter": counter},
+    )
+    brain = LIMBrain(
+        modules=modules,
+        opt_class=hparams["pretrain_optimizer"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=checkpointer,
+    )
+    sampler = epoch_sampler(train_set, hparams.get("pairs_per_epoch"), hparams["seed"])
+    brain.train_sampler = sampler
+    loader_kwargs = {
+        "batch_size": hparams["pretrain_batch_size"],
+        "num_workers": hparams["num_workers"],
+    }
+    logger.info(f"Stage pretrain: LIM ({hparams['objective'].name}) for {counter.limit} epoch(s)")
+    brain.fit(
+        counter,
+        train_set,
+        valid_set,
+        train_loader_kwargs={**loader_kwargs, "sampler": sampler, "drop_last": True},
+        valid_loader_kwargs=loader_kwargs,
+    )
+    checkpointer.recover_if_possible(min_key="loss")
+    return brain.modules.encoder
+
+
+def epoch_sampler(dataset, items_per_epoch, seed):
+    """Random order over ``dataset`` with ``items_per_epoch`` draws per epoch.
+
+    More draws than items makes several passes in one epoch (every item once
+    per pass); None means one pass. It is stored as the Brain's
+    ``train_sampler`` so that ``fit()`` reshuffles it every epoch.
+    """
+    return ReproducibleRandomSampler(dataset, seed=seed, num_samples=items_per_epoch or len(dataset))
+
+
+def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, valid_set, test_set, freeze_encoder):
+    """Trains and tests a speaker classifier on ``encoder``'s chunk embeddings.
+
+    Uses ``classifier`` (a partial taking ``input_size`` and
+    ``num_speakers``), ``finetune_optimizer``, ``finetune_epochs``,
+    ``finetune_chunks_per_epoch`` (default: one chunk per sentence),
+    ``finetune_batch_size``, ``eval_batch_size``, ``num_workers``.
+
+    Arguments
+    ---------
+    name : str
+        Stage name: its checkpoint folder and its rows in the train log.
+    freeze_encoder : bool
+        True: probe a fixed encoder; False: fine-tune it with the classifier.
+
+    Returns
+    -------
+    dict
+        Test statistics (``sentence_error``, ``chunk_error``, counts).
+    """
+    classifier = hparams["classifier"](input_size=encoder.embedding_size, num_speakers=num_speakers)
+    counter = EpochCounter(hparams["finetune_epochs"])
+    modules = {"encoder": encoder, "classifier": classifier}
+    checkpointer = Checkpointer(
+        os.path.join(hparams["save_folder"], name),
+        recoverables={**modules, "counter": counter},
+    )
+    brain = SpeakerIdBrain(
+        modules=modules,
+        opt_class=hparams["finetune_optimizer"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=checkpointer,
+        freeze_encoder=freeze_encoder,
+    )
+    brain.stage_name = name
+    brain.epoch_counter = counter
+    sampler = epoch_sampler(train_set, hparams.get("finetune_chunks_per_epoch"), hparams["seed"])
+    brain.train_sampler = sampler
+    train_kwargs = {
+        "batch_size": hparams["finetune_batch_size"],
+        "num_workers": hparams["num_workers"],
+        "sampler": sampler,
+        "drop_last": len(sampler) > hparams["finetune_batch_size"],
+    }
+    eval_kwargs = {"batch_size": hparams["eval_batch_size"], "num_workers": hparams["num_workers"]}
+    mode = "frozen encoder" if freeze_encoder else "fine-tuned encoder"
+    logger.info(f"Stage {name}: speaker id, {mode}, {counter.limit} epoch(s)")
+    brain.fit(counter, train_set, valid_set, train_loader_kwargs=train_kwargs, valid_loader_kwargs=eval_kwargs)
+    brain.evaluate(test_set, min_key="sentence_error", test_loader_kwargs=eval_kwargs)
+    return brain.test_stats
+
+
+def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, p_target=0.01):
+    """Cosine-scores a trial list with utterance embeddings; returns EER/minDCF.
+
+    ``shift`` is the hop between the chunks averaged into an utterance
+    embedding (default: half a chunk).
+    """
+    embeddings = embed_dataset(encoder, dataset, device=device, batch_size=batch_size, shift=shift)
+    pos, neg = cosine_trial_scores(embeddings, read_trials(trials_file))
+    return verification_metrics(pos, neg, p_target=p_target)
+
+
+def write_results(path, results):
+    """Writes ``results`` as JSON (atomically) and returns a printable table."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)
+    columns = [("EER", "EER %"), ("minDCF_0.01", "minDCF"), ("sentence_error", "CER %"), ("chunk_error", "chunk err %")]
+    header = f"{'system':<24}" + "".join(f"{title:>14}" for _, title in columns)
+    lines = [header, "-" * len(header)]
+    for system, values in results["systems"].items():
+        cells = ""
+        for key, _ in columns:
+            if key not in values:
+                cells += f"{'-':>14}"
+            elif key.startswith("minDCF"):
+                cells += f"{values[key]:>14.4f}"
+            else:
+                cells += f"{100 * values[key]:>14.2f}"
+        lines.append(f"{system:<24}" + cells)
+    return "\n".join(lines)
+
+
+def device_of(run_opts):
+    """The torch device a run uses (``--device``, default cpu)."""
+    return torch.device((run_opts or {}).get("device") or "cpu")
+
