@@ -84,9 +84,10 @@ class SpeakerIdBrain(sb.Brain):
     protocol), reported as sentence error and chunk error.
     """
 
-    def __init__(self, *args, freeze_encoder=False, **kwargs):
+    def __init__(self, *args, freeze_encoder=False, stage_name="speaker_id", **kwargs):
         super().__init__(*args, **kwargs)
         self.freeze_encoder = freeze_encoder
+        self.stage_name = stage_name
         if freeze_encoder:
             for p in self.modules.encoder.parameters():
                 p.requires_grad_(False)
@@ -153,15 +154,5 @@ class SpeakerIdBrain(sb.Brain):
             if self.checkpointer is not None:
                 self.checkpointer.save_and_keep_only(meta=stats, min_keys=["sentence_error"])
         else:
-            self.hparams.train_logger.log_stats(
-                stats_meta={"stage": self.stage_name, "Epoch loaded": self.hparams_epoch()},
-                test_stats=stats,
-            )
+            self.hparams.train_logger.log_stats(stats_meta={"stage": self.stage_name}, test_stats=stats)
             self.test_stats = stats
-
-    stage_name = "speaker_id"
-
-    def hparams_epoch(self):
-        """The epoch the evaluated checkpoint comes from, when known."""
-        counter = getattr(self, "epoch_counter", None)
-        return counter.current if counter is not None else None

@@ -114,9 +114,8 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
         run_opts=run_opts,
         checkpointer=checkpointer,
         freeze_encoder=freeze_encoder,
+        stage_name=name,
     )
-    brain.stage_name = name
-    brain.epoch_counter = counter
     sampler = epoch_sampler(train_set, hparams.get("finetune_chunks_per_epoch"), hparams["seed"])
     brain.train_sampler = sampler
     train_kwargs = {

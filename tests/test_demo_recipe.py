@@ -18,6 +18,7 @@ TINY = [
     "--sinc_filters=8",
     "--sinc_kernel=65",
     "--conv_channels=[8,8]",
+    "--embedding_size=32",
     "--fc_sizes=[32]",
     "--finetune_epochs=1",
     "--finetune_chunks_per_epoch=16",

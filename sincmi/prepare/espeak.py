@@ -5,6 +5,11 @@ synthesise a sentence to a 16-bit waveform held in memory.
 """
 
 import ctypes
+import json
+import os
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 
@@ -99,11 +104,11 @@ class ESpeak:
 
 
 def synthesize_speaker(job):
-    """Synthesises one speaker's sentences in a fresh eSpeak NG state.
+    """Synthesises one speaker's sentences with this process's eSpeak NG.
 
     eSpeak NG carries state from one utterance to the next (the same call
-    gives slightly different audio the second time), so each speaker is
-    synthesised in a new process: the result depends only on ``job``.
+    gives slightly different audio the second time), so for reproducible
+    audio call it in a new process: see :func:`synthesize_in_subprocess`.
 
     Arguments
     ---------
@@ -118,3 +123,26 @@ def synthesize_speaker(job):
     voice, pitch, pitch_range, rate, sentences = job
     tts = ESpeak()
     return tts.sample_rate, [tts.synthesize(s, voice, pitch, pitch_range, rate) for s in sentences]
+
+
+def synthesize_in_subprocess(job):
+    """:func:`synthesize_speaker` in a fresh Python process (only numpy loaded).
+
+    The result depends on ``job`` alone, whatever was synthesised before.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "speaker.npz")
+        subprocess.run(
+            [sys.executable, "-m", "sincmi.prepare.espeak", out],
+            input=json.dumps(list(job)),
+            text=True,
+            check=True,
+        )
+        with np.load(out) as saved:
+            return int(saved["rate"]), [saved[f"w{i}"] for i in range(len(job[4]))]
+
+
+if __name__ == "__main__":
+    # python -m sincmi.prepare.espeak OUT.npz < job.json
+    rate, waves = synthesize_speaker(json.load(sys.stdin))
+    np.savez(sys.argv[1], rate=rate, **{f"w{i}": w for i, w in enumerate(waves)})

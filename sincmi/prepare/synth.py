@@ -13,9 +13,9 @@ Output: ``<folder>/<speaker>/<utterance>.wav`` (16-bit PCM) and
 import csv
 import json
 import logging
-import multiprocessing
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import soundfile as sf
@@ -23,7 +23,7 @@ import torch
 import torchaudio.functional as AF
 from tqdm import tqdm
 
-from sincmi.prepare.espeak import synthesize_speaker
+from sincmi.prepare.espeak import synthesize_in_subprocess
 
 logger = logging.getLogger(__name__)
 
@@ -171,10 +171,9 @@ def synthesize_corpus(folder, num_speakers=48, sentences_per_speaker=20, sample_
     scripts = [rng.sample(pool, sentences_per_speaker) for _ in voices]
     jobs = [(v["voice"], v["pitch"], v["range"], v["rate"], text) for v, text in zip(voices, scripts)]
     rows = []
-    # A new process per speaker (see synthesize_speaker); "spawn" keeps torch out of the children.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(processes=max(1, min(2, os.cpu_count() or 1)), maxtasksperchild=1) as workers:
-        results = workers.imap(synthesize_speaker, jobs)
+    # One fresh process per speaker makes the audio independent of what came before.
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as workers:
+        results = workers.map(synthesize_in_subprocess, jobs)
         for voice, text, (rate, waves) in tqdm(
             zip(voices, scripts, results), total=len(voices), desc="Synthesising speakers"
         ):

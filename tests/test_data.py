@@ -1,0 +1,85 @@
+"""Datasets read the right frames: pairs come from one sentence, labels match."""
+
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from sincmi import data
+from sincmi.prepare.folder import prepare_folder
+
+
+@pytest.fixture
+def manifests(tmp_path):
+    # Each file is a ramp with its own offset, so every sample says where it came from.
+    root = tmp_path / "corpus"
+    for s in range(4):
+        os.makedirs(root / f"spk{s}")
+        for u in range(3):
+            ramp = (np.arange(6000) + 10000 * (3 * s + u)) / 2**20
+            sf.write(root / f"spk{s}" / f"u{u}.wav", ramp.astype(np.float32), 16000, subtype="FLOAT")
+    save = tmp_path / "save"
+    prepare_folder(str(root), str(save), min_samples=800, num_verification_speakers=2,
+                   valid_per_speaker=1, test_per_speaker=1)
+    return str(root), str(save)
+
+
+def sentence_of(chunk):
+    first = round(float(chunk[0]) * 2**20)
+    return first // 10000, first % 10000
+
+
+def test_pairs_come_from_their_own_sentence(manifests):
+    root, save = manifests
+    rows = data.load_manifest(os.path.join(save, "train.csv"), root)
+    dataset = data.pair_dataset(rows, chunk_size=800)
+    torch.manual_seed(0)
+    for item in dataset:
+        anchor, positive = item["anchor"], item["positive"]
+        assert anchor.shape == positive.shape == (800,)
+        (file_a, start_a), (file_p, start_p) = sentence_of(anchor), sentence_of(positive)
+        assert file_a == file_p  # same sentence
+        wav = rows[item["id"]]["wav"]
+        assert wav.startswith(root)
+        # contiguous reads inside the file
+        expected = (np.arange(800) + start_a + 10000 * file_a) / 2**20
+        assert np.allclose(anchor.numpy(), expected)
+        assert 0 <= start_a <= 6000 - 800 and 0 <= start_p <= 6000 - 800
+
+
+def test_chunk_and_sentence_datasets_carry_labels(manifests):
+    root, save = manifests
+    rows = data.load_manifest(os.path.join(save, "train.csv"), root)
+    encoder = data.speaker_label_encoder(rows, os.path.join(save, "labels.txt"))
+    item = data.chunk_dataset(rows, 800, encoder)[0]
+    assert item["chunk"].shape == (800,)
+    spk = rows[item["id"]]["spk_id"]
+    assert encoder.decode_ndim(item["spk_id_encoded"].item()) == spk
+    sentence = data.sentence_dataset(rows, encoder)[0]
+    assert sentence["sig"].shape == (6000,)
+
+
+def test_random_gain_stays_in_range(manifests):
+    root, save = manifests
+    rows = data.load_manifest(os.path.join(save, "train.csv"), root)
+    row = next(iter(rows.values()))
+    plain = data.read_segment(row["wav"], 0, 800)
+    torch.manual_seed(1)
+    for _ in range(20):
+        chunk = data.random_chunk(row["wav"], 0, 800, 800, gain_range=(0.8, 1.2))
+        ratio = float(chunk[-1] / plain[-1])
+        assert 0.8 <= ratio <= 1.2
+
+
+def test_label_subset_keeps_every_speaker():
+    rows = {f"u{i}": {"spk_id": f"s{i % 3}"} for i in range(30)}
+    kept = data.label_subset(rows, 0.25, seed=0)
+    per_speaker = {}
+    for row in kept.values():
+        per_speaker[row["spk_id"]] = per_speaker.get(row["spk_id"], 0) + 1
+    assert per_speaker == {"s0": 3, "s1": 3, "s2": 3}  # ceil(0.25 * 10)
+    assert data.label_subset(rows, 1.0) is rows
+    with pytest.raises(ValueError, match=r"label_fraction must be in \(0, 1\]"):
+        data.label_subset(rows, 0.0)
