@@ -11,11 +11,13 @@ loads the whole file.
 """
 
 import math
+import os
 import random
 
 import soundfile as sf
 import speechbrain as sb
 import torch
+import torchaudio.functional as AF
 from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
@@ -30,29 +32,48 @@ def read_segment(path, start, frames):
     return torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])
 
 
-def random_chunk(path, start, stop, chunk_size, gain_range=None):
-    """Reads one chunk at a uniformly random offset inside ``[start, stop)``."""
+def resampled(wav, resample):
+    """``wav`` resampled by ``resample = (file_rate, model_rate)``; None: unchanged."""
+    if resample is None or resample[0] == resample[1]:
+        return wav
+    return AF.resample(wav, resample[0], resample[1])
+
+
+def random_chunk(path, start, stop, chunk_size, gain_range=None, gain=1.0, resample=None):
+    """Reads one chunk at a uniformly random offset inside ``[start, stop)``.
+
+    ``gain`` scales the samples (the manifest's per-sentence gain);
+    ``gain_range`` draws a further random gain (augmentation); ``resample``
+    ``(file_rate, model_rate)`` reads the file span that covers ``chunk_size``
+    samples at the model's rate and resamples it.
+    """
     span = stop - start
-    offset = start + int(torch.randint(0, max(span - chunk_size, 0) + 1, (1,)))
-    chunk = read_segment(path, offset, chunk_size)
+    frames = chunk_size
+    if resample is not None and resample[0] != resample[1]:
+        frames = math.ceil(chunk_size * resample[0] / resample[1])
+    offset = start + int(torch.randint(0, max(span - frames, 0) + 1, (1,)))
+    chunk = resampled(read_segment(path, offset, frames), resample)[:chunk_size]
     if chunk.shape[0] < chunk_size:  # segment shorter than a chunk: zero-pad
         chunk = torch.nn.functional.pad(chunk, (0, chunk_size - chunk.shape[0]))
     if gain_range is not None:
         low, high = gain_range
-        chunk = chunk * (low + (high - low) * float(torch.rand(())))
-    return chunk
+        gain = gain * (low + (high - low) * float(torch.rand(())))
+    return chunk * gain if gain != 1.0 else chunk
 
 
 def load_manifest(csv_path, data_root):
     """Reads a manifest into SpeechBrain's ``{id: row}`` form (``$data_root`` replaced)."""
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"manifest {csv_path} is missing: run the recipe's preparation first")
     data = load_data_csv(csv_path, replacements={"data_root": data_root})
     for row in data.values():
         row["start"] = int(row["start"])
         row["stop"] = int(row["stop"])
+        row["gain"] = float(row.get("gain") or 1.0)
     return data
 
 
-def pair_dataset(data, chunk_size, gain_range=None):
+def pair_dataset(data, chunk_size, gain_range=None, resample=None):
     """Dataset of ``(anchor, positive)`` chunk pairs, one pair per sentence.
 
     Arguments
@@ -63,33 +84,35 @@ def pair_dataset(data, chunk_size, gain_range=None):
         Samples per chunk.
     gain_range : tuple of float, optional
         Random gain applied to each chunk independently.
+    resample : tuple of int, optional
+        ``(file_rate, model_rate)`` when they differ.
 
     Output keys: ``id``, ``anchor``, ``positive``.
     """
     dataset = DynamicItemDataset(data)
 
-    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain")
     @sb.utils.data_pipeline.provides("anchor", "positive")
-    def pair_pipeline(wav, start, stop):
-        yield random_chunk(wav, start, stop, chunk_size, gain_range)
-        yield random_chunk(wav, start, stop, chunk_size, gain_range)
+    def pair_pipeline(wav, start, stop, gain):
+        yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, resample)
+        yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, resample)
 
     dataset.add_dynamic_item(pair_pipeline)
     dataset.set_output_keys(["id", "anchor", "positive"])
     return dataset
 
 
-def chunk_dataset(data, chunk_size, label_encoder, gain_range=None):
+def chunk_dataset(data, chunk_size, label_encoder, gain_range=None, resample=None):
     """Dataset of one random labelled chunk per sentence.
 
     Output keys: ``id``, ``chunk``, ``spk_id_encoded``.
     """
     dataset = DynamicItemDataset(data)
 
-    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain")
     @sb.utils.data_pipeline.provides("chunk")
-    def chunk_pipeline(wav, start, stop):
-        return random_chunk(wav, start, stop, chunk_size, gain_range)
+    def chunk_pipeline(wav, start, stop, gain):
+        return random_chunk(wav, start, stop, chunk_size, gain_range, gain, resample)
 
     dataset.add_dynamic_item(chunk_pipeline)
     _add_label_pipeline(dataset, label_encoder)
@@ -97,14 +120,15 @@ def chunk_dataset(data, chunk_size, label_encoder, gain_range=None):
     return dataset
 
 
-def sentence_dataset(data, label_encoder=None):
+def sentence_dataset(data, label_encoder=None, resample=None):
     """Dataset of whole sentences (``id``, ``sig`` and, with labels, ``spk_id_encoded``)."""
     dataset = DynamicItemDataset(data)
 
-    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain")
     @sb.utils.data_pipeline.provides("sig")
-    def sentence_pipeline(wav, start, stop):
-        return read_segment(wav, start, stop - start)
+    def sentence_pipeline(wav, start, stop, gain):
+        sig = resampled(read_segment(wav, start, stop - start), resample)
+        return sig * gain if gain != 1.0 else sig
 
     dataset.add_dynamic_item(sentence_pipeline)
     keys = ["id", "sig"]

@@ -8,17 +8,100 @@ functions in order from their ``train.py``.
 import json
 import logging
 import os
+import time
 
+import speechbrain as sb
 import torch
+from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.sampler import ReproducibleRandomSampler
 from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.epoch_loop import EpochCounter
 
+from sincmi import data
 from sincmi.brains import LIMBrain, SpeakerIdBrain
 from sincmi.inference import embed_dataset
 from sincmi.metrics import cosine_trial_scores, read_trials, verification_metrics
 
 logger = logging.getLogger(__name__)
+
+
+def start_experiment(argv):
+    """Parses the command line, loads the yaml, creates the output folder.
+
+    Returns ``(hparams, run_opts)``, as every SpeechBrain recipe starts.
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file) as f:
+        hparams = load_hyperpyyaml(f, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    return hparams, run_opts
+
+
+def load_speaker_id_data(hparams, data_root):
+    """Manifests of ``save_folder`` -> (rows by split, speaker label encoder)."""
+    manifests = {
+        split: data.load_manifest(os.path.join(hparams["save_folder"], f"{split}.csv"), data_root)
+        for split in ("train", "valid", "test")
+    }
+    labels = data.speaker_label_encoder(
+        manifests["train"], os.path.join(hparams["save_folder"], "label_encoder.txt")
+    )
+    return manifests, labels
+
+
+def pretrain_and_identify(hparams, run_opts, manifests, labels, timings):
+    """LIM pretraining on the training sentences, then speaker id on them.
+
+    Uses ``chunk_size``, ``random_gain`` (optional augmentation range),
+    ``file_sample_rate`` (optional: the files' rate, resampled to
+    ``sample_rate`` when they differ), ``label_fraction``, ``freeze_encoder``
+    and the hparams of :func:`pretrain` and :func:`train_speaker_id`. Stage
+    durations are added to ``timings``.
+
+    Returns ``(encoder, speaker-id test statistics)``.
+    """
+    chunk, gain = hparams["chunk_size"], hparams.get("random_gain")
+    rs = (hparams.get("file_sample_rate") or hparams["sample_rate"], hparams["sample_rate"])
+    rs = None if rs[0] == rs[1] else rs
+    start = time.time()
+    encoder = pretrain(
+        hparams,
+        run_opts,
+        data.pair_dataset(manifests["train"], chunk, gain, rs),
+        data.pair_dataset(manifests["valid"], chunk, resample=rs),
+    )
+    timings["pretrain"] = time.time() - start
+    start = time.time()
+    labelled = data.label_subset(manifests["train"], hparams["label_fraction"], hparams["seed"])
+    stats = train_speaker_id(
+        hparams,
+        run_opts,
+        "speaker_id",
+        encoder,
+        len(labels),
+        data.chunk_dataset(labelled, chunk, labels, gain, rs),
+        data.sentence_dataset(manifests["valid"], labels, rs),
+        data.sentence_dataset(manifests["test"], labels, rs),
+        freeze_encoder=hparams["freeze_encoder"],
+    )
+    timings["speaker_id"] = time.time() - start
+    return encoder, stats
+
+
+def report(hparams, systems, timings):
+    """Writes ``results.json`` in the output folder and prints the table.
+
+    ``systems`` maps a system name to its metrics (fractions).
+    """
+    results = {"systems": systems, "timings_s": timings}
+    table = write_results(os.path.join(hparams["output_folder"], "results.json"), results)
+    logger.info("Results\n" + table)
+    print(table)
+    return results
 
 
 def pretrain(hparams, run_opts, train_set, valid_set):
@@ -150,7 +233,9 @@ def write_results(path, results):
         json.dump(results, f, indent=2)
     os.replace(tmp, path)
     columns = [("EER", "EER %"), ("minDCF_0.01", "minDCF"), ("sentence_error", "CER %"), ("chunk_error", "chunk err %")]
-    header = f"{'system':<24}" + "".join(f"{title:>14}" for _, title in columns)
+    columns = [c for c in columns if any(c[0] in v for v in results["systems"].values())]
+    width = max([24] + [len(name) + 2 for name in results["systems"]])
+    header = f"{'system':<{width}}" + "".join(f"{title:>14}" for _, title in columns)
     lines = [header, "-" * len(header)]
     for system, values in results["systems"].items():
         cells = ""
@@ -161,7 +246,7 @@ def write_results(path, results):
                 cells += f"{values[key]:>14.4f}"
             else:
                 cells += f"{100 * values[key]:>14.2f}"
-        lines.append(f"{system:<24}" + cells)
+        lines.append(f"{system:<{width}}" + cells)
     return "\n".join(lines)
 
 

@@ -10,20 +10,16 @@ Usage:
     python recipes/Demo/train.py recipes/Demo/hparams/lim_nce.yaml --data_folder=DIR
 """
 
-import logging
 import os
 import sys
 import time
 
-import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 from sincmi import data, stages
 from sincmi.prepare.folder import prepare_folder
 from sincmi.prepare.synth import synthesize_corpus
 
-logger = logging.getLogger(__name__)
 
 
 def prepare(hparams):
@@ -59,76 +55,56 @@ def prepare(hparams):
 
 
 def main(argv):
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    with open(hparams_file) as f:
-        hparams = load_hyperpyyaml(f, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts = stages.start_experiment(argv)
     timings, start = {}, time.time()
 
     # 1. Prepare
     data_folder = prepare(hparams)
-    manifests = {
-        split: data.load_manifest(os.path.join(hparams["save_folder"], f"{split}.csv"), data_folder)
-        for split in ("train", "valid", "test", "verification")
-    }
-    labels = data.speaker_label_encoder(
-        manifests["train"], os.path.join(hparams["save_folder"], "label_encoder.txt")
-    )
+    manifests, labels = stages.load_speaker_id_data(hparams, data_folder)
     timings["prepare"] = time.time() - start
 
-    # 2. Pretrain without labels
-    t = time.time()
-    encoder = stages.pretrain(
-        hparams,
-        run_opts,
-        data.pair_dataset(manifests["train"], hparams["chunk_size"]),
-        data.pair_dataset(manifests["valid"], hparams["chunk_size"]),
-    )
-    timings["pretrain"] = time.time() - t
+    # 2. Pretrain without labels, 3. speaker id (probe or fine-tuning)
+    encoder, id_stats = stages.pretrain_and_identify(hparams, run_opts, manifests, labels, timings)
 
-    # 3. Speaker id (probe or fine-tuning), 4. verification: LIM, then the baselines.
-    systems = [(hparams["system_name"], "speaker_id", encoder)]
-    if hparams["score_baselines"]:
-        systems.append(("random weights", "speaker_id_random", hparams["random_encoder"]))
-        systems.append(("mean MFCC", "speaker_id_mfcc", hparams["mfcc_baseline"]))
-    labelled = data.label_subset(manifests["train"], hparams["label_fraction"], hparams["seed"])
+    # 4. Verification on unseen speakers; the baselines get stages 3 and 4 too.
     device = stages.device_of(run_opts)
-    results = {"systems": {}, "timings_s": timings}
-    for system, stage_name, model in systems:
-        t = time.time()
-        id_stats = stages.train_speaker_id(
-            hparams,
-            run_opts,
-            stage_name,
-            model,
-            len(labels),
-            data.chunk_dataset(labelled, hparams["chunk_size"], labels),
-            data.sentence_dataset(manifests["valid"], labels),
-            data.sentence_dataset(manifests["test"], labels),
-            freeze_encoder=hparams["freeze_encoder"],
-        )
-        timings[stage_name] = time.time() - t
+    verification_set = data.sentence_dataset(
+        data.load_manifest(os.path.join(hparams["save_folder"], "verification.csv"), data_folder)
+    )
+    trials = os.path.join(hparams["save_folder"], "trials.txt")
+    systems = [(hparams["system_name"], "speaker_id", encoder, id_stats)]
+    labelled = data.label_subset(manifests["train"], hparams["label_fraction"], hparams["seed"])
+    if hparams["score_baselines"]:
+        for system, stage_name, model in (
+            ("random weights", "speaker_id_random", hparams["random_encoder"]),
+            ("mean MFCC", "speaker_id_mfcc", hparams["mfcc_baseline"]),
+        ):
+            t = time.time()
+            stats = stages.train_speaker_id(
+                hparams,
+                run_opts,
+                stage_name,
+                model,
+                len(labels),
+                data.chunk_dataset(labelled, hparams["chunk_size"], labels),
+                data.sentence_dataset(manifests["valid"], labels),
+                data.sentence_dataset(manifests["test"], labels),
+                freeze_encoder=True,
+            )
+            timings[stage_name] = time.time() - t
+            systems.append((system, stage_name, model, stats))
+    results = {}
+    for system, stage_name, model, stats in systems:
         t = time.time()
         verification = stages.verify(
-            model,
-            data.sentence_dataset(manifests["verification"]),
-            os.path.join(hparams["save_folder"], "trials.txt"),
-            device,
-            hparams["eval_batch_size"],
-            hparams["verification_shift"],
+            model, verification_set, trials, device, hparams["eval_batch_size"], hparams["verification_shift"]
         )
         timings[stage_name.replace("speaker_id", "verification")] = time.time() - t
-        results["systems"][system] = {**verification, **id_stats}
+        results[system] = {**verification, **stats}
     timings["total"] = time.time() - start
 
-    # 5. Report
-    table = stages.write_results(os.path.join(hparams["output_folder"], "results.json"), results)
-    logger.info("Results\n" + table)
-    print(table)
+    # 5. Report: results.json and the table
+    stages.report(hparams, results, timings)
 
 
 if __name__ == "__main__":

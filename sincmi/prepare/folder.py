@@ -14,10 +14,9 @@ import logging
 import os
 import random
 
-import soundfile as sf
-
 from sincmi.prepare.manifest import (
     already_prepared,
+    inspect_audio,
     mark_prepared,
     report_skipped,
     write_manifest,
@@ -54,19 +53,6 @@ def find_speaker_files(data_folder):
             f"<speaker>/**/*{{{','.join(AUDIO_EXTENSIONS)}}} below it."
         )
     return speakers
-
-
-def inspect_audio(path, sample_rate, min_samples):
-    """Returns ``(frames, None)`` for a usable file, ``(None, reason)`` otherwise."""
-    try:
-        info = sf.info(path)
-    except Exception as err:  # soundfile raises several types for bad files
-        return None, f"unreadable audio ({type(err).__name__}: {err})".replace("\n", " ")
-    if info.samplerate != sample_rate:
-        return None, f"sample rate {info.samplerate} Hz, expected {sample_rate} Hz"
-    if info.frames < min_samples:
-        return None, f"too short ({info.frames} samples < {min_samples}, one chunk)"
-    return info.frames, None
 
 
 def prepare_folder(

@@ -1,7 +1,9 @@
 """Writing and checking CSV manifests shared by every corpus preparer.
 
-A manifest row is one sentence: ``ID,duration,wav,start,stop,spk_id``, with
-``start``/``stop`` in samples and ``wav`` relative to ``$data_root``.
+A manifest row is one sentence: ``ID,duration,wav,start,stop,spk_id,gain``,
+with ``start``/``stop`` in samples of the file, ``wav`` relative to
+``$data_root`` and ``gain`` the factor applied to the samples when read (1, or
+1/peak for corpora prepared with peak normalisation).
 """
 
 import csv
@@ -9,15 +11,31 @@ import json
 import logging
 import os
 
+import soundfile as sf
+
 logger = logging.getLogger(__name__)
 
-FIELDS = ["ID", "duration", "wav", "start", "stop", "spk_id"]
+FIELDS = ["ID", "duration", "wav", "start", "stop", "spk_id", "gain"]
 OPTS_FILE = "prepare_opts.json"
 SKIPPED_FILE = "skipped.csv"
 
 
+def inspect_audio(path, sample_rate, min_samples):
+    """Returns ``(frames, None)`` for a usable file, ``(None, reason)`` otherwise."""
+    try:
+        info = sf.info(path)
+    except Exception as err:  # soundfile raises several types for bad files
+        return None, f"unreadable audio ({type(err).__name__}: {err})".replace("\n", " ")
+    if info.samplerate != sample_rate:
+        return None, f"sample rate {info.samplerate} Hz, expected {sample_rate} Hz"
+    if info.frames < min_samples:
+        return None, f"too short ({info.frames} samples < {min_samples}, one chunk)"
+    return info.frames, None
+
+
 def write_manifest(path, rows):
-    """Writes ``rows`` (dicts with :data:`FIELDS`) to ``path`` atomically."""
+    """Writes ``rows`` (dicts with :data:`FIELDS`; ``gain`` defaults to 1) atomically."""
+    rows = [{"gain": 1.0, **row} for row in rows]
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)

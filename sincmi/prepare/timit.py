@@ -1,0 +1,199 @@
+"""TIMIT speaker identification, as in SincNet (Ravanelli & Bengio, 2018).
+
+Reads the LDC layout ``TIMIT/TRAIN/DR*/<SPEAKER>/<UTT>.WAV`` with its ``.WRD``
+files, in upper or lower case, audio in NIST SPHERE (as on the LDC disc) or
+RIFF. The protocol: the 462 speakers of ``TRAIN``, closed set; training = the
+5 SX sentences of each speaker, test = the 3 SI sentences; SA sentences are
+not in training or test.
+
+Validation (checkpoint choice) must not touch the test sentences. With
+``valid_split="sa"`` (default) it is the 2 SA sentences of each speaker,
+which the protocol leaves unused (every speaker reads the same two texts); with
+``"sx"`` one SX sentence per speaker is moved from training to validation.
+
+As in SincNet's preparation, each sentence is trimmed to its first and last
+word boundary (``.WRD``) and scaled to unit peak amplitude; both are options.
+Nothing is rewritten: trimming becomes ``start``/``stop`` and normalisation the
+``gain`` column of the manifests.
+
+Outputs in ``save_folder``: ``train.csv``, ``valid.csv``, ``test.csv``,
+``skipped.csv``.
+"""
+
+import logging
+import os
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from sincmi.prepare.manifest import (
+    already_prepared,
+    inspect_audio,
+    mark_prepared,
+    report_skipped,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ["train.csv", "valid.csv", "test.csv"]
+
+
+def _child(folder, name):
+    """``folder/name`` matched case-insensitively, or None."""
+    if not os.path.isdir(folder):
+        return None
+    for entry in os.listdir(folder):
+        if entry.lower() == name.lower():
+            return os.path.join(folder, entry)
+    return None
+
+
+def find_train_folder(data_folder):
+    """Finds ``TRAIN`` in ``data_folder``, ``data_folder/TIMIT`` or ``data_folder/data``."""
+    if not data_folder or not os.path.isdir(data_folder):
+        raise FileNotFoundError(
+            f"data_folder {data_folder!r} does not exist: pass --data_folder=<TIMIT root> "
+            "(the folder that holds TRAIN/DR1/...)."
+        )
+    for parent in (data_folder, _child(data_folder, "TIMIT"), _child(data_folder, "data")):
+        train = _child(parent, "TRAIN") if parent else None
+        if train and any(d.lower().startswith("dr") for d in os.listdir(train)):
+            return train
+    found = sorted(os.listdir(data_folder))[:10]
+    raise ValueError(
+        f"{data_folder} is not a TIMIT root: expected TRAIN/DR*/<SPEAKER>/<UTT>.WAV (upper or lower "
+        f"case) below it, found {found}."
+    )
+
+
+def word_boundaries(wrd_path):
+    """First word start and last word end (samples) from a ``.WRD`` file."""
+    with open(wrd_path) as f:
+        spans = [line.split()[:2] for line in f if len(line.split()) >= 3]
+    if not spans:
+        raise ValueError("no word in the .WRD file")
+    return int(spans[0][0]), int(spans[-1][1])
+
+
+def prepare_timit(
+    data_folder,
+    save_folder,
+    trim_silence=True,
+    normalize_peak=True,
+    valid_split="sa",
+    sample_rate=16000,
+    min_samples=3200,
+):
+    """Writes the TIMIT speaker-id manifests; skipped if already done.
+
+    Arguments
+    ---------
+    data_folder : str
+        The TIMIT root (holding ``TRAIN``), in any letter case.
+    save_folder : str
+        Where the manifests go.
+    trim_silence : bool
+        Cut each sentence to its first/last ``.WRD`` boundary.
+    normalize_peak : bool
+        Scale each sentence to unit peak amplitude (``gain`` column).
+    valid_split : str
+        ``"sa"`` or ``"sx"``, see the module docstring.
+    sample_rate, min_samples : int
+        Expected rate; shortest usable (trimmed) sentence in samples.
+    """
+    if valid_split not in ("sa", "sx"):
+        raise ValueError(f"valid_split must be 'sa' or 'sx', got {valid_split!r}")
+    opts = {
+        "data_folder": os.path.abspath(data_folder) if data_folder else data_folder,
+        "trim_silence": trim_silence,
+        "normalize_peak": normalize_peak,
+        "valid_split": valid_split,
+        "sample_rate": sample_rate,
+        "min_samples": min_samples,
+    }
+    if already_prepared(save_folder, opts, OUTPUTS):
+        logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
+        return
+    train_dir = find_train_folder(data_folder)
+    os.makedirs(save_folder, exist_ok=True)
+
+    wavs = []
+    for region in sorted(os.listdir(train_dir)):
+        region_dir = os.path.join(train_dir, region)
+        if not (os.path.isdir(region_dir) and region.lower().startswith("dr")):
+            continue
+        for speaker in sorted(os.listdir(region_dir)):
+            spk_dir = os.path.join(region_dir, speaker)
+            if os.path.isdir(spk_dir):
+                wavs += [
+                    os.path.join(spk_dir, name)
+                    for name in sorted(os.listdir(spk_dir))
+                    if name.lower().endswith(".wav")
+                ]
+
+    splits = {"train": [], "valid": [], "test": []}
+    skipped, sx_seen = [], {}
+    for path in tqdm(wavs, desc="Preparing TIMIT"):
+        speaker = os.path.basename(os.path.dirname(path)).upper()
+        utt = os.path.splitext(os.path.basename(path))[0].upper()
+        kind = utt[:2]
+        if kind not in ("SA", "SI", "SX"):
+            skipped.append((path, f"not an SA/SI/SX sentence ({utt})"))
+            continue
+        frames, reason = inspect_audio(path, sample_rate, 1)
+        if reason:
+            skipped.append((path, reason))
+            continue
+        start, stop = 0, frames
+        if trim_silence:
+            base = os.path.splitext(path)[0]
+            wrd = next((base + e for e in (".WRD", ".wrd", ".Wrd") if os.path.isfile(base + e)), base + ".WRD")
+            try:
+                start, stop = word_boundaries(wrd)
+            except (OSError, ValueError) as err:
+                skipped.append((path, f"no usable word boundaries in {os.path.basename(wrd)} ({err})"))
+                continue
+            stop = min(stop, frames)
+        if stop - start < min_samples:
+            skipped.append((path, f"too short ({stop - start} samples < {min_samples}, one chunk)"))
+            continue
+        gain = 1.0
+        if normalize_peak:
+            peak = float(np.abs(sf.read(path, start=start, frames=stop - start, dtype="float32")[0]).max())
+            if peak == 0.0:
+                skipped.append((path, "silent (all samples are zero)"))
+                continue
+            gain = round(1.0 / peak, 6)
+        row = {
+            "ID": f"{speaker}_{utt}",
+            "duration": round((stop - start) / sample_rate, 4),
+            "wav": "$data_root/" + os.path.relpath(path, data_folder).replace(os.sep, "/"),
+            "start": start,
+            "stop": stop,
+            "spk_id": speaker,
+            "gain": gain,
+        }
+        if kind == "SI":
+            splits["test"].append(row)
+        elif kind == "SA":
+            if valid_split == "sa":
+                splits["valid"].append(row)
+        elif valid_split == "sx" and speaker not in sx_seen:
+            sx_seen[speaker] = True
+            splits["valid"].append(row)
+        else:
+            splits["train"].append(row)
+
+    report_skipped(save_folder, skipped)
+    if not splits["train"]:
+        raise ValueError(f"{data_folder}: no usable SX sentence found for training (see skipped.csv)")
+    for name, rows in splits.items():
+        write_manifest(os.path.join(save_folder, f"{name}.csv"), rows)
+    mark_prepared(save_folder, opts)
+    speakers = len({r["spk_id"] for r in splits["train"]})
+    logger.info(
+        f"Prepared TIMIT: {speakers} speakers, {len(splits['train'])}/{len(splits['valid'])}/"
+        f"{len(splits['test'])} train/valid/test sentences, {len(skipped)} skipped"
+    )
