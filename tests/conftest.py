@@ -30,3 +30,36 @@ def tone_corpus(tmp_path):
 
 def python_executable():
     return sys.executable
+
+
+# Sizes small enough for a smoke run in seconds; every recipe accepts them.
+TINY_MODEL = [
+    "--sinc_filters=8",
+    "--sinc_kernel=65",
+    "--conv_channels=[8,8]",
+    "--embedding_size=32",
+    "--fc_sizes=[32]",
+    "--finetune_epochs=1",
+    "--finetune_chunks_per_epoch=16",
+    "--finetune_batch_size=8",
+    "--eval_shift=1600",
+    "--valid_shift=3200",
+    "--num_workers=0",
+]
+TINY_PRETRAIN = ["--pretrain_epochs=1", "--pairs_per_epoch=16", "--pretrain_batch_size=8"]
+
+
+def run_recipe(recipe, yaml, out, *args, pretrain=True, expect_ok=True):
+    """Runs ``recipes/<recipe>/train.py`` on a tiny model; returns (results, process)."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, os.path.join(ROOT, "recipes", recipe, "train.py"),
+           os.path.join(ROOT, "recipes", recipe, "hparams", yaml),
+           f"--output_folder={out}", *TINY_MODEL, *(TINY_PRETRAIN if pretrain else []), *args]
+    proc = subprocess.run(cmd, cwd=os.path.dirname(str(out)), capture_output=True, text=True, timeout=600)
+    if not expect_ok:
+        return None, proc
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f), proc
