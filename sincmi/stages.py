@@ -137,17 +137,22 @@ def pretrain(hparams, run_opts, train_set, valid_set):
     )
     sampler = epoch_sampler(train_set, hparams.get("pairs_per_epoch"), hparams["seed"])
     brain.train_sampler = sampler
-    loader_kwargs = {
-        "batch_size": hparams["pretrain_batch_size"],
-        "num_workers": hparams["num_workers"],
-    }
+    # Every batch needs >= 2 sentences (a negative comes from another sentence):
+    # full training batches only, and no 1-sentence remainder in validation.
+    batch_size = min(hparams["pretrain_batch_size"], len(sampler))
+    if batch_size < 2:
+        raise ValueError(
+            f"LIM needs at least 2 training sentences per batch; pretrain_batch_size="
+            f"{hparams['pretrain_batch_size']}, pairs_per_epoch={len(sampler)}"
+        )
+    loader_kwargs = {"batch_size": batch_size, "num_workers": hparams["num_workers"]}
     logger.info(f"Stage pretrain: LIM ({hparams['objective'].name}) for {counter.limit} epoch(s)")
     brain.fit(
         counter,
         train_set,
         valid_set,
         train_loader_kwargs={**loader_kwargs, "sampler": sampler, "drop_last": True},
-        valid_loader_kwargs=loader_kwargs,
+        valid_loader_kwargs={**loader_kwargs, "drop_last": len(valid_set) % batch_size == 1},
     )
     checkpointer.recover_if_possible(min_key="loss")
     return brain.modules.encoder

@@ -67,3 +67,38 @@ def test_pair_logits_positives_are_same_sentence_pairs():
 def test_single_sentence_batch_is_rejected():
     with pytest.raises(ValueError, match="at least two"):
         negative_indices(["a"])
+
+
+def test_pretraining_batches_never_hold_a_single_sentence(tmp_path):
+    """A validation set of B*k + 1 sentences must not leave a 1-sentence batch."""
+    import numpy as np
+    import soundfile as sf
+    from speechbrain.utils.train_logger import FileTrainLogger
+
+    from sincmi import stages
+    from sincmi.data import pair_dataset
+    from sincmi.encoder import SincNetEncoder
+    from sincmi.objectives import LIMObjective
+
+    rows = {}
+    for i in range(5):
+        path = tmp_path / f"s{i}.wav"
+        sf.write(path, np.random.default_rng(i).standard_normal(2000).astype("float32"), 16000)
+        rows[f"s{i}"] = {"wav": str(path), "start": 0, "stop": 2000, "gain": 1.0, "spk_id": "a"}
+
+    hparams = {
+        "encoder": SincNetEncoder(chunk_size=800, sinc_filters=4, sinc_kernel=33, conv_channels=[4],
+                                  conv_kernels=[5], fc_sizes=[8]),
+        "discriminator": CosineDiscriminator(),
+        "objective": LIMObjective("nce"),
+        "pretrain_epochs": 1,
+        "pretrain_batch_size": 2,  # 5 valid sentences -> 2, 2, 1
+        "pretrain_optimizer": lambda params: torch.optim.Adam(params),
+        "num_workers": 0,
+        "seed": 1,
+        "save_folder": str(tmp_path / "save"),
+        "train_logger": FileTrainLogger(str(tmp_path / "log.txt")),
+    }
+    stages.pretrain(hparams, {"device": "cpu"}, pair_dataset(rows, 800), pair_dataset(rows, 800))
+    with open(tmp_path / "log.txt") as f:
+        assert "valid loss" in f.read()
