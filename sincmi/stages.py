@@ -220,7 +220,7 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
     return brain.test_stats
 
 
-def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, p_target=0.01):
+def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None):
     """Cosine-scores a trial list with utterance embeddings; returns EER/minDCF.
 
     ``shift`` is the hop between the chunks averaged into an utterance
@@ -228,7 +228,7 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, p_ta
     """
     embeddings = embed_dataset(encoder, dataset, device=device, batch_size=batch_size, shift=shift)
     pos, neg = cosine_trial_scores(embeddings, read_trials(trials_file))
-    return verification_metrics(pos, neg, p_target=p_target)
+    return verification_metrics(pos, neg)
 
 
 def write_results(path, results):

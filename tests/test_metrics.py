@@ -81,3 +81,61 @@ def test_read_trials_and_cosine_scores(tmp_path):
     path.write_text("1 a b\n2 a c\n")
     with pytest.raises(ValueError, match=r"trials.txt:2"):
         read_trials(path)
+
+
+def direct_norm(emb, trials, cohort, method, top_k=None):
+    """Score normalisation computed trial by trial, the way it is defined."""
+    import numpy as np
+
+    def unit(v):
+        return v / np.linalg.norm(v)
+
+    cohort = [unit(c) for c in cohort.numpy()]
+    out = []
+    for _, a, b in trials:
+        ea, eb = unit(emb[a].numpy()), unit(emb[b].numpy())
+        s = float(ea @ eb)
+
+        def stats(e):
+            c = np.array([float(e @ x) for x in cohort])
+            if top_k:
+                c = np.sort(c)[::-1][:top_k]
+            return c.mean(), c.std(ddof=1)
+
+        (ma, sa), (mb, sb) = stats(ea), stats(eb)
+        z, t = (s - ma) / sa, (s - mb) / sb
+        out.append({"z-norm": z, "t-norm": t, "s-norm": (z + t) / 2, "as-norm": (z + t) / 2}[method])
+    return out
+
+
+@pytest.mark.parametrize("method,top_k", [("z-norm", None), ("t-norm", None), ("s-norm", None), ("as-norm", 3)])
+def test_score_normalisation_matches_direct_computation(method, top_k):
+    from sincmi.metrics import cohort_statistics, score_trials, trial_indices
+
+    gen = torch.Generator().manual_seed(0)
+    emb = {f"u{i}": torch.randn(6, generator=gen) for i in range(7)}
+    trials = [(1, "u0", "u1"), (0, "u2", "u3"), (0, "u4", "u0"), (1, "u5", "u6")]
+    cohort = torch.randn(9, 6, generator=gen)
+    scores, labels = score_trials(emb, trials, cohort, method, top_k)
+    expected = direct_norm(emb, trials, cohort, method, top_k)
+    assert torch.allclose(scores.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-5)
+    assert labels.tolist() == [True, False, False, True]
+    # Statistics computed in chunks equal the one-shot computation.
+    matrix, *_ = trial_indices(emb, trials)
+    one = cohort_statistics(matrix, cohort, top_k)
+    chunked = cohort_statistics(matrix, cohort, top_k, chunk=2)
+    assert torch.allclose(one[0], chunked[0]) and torch.allclose(one[1], chunked[1])
+
+
+def test_score_normalisation_errors_name_the_problem():
+    from sincmi.metrics import score_trials
+
+    emb = {"a": torch.ones(2), "b": torch.ones(2)}
+    with pytest.raises(ValueError, match="unknown method 'x-norm'"):
+        score_trials(emb, [(1, "a", "b")], torch.ones(3, 2), "x-norm")
+    with pytest.raises(ValueError, match="needs a cohort"):
+        score_trials(emb, [(1, "a", "b")], None, "s-norm")
+    with pytest.raises(ValueError, match="top_k must be in"):
+        score_trials(emb, [(1, "a", "b")], torch.ones(3, 2), "as-norm", top_k=5)
+    with pytest.raises(KeyError, match="no embedding"):
+        score_trials(emb, [(1, "a", "zzz")])
