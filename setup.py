@@ -24,6 +24,8 @@ setup(
         "pandas>=2.0",
         "soundfile>=0.12",
         "tqdm>=4.60",
+        # DET curves and training plots (PNG, headless "Agg" backend).
+        "matplotlib>=3.7",
         # The Demo corpus is synthesised with eSpeak NG; this wheel ships the
         # library and its voices, so no system package is needed.
         "espeakng-loader==0.2.4",

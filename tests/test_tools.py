@@ -1,0 +1,43 @@
+"""Command-line tools on small inputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT
+
+
+def run_tool(name, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_score_trials_end_to_end(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=gen)
+    emb = {f"s{s}_u{u}": centres[s] + 0.3 * torch.randn(8, generator=gen) for s in range(3) for u in range(4)}
+    torch.save(emb, tmp_path / "emb.pt")
+    ids = sorted(emb)
+    trials = [(int(a[:2] == b[:2]), a, b) for i, a in enumerate(ids) for b in ids[i + 1:]]
+    (tmp_path / "trials.txt").write_text("".join(f"{l} {a} {b}\n" for l, a, b in trials))
+    torch.save(torch.randn(10, 8, generator=gen), tmp_path / "cohort.pt")
+    proc = run_tool("score_trials.py", tmp_path / "emb.pt", tmp_path / "trials.txt", "--out_folder",
+                    tmp_path / "out", "--cohort", tmp_path / "cohort.pt", "--score_norm", "s-norm")
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "out" / "results.json") as f:
+        results = json.load(f)
+    assert results["target_trials"] == 3 * 6 and results["nontarget_trials"] == len(trials) - 18
+    assert results["EER"] < 0.2  # well-separated speakers
+    lines = (tmp_path / "out" / "scores.txt").read_text().splitlines()
+    assert len(lines) == len(trials) and lines[0].split()[:2] == [trials[0][1], trials[0][2]]
+    assert os.path.getsize(tmp_path / "out" / "det.png") > 1000
+
+
+def test_score_trials_rejects_a_malformed_line(tmp_path):
+    torch.save({"a": torch.ones(2), "b": torch.ones(2)}, tmp_path / "emb.pt")
+    (tmp_path / "trials.txt").write_text("1 a b\nthis is wrong\n")
+    proc = run_tool("score_trials.py", tmp_path / "emb.pt", tmp_path / "trials.txt")
+    assert proc.returncode != 0 and "trials.txt:2" in proc.stderr
