@@ -22,7 +22,8 @@ class LIMBrain(sb.Brain):
 
     Each step encodes exactly the 2B chunks of the batch (anchor and positive
     of B sentences); negatives pair an anchor with the positive chunks of other
-    sentences, reusing those encodings.
+    sentences (by the ``sentence`` key: segments of one recording are one
+    sentence), reusing those encodings.
     """
 
     def compute_forward(self, batch, stage):
@@ -35,7 +36,7 @@ class LIMBrain(sb.Brain):
             self.modules.discriminator,
             z_anchor,
             z_positive,
-            batch.id,
+            batch.sentence,
             getattr(self.hparams, "num_negatives", None),
         )
 
@@ -109,11 +110,11 @@ class SpeakerIdBrain(sb.Brain):
         return self.modules.encoder(chunks)
 
     def compute_forward(self, batch, stage):
-        """Training: log-posteriors of one chunk per sentence.
+        """Training: embeddings of one chunk per sentence.
         Evaluation: log-posteriors of every chunk of every sentence."""
         batch = batch.to(self.device)
         if stage == sb.Stage.TRAIN:
-            return self.modules.classifier(self.embed(batch.chunk.data)), None
+            return self.embed(batch.chunk.data), None
         wavs, lens = batch.sig
         chunk_size = self.hparams.chunk_size
         shift = self.hparams.eval_shift
@@ -127,11 +128,12 @@ class SpeakerIdBrain(sb.Brain):
         return log_probs, owner
 
     def compute_objectives(self, predictions, batch, stage):
-        """Negative log-likelihood of the chunk labels."""
-        log_probs, owner = predictions
+        """Training: the classifier's loss. Evaluation: NLL of the chunk labels."""
+        outputs, owner = predictions
         labels = batch.spk_id_encoded.data.squeeze(1)
         if stage == sb.Stage.TRAIN:
-            return F.nll_loss(log_probs, labels)
+            return self.modules.classifier.training_loss(outputs, labels)
+        log_probs = outputs
         self.error_stats.append(log_probs.detach(), owner, labels)
         return F.nll_loss(log_probs, labels[owner])
 

@@ -62,10 +62,15 @@ def random_chunk(path, start, stop, chunk_size, gain_range=None, gain=1.0, resam
 
 
 def load_manifest(csv_path, data_root):
-    """Reads a manifest into SpeechBrain's ``{id: row}`` form (``$data_root`` replaced)."""
+    """Reads a manifest into SpeechBrain's ``{id: row}`` form.
+
+    ``data_root`` replaces ``$data_root`` in the paths; a dict replaces several
+    placeholders (``{"voxceleb1": ..., "voxceleb2": ...}``).
+    """
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"manifest {csv_path} is missing: run the recipe's preparation first")
-    data = load_data_csv(csv_path, replacements={"data_root": data_root})
+    replacements = data_root if isinstance(data_root, dict) else {"data_root": data_root}
+    data = load_data_csv(csv_path, replacements=replacements)
     for row in data.values():
         row["start"] = int(row["start"])
         row["stop"] = int(row["stop"])
@@ -87,8 +92,11 @@ def pair_dataset(data, chunk_size, gain_range=None, resample=None):
     resample : tuple of int, optional
         ``(file_rate, model_rate)`` when they differ.
 
-    Output keys: ``id``, ``anchor``, ``positive``.
+    Output keys: ``id``, ``sentence``, ``anchor``, ``positive``. ``sentence``
+    is the row's ``sentence`` column when the manifest has one (segments of one
+    recording share it, so they are never negatives of each other), else its id.
     """
+    data = {key: {**row, "sentence": row.get("sentence") or key} for key, row in data.items()}
     dataset = DynamicItemDataset(data)
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain")
@@ -98,7 +106,7 @@ def pair_dataset(data, chunk_size, gain_range=None, resample=None):
         yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, resample)
 
     dataset.add_dynamic_item(pair_pipeline)
-    dataset.set_output_keys(["id", "anchor", "positive"])
+    dataset.set_output_keys(["id", "sentence", "anchor", "positive"])
     return dataset
 
 

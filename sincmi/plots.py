@@ -10,7 +10,7 @@ from scipy.special import ndtri  # noqa: E402
 
 from sincmi.metrics import eer, error_curves  # noqa: E402
 
-DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
+DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8]
 
 
 def det_curve(curves, path, title="DET curve"):

@@ -8,6 +8,7 @@ functions in order from their ``train.py``.
 import json
 import logging
 import os
+import re
 import time
 
 import speechbrain as sb
@@ -20,7 +21,8 @@ from speechbrain.utils.epoch_loop import EpochCounter
 from sincmi import data
 from sincmi.brains import LIMBrain, SpeakerIdBrain
 from sincmi.inference import embed_dataset
-from sincmi.metrics import cosine_trial_scores, read_trials, verification_metrics
+from sincmi.metrics import read_trials, score_trials, verification_metrics
+from sincmi.plots import det_curve
 
 logger = logging.getLogger(__name__)
 
@@ -182,11 +184,14 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
         Stage name: its checkpoint folder and its rows in the train log.
     freeze_encoder : bool
         True: probe a fixed encoder; False: fine-tune it with the classifier.
+    test_set : dataset or None
+        None: no test; the best validation checkpoint is loaded.
 
     Returns
     -------
     dict
-        Test statistics (``sentence_error``, ``chunk_error``, counts).
+        Test statistics (``sentence_error``, ``chunk_error``, counts); empty
+        without a test set.
     """
     classifier = hparams["classifier"](input_size=encoder.embedding_size, num_speakers=num_speakers)
     counter = EpochCounter(hparams["finetune_epochs"])
@@ -216,19 +221,62 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
     mode = "frozen encoder" if freeze_encoder else "fine-tuned encoder"
     logger.info(f"Stage {name}: speaker id, {mode}, {counter.limit} epoch(s)")
     brain.fit(counter, train_set, valid_set, train_loader_kwargs=train_kwargs, valid_loader_kwargs=eval_kwargs)
+    if test_set is None:  # keep the best validation checkpoint's weights
+        checkpointer.recover_if_possible(min_key="sentence_error")
+        return {}
     brain.evaluate(test_set, min_key="sentence_error", test_loader_kwargs=eval_kwargs)
     return brain.test_stats
 
 
-def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None):
-    """Cosine-scores a trial list with utterance embeddings; returns EER/minDCF.
+def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, cohort_set=None,
+           score_norm=None, top_k=None, out_folder=None, name="system"):
+    """Scores a trial list by cosine on utterance embeddings; returns EER/minDCF.
 
-    ``shift`` is the hop between the chunks averaged into an utterance
-    embedding (default: half a chunk).
+    Arguments
+    ---------
+    shift : int, optional
+        Hop between the chunks averaged into an utterance embedding (default:
+        half a chunk).
+    cohort_set : dataset, optional
+        Utterances whose embeddings form the score-normalisation cohort.
+    score_norm, top_k : see :func:`sincmi.metrics.score_trials`.
+    out_folder : str, optional
+        Where ``scores_<name>.txt`` and ``det_<name>.png`` are written.
     """
     embeddings = embed_dataset(encoder, dataset, device=device, batch_size=batch_size, shift=shift)
-    pos, neg = cosine_trial_scores(embeddings, read_trials(trials_file))
-    return verification_metrics(pos, neg)
+    cohort = None
+    if score_norm is not None:
+        if cohort_set is None:
+            raise ValueError(f"score_norm={score_norm!r} needs a cohort")
+        cohort_emb = embed_dataset(encoder, cohort_set, device=device, batch_size=batch_size, shift=shift)
+        cohort = torch.stack(list(cohort_emb.values()))
+    trials = read_trials(trials_file)
+    scores, labels = score_trials(embeddings, trials, cohort, score_norm, top_k)
+    metrics = verification_metrics(scores[labels], scores[~labels])
+    if out_folder is not None:
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        with open(os.path.join(out_folder, f"scores_{slug}.txt"), "w") as f:
+            for (label, enrol, test), score in zip(trials, scores.tolist()):
+                f.write(f"{enrol} {test} {score:.6f} {label}\n")
+        det_curve({name: (scores[labels], scores[~labels])}, os.path.join(out_folder, f"det_{slug}.png"))
+    return metrics
+
+
+def load_pretrained_encoder(encoder, experiment_folder):
+    """Loads the LIM encoder of an experiment folder (its best validation checkpoint).
+
+    Raises a clear error when the folder holds no LIM checkpoint.
+    """
+    folder = os.path.join(experiment_folder or "", "save", "pretrain")
+    checkpointer = Checkpointer(folder, recoverables={"encoder": encoder})
+    if not os.path.isdir(folder) or checkpointer.find_checkpoint(min_key="loss") is None:
+        raise FileNotFoundError(
+            f"pretrained_folder {experiment_folder!r} holds no LIM checkpoint (expected "
+            f"{folder}/CKPT+...): pass the output_folder of a finished LIM run"
+        )
+    checkpointer.recover_if_possible(min_key="loss")
+    logger.info(f"Loaded the LIM encoder of {experiment_folder}")
+    return encoder
 
 
 def write_results(path, results):

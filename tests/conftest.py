@@ -54,9 +54,14 @@ def run_recipe(recipe, yaml, out, *args, pretrain=True, expect_ok=True):
     import json
     import subprocess
 
-    cmd = [sys.executable, os.path.join(ROOT, "recipes", recipe, "train.py"),
-           os.path.join(ROOT, "recipes", recipe, "hparams", yaml),
-           f"--output_folder={out}", *TINY_MODEL, *(TINY_PRETRAIN if pretrain else []), *args]
+    yaml_path = os.path.join(ROOT, "recipes", recipe, "hparams", yaml)
+    with open(yaml_path) as f:
+        values = {line.split(":")[0]: line.split(":", 1)[1].split("#")[0].strip() for line in f if line[:1].isalpha()}
+    # The tiny sizes apply to the keys this yaml has, and never switch on a stage it leaves off.
+    tiny = [a for a in TINY_MODEL + (TINY_PRETRAIN if pretrain else [])
+            if a[2:].split("=")[0] in values and values[a[2:].split("=")[0]] != "0"]
+    cmd = [sys.executable, os.path.join(ROOT, "recipes", recipe, "train.py"), yaml_path,
+           f"--output_folder={out}", *tiny, *args]
     proc = subprocess.run(cmd, cwd=os.path.dirname(str(out)), capture_output=True, text=True, timeout=600)
     if not expect_ok:
         return None, proc

@@ -97,7 +97,8 @@ def main(argv):
     for system, stage_name, model, stats in systems:
         t = time.time()
         verification = stages.verify(
-            model, verification_set, trials, device, hparams["eval_batch_size"], hparams["verification_shift"]
+            model, verification_set, trials, device, hparams["eval_batch_size"], hparams["verification_shift"],
+            out_folder=hparams["output_folder"], name=system,
         )
         timings[stage_name.replace("speaker_id", "verification")] = time.time() - t
         results[system] = {**verification, **stats}

@@ -3,7 +3,9 @@
 A manifest row is one sentence: ``ID,duration,wav,start,stop,spk_id,gain``,
 with ``start``/``stop`` in samples of the file, ``wav`` relative to
 ``$data_root`` and ``gain`` the factor applied to the samples when read (1, or
-1/peak for corpora prepared with peak normalisation).
+1/peak for corpora prepared with peak normalisation). Manifests whose rows
+are segments of longer recordings add a ``sentence`` column naming the
+recording, so that LIM never pairs two segments of it as a negative.
 """
 
 import csv
@@ -34,11 +36,12 @@ def inspect_audio(path, sample_rate, min_samples):
 
 
 def write_manifest(path, rows):
-    """Writes ``rows`` (dicts with :data:`FIELDS`; ``gain`` defaults to 1) atomically."""
+    """Writes ``rows`` (dicts with :data:`FIELDS`, optionally ``sentence``) atomically."""
     rows = [{"gain": 1.0, **row} for row in rows]
+    fields = FIELDS + (["sentence"] if rows and "sentence" in rows[0] else [])
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)

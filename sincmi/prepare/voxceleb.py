@@ -1,0 +1,231 @@
+"""VoxCeleb speaker verification: training segments and official trial lists.
+
+Layouts read (nothing is downloaded):
+
+* VoxCeleb1: ``<voxceleb1_folder>/wav/<spk>/<video>/<utt>.wav`` (dev and
+  test together, as distributed) and the trial lists in the official format
+  ``label enrol test`` with paths relative to ``wav/``:
+  ``veri_test2.txt`` (VoxCeleb1-O cleaned), ``list_test_all2.txt`` (-E),
+  ``list_test_hard2.txt`` (-H).
+* VoxCeleb2 dev, after the usual m4a -> wav conversion:
+  ``<voxceleb2_folder>/<spk>/<video>/<utt>.wav`` (see recipes/VoxCeleb/README.md
+  for the conversion command).
+
+Training manifests cut every utterance into segments of ``segment_seconds``
+(the last, shorter one is kept when it holds at least one chunk); the rows of
+one utterance share a ``sentence`` column so that LIM never takes two
+segments of one recording as a negative pair. Speakers that appear in the
+trial list are removed from training.
+
+Outputs in ``save_folder``: ``train.csv`` and ``valid.csv`` (segments;
+validation = one utterance of each of ``valid_speakers`` training speakers,
+held out of training, so that both LIM and a speaker classifier can be
+validated), ``verification.csv`` (whole trial utterances), ``trials.txt``
+(trial list with utterance ids), ``skipped.csv``. Audio paths start with
+``$voxceleb1/`` or ``$voxceleb2/``.
+"""
+
+import logging
+import os
+import random
+
+from tqdm import tqdm
+
+from sincmi.prepare.manifest import (
+    already_prepared,
+    inspect_audio,
+    mark_prepared,
+    report_skipped,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ["train.csv", "valid.csv", "verification.csv", "trials.txt"]
+
+
+def utterance_id(relative_path):
+    """``id10270/x6uYqmx31kE/00001.wav`` -> ``id10270-x6uYqmx31kE-00001``."""
+    return os.path.splitext(relative_path)[0].replace("\\", "/").replace("/", "-")
+
+
+def list_wavs(root):
+    """Relative paths of ``<spk>/<video>/<utt>.wav`` below ``root``."""
+    found = []
+    for folder, _, names in os.walk(root):
+        found += [os.path.relpath(os.path.join(folder, n), root) for n in names if n.lower().endswith(".wav")]
+    return sorted(found)
+
+
+def read_official_trials(path):
+    """Reads ``label enrol test`` (paths relative to VoxCeleb1 ``wav/``).
+
+    A malformed line raises ``ValueError`` naming the file and line number.
+    """
+    trials = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 3 or fields[0] not in ("0", "1"):
+                raise ValueError(f"{path}:{number}: expected 'label enrol test' (label 0 or 1), got {line.strip()!r}")
+            trials.append((int(fields[0]), fields[1], fields[2]))
+    if not trials:
+        raise ValueError(f"{path}: the trial list is empty")
+    return trials
+
+
+def segment_rows(utt, rel_wav, spk, frames, sample_rate, segment_samples, min_samples):
+    """Manifest rows for the segments of one utterance."""
+    rows = []
+    for k, start in enumerate(range(0, frames, segment_samples)):
+        stop = min(start + segment_samples, frames)
+        if stop - start < min_samples:
+            break
+        rows.append(
+            {
+                "ID": f"{utt}_{k}",
+                "duration": round((stop - start) / sample_rate, 4),
+                "wav": rel_wav,
+                "start": start,
+                "stop": stop,
+                "spk_id": spk,
+                "sentence": utt,
+            }
+        )
+    return rows
+
+
+def prepare_voxceleb(
+    voxceleb1_folder,
+    save_folder,
+    trial_list="veri_test2.txt",
+    voxceleb2_folder=None,
+    train_sets=("voxceleb1",),
+    segment_seconds=3.0,
+    valid_speakers=20,
+    sample_rate=16000,
+    min_samples=3200,
+    seed=1234,
+):
+    """Writes the VoxCeleb manifests and trial list; skipped if already done.
+
+    Arguments
+    ---------
+    voxceleb1_folder : str
+        Holds ``wav/`` (and usually the trial lists).
+    trial_list : str
+        Trial list file: a path, or a name inside ``voxceleb1_folder``.
+    voxceleb2_folder : str, optional
+        VoxCeleb2 dev as wav: ``<spk>/<video>/<utt>.wav``.
+    train_sets : list of str
+        ``voxceleb1`` and/or ``voxceleb2``: the utterances used for training
+        (without the trial list's speakers).
+    segment_seconds : float
+        Length of the training segments.
+    valid_speakers : int
+        Training speakers that give one utterance each to validation.
+    """
+    unknown = set(train_sets) - {"voxceleb1", "voxceleb2"}
+    if unknown or not train_sets:
+        raise ValueError(f"train_sets: {sorted(unknown) or '[]'} not valid; choose from ['voxceleb1', 'voxceleb2']")
+    wav_root = os.path.join(voxceleb1_folder or "", "wav")
+    if not os.path.isdir(wav_root):
+        raise FileNotFoundError(
+            f"VoxCeleb1 not found: expected {wav_root}/<spk>/<video>/<utt>.wav. Download VoxCeleb1 "
+            "(dev and test wav) from the VoxCeleb site and pass --voxceleb1_folder=<folder holding wav/>."
+        )
+    trial_path = trial_list if os.path.isfile(trial_list) else os.path.join(voxceleb1_folder, trial_list)
+    if not os.path.isfile(trial_path):
+        raise FileNotFoundError(
+            f"trial list {trial_list!r} not found (looked for {trial_path}). Put veri_test2.txt, "
+            "list_test_all2.txt or list_test_hard2.txt from the VoxCeleb site there, or give its path."
+        )
+    if "voxceleb2" in train_sets and not (voxceleb2_folder and os.path.isdir(voxceleb2_folder)):
+        raise FileNotFoundError(
+            f"voxceleb2_folder {voxceleb2_folder!r} not found: expected <spk>/<video>/<utt>.wav "
+            "(VoxCeleb2 dev converted to wav, see recipes/VoxCeleb/README.md)."
+        )
+    opts = {
+        "voxceleb1_folder": os.path.abspath(voxceleb1_folder),
+        "trial_list": os.path.abspath(trial_path),
+        "voxceleb2_folder": os.path.abspath(voxceleb2_folder) if voxceleb2_folder else None,
+        "train_sets": sorted(train_sets),
+        "segment_seconds": segment_seconds,
+        "valid_speakers": valid_speakers,
+        "sample_rate": sample_rate,
+        "min_samples": min_samples,
+        "seed": seed,
+    }
+    if already_prepared(save_folder, opts, OUTPUTS):
+        logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
+        return
+    os.makedirs(save_folder, exist_ok=True)
+
+    official = read_official_trials(trial_path)
+    trial_files = sorted({p for _, a, b in official for p in (a, b)})
+    trial_speakers = {p.replace("\\", "/").split("/")[0] for p in trial_files}
+    skipped, verification, usable = [], [], set()
+    for rel in tqdm(trial_files, desc="Checking trial utterances"):
+        frames, reason = inspect_audio(os.path.join(wav_root, rel), sample_rate, min_samples)
+        if reason:
+            skipped.append((os.path.join(wav_root, rel), reason))
+            continue
+        usable.add(rel)
+        verification.append(
+            {
+                "ID": utterance_id(rel),
+                "duration": round(frames / sample_rate, 4),
+                "wav": "$voxceleb1/wav/" + rel.replace(os.sep, "/"),
+                "start": 0,
+                "stop": frames,
+                "spk_id": rel.split("/")[0],
+            }
+        )
+    trials = [(label, a, b) for label, a, b in official if a in usable and b in usable]
+    if len(trials) < len(official):
+        logger.warning(f"{len(official) - len(trials)} trial(s) dropped: an utterance is unusable (skipped.csv)")
+
+    sources = []
+    if "voxceleb1" in train_sets:
+        sources.append(("$voxceleb1/wav/", wav_root))
+    if "voxceleb2" in train_sets:
+        sources.append(("$voxceleb2/", voxceleb2_folder))
+    segment_samples = int(segment_seconds * sample_rate)
+    by_speaker = {}
+    for prefix, root in sources:
+        for rel in tqdm(list_wavs(root), desc=f"Segmenting {root}"):
+            spk = rel.replace(os.sep, "/").split("/")[0]
+            if spk in trial_speakers:
+                continue
+            frames, reason = inspect_audio(os.path.join(root, rel), sample_rate, min_samples)
+            if reason:
+                skipped.append((os.path.join(root, rel), reason))
+                continue
+            utt = utterance_id(rel)
+            by_speaker.setdefault(spk, []).extend(
+                segment_rows(utt, prefix + rel.replace(os.sep, "/"), spk, frames, sample_rate, segment_samples, min_samples)
+            )
+    report_skipped(save_folder, skipped)
+    speakers = sorted(by_speaker)
+    if len(speakers) < 2:
+        raise ValueError(f"{len(speakers)} training speaker(s) left after removing the trial speakers")
+    rng = random.Random(seed)
+    candidates = [s for s in speakers if len({r["sentence"] for r in by_speaker[s]}) > 1]
+    held = {}
+    for spk in sorted(rng.sample(candidates, min(valid_speakers, len(candidates)))):
+        held[spk] = rng.choice(sorted({r["sentence"] for r in by_speaker[spk]}))
+    train = [r for s in speakers for r in by_speaker[s] if held.get(s) != r["sentence"]]
+    valid = [r for s in sorted(held) for r in by_speaker[s] if held[s] == r["sentence"]]
+    write_manifest(os.path.join(save_folder, "train.csv"), train)
+    write_manifest(os.path.join(save_folder, "valid.csv"), valid)
+    write_manifest(os.path.join(save_folder, "verification.csv"), verification)
+    with open(os.path.join(save_folder, "trials.txt"), "w") as f:
+        f.writelines(f"{label} {utterance_id(a)} {utterance_id(b)}\n" for label, a, b in trials)
+    mark_prepared(save_folder, opts)
+    logger.info(
+        f"Prepared VoxCeleb: {len(speakers)} training speakers ({len(train)} segments), "
+        f"{len(valid)} validation segments, {len(verification)} trial utterances, {len(trials)} trials, "
+        f"{len(skipped)} skipped"
+    )

@@ -1,0 +1,94 @@
+"""VoxCeleb preparation and recipe on a fixture in the VoxCeleb layout."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import run_recipe
+from sincmi.data import load_manifest, pair_dataset
+from sincmi.prepare.manifest import read_manifest
+from sincmi.prepare.synth import synthesize_corpus
+from sincmi.prepare.voxceleb import prepare_voxceleb
+
+TRIAL_SPEAKERS = 3
+
+
+@pytest.fixture(scope="module")
+def voxceleb(tmp_path_factory):
+    """VoxCeleb1 layout from synthetic voices: 8 speakers, 2 videos x 2 utterances."""
+    tmp = tmp_path_factory.mktemp("vox")
+    corpus = synthesize_corpus(str(tmp / "synth"), num_speakers=8, sentences_per_speaker=4, seed=3)
+    root = tmp / "VoxCeleb1"
+    utts = {}
+    for s in range(8):
+        spk = f"id1{s:04d}"
+        for u in range(4):
+            rel = f"{spk}/video{u // 2}/{u:05d}.wav"
+            os.makedirs(root / "wav" / os.path.dirname(rel), exist_ok=True)
+            shutil.copy(os.path.join(corpus, f"spk{s:03d}", f"spk{s:03d}_u{u:03d}.wav"), root / "wav" / rel)
+            utts.setdefault(spk, []).append(rel)
+    test_utts = [u for spk in sorted(utts)[:TRIAL_SPEAKERS] for u in utts[spk]]
+    lines = [f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}\n"
+             for i, a in enumerate(test_utts) for b in test_utts[i + 1:]]
+    (root / "veri_test2.txt").write_text("".join(lines))
+    return root
+
+
+def test_preparation(voxceleb, tmp_path):
+    save = str(tmp_path / "save")
+    prepare_voxceleb(str(voxceleb), save, segment_seconds=1.0, valid_speakers=2)
+    train, valid = read_manifest(os.path.join(save, "train.csv")), read_manifest(os.path.join(save, "valid.csv"))
+    verification = read_manifest(os.path.join(save, "verification.csv"))
+    trial_speakers = {r["spk_id"] for r in verification}
+    assert len(trial_speakers) == TRIAL_SPEAKERS
+    assert not trial_speakers & {r["spk_id"] for r in train + valid}  # trial speakers never train
+    assert len({r["spk_id"] for r in train}) == 8 - TRIAL_SPEAKERS
+    assert {r["sentence"] for r in valid}.isdisjoint({r["sentence"] for r in train})
+    for row in train:
+        assert int(row["stop"]) - int(row["start"]) <= 16000  # 1 s segments
+        assert row["ID"].rsplit("_", 1)[0] == row["sentence"]
+    with open(os.path.join(save, "trials.txt")) as f:
+        trials = [line.split() for line in f]
+    assert len(trials) == 12 * 11 // 2 and {t[1] for t in trials} <= {r["ID"] for r in verification}
+    # Pairs of one utterance's segments share its sentence key.
+    rows = load_manifest(os.path.join(save, "train.csv"), {"voxceleb1": str(voxceleb), "voxceleb2": ""})
+    item = pair_dataset(rows, 3200)[0]
+    assert item["sentence"] == rows[item["id"]]["sentence"] != item["id"]
+
+
+def test_missing_data_is_explained(voxceleb, tmp_path):
+    with pytest.raises(FileNotFoundError, match="VoxCeleb1 not found.*wav"):
+        prepare_voxceleb(str(tmp_path), str(tmp_path / "s"))
+    with pytest.raises(FileNotFoundError, match="trial list 'nope.txt' not found"):
+        prepare_voxceleb(str(voxceleb), str(tmp_path / "s"), trial_list="nope.txt")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 a.wav b.wav\n1 a.wav\n")
+    with pytest.raises(ValueError, match="bad.txt:2"):
+        prepare_voxceleb(str(voxceleb), str(tmp_path / "s"), trial_list=str(bad))
+
+
+def test_recipe_lim_then_finetune(voxceleb, tmp_path):
+    common = [f"--voxceleb1_folder={voxceleb}", "--segment_seconds=1.0", "--valid_speakers=2",
+              "--critic_hidden_size=16", "--cohort_size=20", "--cohort_top_k=5", "--score_norm=as-norm"]
+    lim_out = tmp_path / "lim"
+    results, _ = run_recipe("VoxCeleb", "lim_nce.yaml", lim_out, *common)
+    (metrics,) = results["systems"].values()
+    assert metrics["target_trials"] == 18 and metrics["nontarget_trials"] == 48
+    assert 0 <= metrics["EER"] <= 1 and "minDCF_0.05" in metrics
+    assert os.path.getsize(lim_out / "det_lim_nce.png") > 1000
+    with open(lim_out / "scores_lim_nce.txt") as f:
+        assert len(f.readlines()) == 66
+    ft_out = tmp_path / "ft"
+    run_recipe("VoxCeleb", "finetune.yaml", ft_out, f"--voxceleb1_folder={voxceleb}", "--segment_seconds=1.0",
+               "--valid_speakers=2", "--cohort_size=20", f"--pretrained_folder={lim_out}", pretrain=False)
+    assert "Loaded the LIM encoder" in open(ft_out / "log.txt").read()
+    with open(ft_out / "results.json") as f:
+        assert json.load(f)["systems"]
+
+
+def test_finetune_without_a_lim_run_is_explained(voxceleb, tmp_path):
+    _, proc = run_recipe("VoxCeleb", "finetune.yaml", tmp_path / "ft", f"--voxceleb1_folder={voxceleb}",
+                         f"--pretrained_folder={tmp_path / 'nothing'}", pretrain=False, expect_ok=False)
+    assert proc.returncode != 0 and "holds no LIM checkpoint" in proc.stdout + proc.stderr
