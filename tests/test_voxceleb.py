@@ -1,12 +1,13 @@
 """VoxCeleb preparation and recipe on a fixture in the VoxCeleb layout."""
 
+import glob
 import json
 import os
-import shutil
 
 import pytest
+import soundfile as sf
 
-from conftest import run_recipe
+from conftest import SHARED_DATA, run_recipe
 from sincmi.data import load_manifest, pair_dataset
 from sincmi.prepare.manifest import read_manifest
 from sincmi.prepare.synth import synthesize_corpus
@@ -15,19 +16,29 @@ from sincmi.prepare.voxceleb import prepare_voxceleb
 TRIAL_SPEAKERS = 3
 
 
+LIBRI_SAMPLE = os.path.join(SHARED_DATA, "LibriSpeech_sample", "LibriSpeech", "test-other")
+
+
 @pytest.fixture(scope="module")
 def voxceleb(tmp_path_factory):
-    """VoxCeleb1 layout from synthetic voices: 8 speakers, 2 videos x 2 utterances."""
+    """VoxCeleb1 layout: 8 synthetic voices (and, with ../shared, 3 LibriSpeech readers as
+    training speakers), 2 videos x 2 utterances each."""
     tmp = tmp_path_factory.mktemp("vox")
     corpus = synthesize_corpus(str(tmp / "synth"), num_speakers=8, sentences_per_speaker=4, seed=3)
+    sources = {f"id1{s:04d}": [os.path.join(corpus, f"spk{s:03d}", f"spk{s:03d}_u{u:03d}.wav") for u in range(4)]
+               for s in range(8)}
+    if os.path.isdir(LIBRI_SAMPLE):
+        for reader in sorted(os.listdir(LIBRI_SAMPLE))[:3]:
+            flacs = sorted(glob.glob(os.path.join(LIBRI_SAMPLE, reader, "*", "*.flac")))[:4]
+            sources[f"id2{int(reader):04d}"] = flacs
     root = tmp / "VoxCeleb1"
     utts = {}
-    for s in range(8):
-        spk = f"id1{s:04d}"
-        for u in range(4):
+    for spk, files in sources.items():
+        for u, source in enumerate(files):
             rel = f"{spk}/video{u // 2}/{u:05d}.wav"
             os.makedirs(root / "wav" / os.path.dirname(rel), exist_ok=True)
-            shutil.copy(os.path.join(corpus, f"spk{s:03d}", f"spk{s:03d}_u{u:03d}.wav"), root / "wav" / rel)
+            wav, rate = sf.read(source, dtype="int16")
+            sf.write(root / "wav" / rel, wav, rate, subtype="PCM_16")
             utts.setdefault(spk, []).append(rel)
     test_utts = [u for spk in sorted(utts)[:TRIAL_SPEAKERS] for u in utts[spk]]
     lines = [f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}\n"
@@ -44,7 +55,8 @@ def test_preparation(voxceleb, tmp_path):
     trial_speakers = {r["spk_id"] for r in verification}
     assert len(trial_speakers) == TRIAL_SPEAKERS
     assert not trial_speakers & {r["spk_id"] for r in train + valid}  # trial speakers never train
-    assert len({r["spk_id"] for r in train}) == 8 - TRIAL_SPEAKERS
+    training_speakers = 8 - TRIAL_SPEAKERS + (3 if os.path.isdir(LIBRI_SAMPLE) else 0)
+    assert len({r["spk_id"] for r in train}) == training_speakers
     assert {r["sentence"] for r in valid}.isdisjoint({r["sentence"] for r in train})
     for row in train:
         assert int(row["stop"]) - int(row["start"]) <= 16000  # 1 s segments
