@@ -20,6 +20,7 @@ from speechbrain.utils.epoch_loop import EpochCounter
 
 from sincmi import data
 from sincmi.brains import LIMBrain, SpeakerIdBrain
+from sincmi.config import check_hparams
 from sincmi.inference import embed_dataset
 from sincmi.metrics import read_trials, score_trials, verification_metrics
 from sincmi.plots import det_curve
@@ -30,11 +31,13 @@ logger = logging.getLogger(__name__)
 def start_experiment(argv):
     """Parses the command line, loads the yaml, creates the output folder.
 
-    Returns ``(hparams, run_opts)``, as every SpeechBrain recipe starts.
+    Returns ``(hparams, run_opts)``, as every SpeechBrain recipe starts; the
+    hparams are checked first (:func:`sincmi.config.check_hparams`).
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     with open(hparams_file) as f:
         hparams = load_hyperpyyaml(f, overrides)
+    check_hparams(hparams)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,

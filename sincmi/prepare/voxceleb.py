@@ -31,6 +31,7 @@ import random
 
 from tqdm import tqdm
 
+from sincmi.metrics import read_trials
 from sincmi.prepare.manifest import (
     already_prepared,
     inspect_audio,
@@ -58,19 +59,8 @@ def list_wavs(root):
 
 
 def read_official_trials(path):
-    """Reads ``label enrol test`` (paths relative to VoxCeleb1 ``wav/``).
-
-    A malformed line raises ``ValueError`` naming the file and line number.
-    """
-    trials = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3 or fields[0] not in ("0", "1"):
-                raise ValueError(f"{path}:{number}: expected 'label enrol test' (label 0 or 1), got {line.strip()!r}")
-            trials.append((int(fields[0]), fields[1], fields[2]))
+    """Reads ``label enrol test`` (paths relative to VoxCeleb1 ``wav/``), refusing an empty list."""
+    trials = read_trials(path)
     if not trials:
         raise ValueError(f"{path}: the trial list is empty")
     return trials

@@ -1,0 +1,68 @@
+"""Start-up checks of a recipe's hparams, before any data work.
+
+Each error names the key, the value and what would be valid, so that a
+mistyped override fails in a second instead of hours into a run.
+"""
+
+import os
+
+from sincmi.discriminator import CRITICS
+from sincmi.metrics import SCORE_NORMS
+from sincmi.objectives import OBJECTIVES
+
+POSITIVE_INTS = [
+    "chunk_size", "pretrain_batch_size", "finetune_batch_size", "eval_batch_size", "eval_shift",
+    "sample_rate", "embedding_size",
+]
+NON_NEGATIVE_INTS = [
+    "pretrain_epochs", "finetune_epochs", "pairs_per_epoch", "finetune_chunks_per_epoch", "num_workers",
+    "num_verification_speakers", "valid_per_speaker", "test_per_speaker", "valid_speakers", "cohort_size",
+    "num_speakers", "sentences_per_speaker",
+]
+FOLDERS = ["data_folder", "voxceleb1_folder", "voxceleb2_folder"]
+
+
+def check_hparams(hparams):
+    """Raises ``ValueError`` (or ``FileNotFoundError``) for an invalid setting.
+
+    Example
+    -------
+    >>> check_hparams({"chunk_size": 3200, "label_fraction": 0.5})
+    >>> check_hparams({"label_fraction": 1.5})
+    Traceback (most recent call last):
+    ...
+    ValueError: label_fraction=1.5 is invalid: it must be in (0, 1]
+    """
+    for key in POSITIVE_INTS:
+        value = hparams.get(key)
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ValueError(f"{key}={value!r} is invalid: it must be a positive integer")
+    for key in NON_NEGATIVE_INTS:
+        value = hparams.get(key)
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise ValueError(f"{key}={value!r} is invalid: it must be an integer >= 0")
+    fraction = hparams.get("label_fraction")
+    if fraction is not None and not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise ValueError(f"label_fraction={fraction!r} is invalid: it must be in (0, 1]")
+    choices = {
+        "objective_name": list(OBJECTIVES),
+        "critic": sorted(CRITICS),
+        "score_norm": list(SCORE_NORMS),
+        "norm_over": ["time", "channel_time"],
+    }
+    for key, valid in choices.items():
+        if key in hparams and hparams[key] not in valid:
+            raise ValueError(f"{key}={hparams[key]!r} is invalid: choose one of {valid}")
+    num_negatives = hparams.get("num_negatives")
+    if num_negatives is not None and (not isinstance(num_negatives, int) or num_negatives < 1):
+        raise ValueError(f"num_negatives={num_negatives!r} is invalid: an integer >= 1, or null for all")
+    for key in FOLDERS:
+        folder = hparams.get(key)
+        if folder is not None and not os.path.isdir(folder):
+            raise FileNotFoundError(f"{key}={folder!r} does not exist (or is not a folder)")
+    pretrained = hparams.get("pretrained_folder")
+    if pretrained is not None and not os.path.isdir(os.path.join(pretrained, "save", "pretrain")):
+        raise FileNotFoundError(
+            f"pretrained_folder={pretrained!r} holds no LIM run (no {os.path.join(pretrained, 'save', 'pretrain')}): "
+            "pass the output_folder of a finished LIM run"
+        )

@@ -1,0 +1,41 @@
+"""Start-up validation names the key, the value and the valid choices."""
+
+import pytest
+
+from conftest import run_recipe
+from sincmi.config import check_hparams
+
+
+@pytest.mark.parametrize(
+    "hparams,message",
+    [
+        ({"chunk_size": 0}, r"chunk_size=0 is invalid: it must be a positive integer"),
+        ({"chunk_size": -3200}, r"chunk_size=-3200"),
+        ({"label_fraction": 0.0}, r"label_fraction=0.0 is invalid: it must be in \(0, 1\]"),
+        ({"label_fraction": 1.2}, r"label_fraction=1.2"),
+        ({"pretrain_epochs": -1}, r"pretrain_epochs=-1 is invalid: it must be an integer >= 0"),
+        ({"num_verification_speakers": -2}, r"num_verification_speakers=-2"),
+        ({"objective_name": "infonce"}, r"objective_name='infonce' is invalid: choose one of \['bce', 'mine', 'nce'\]"),
+        ({"critic": "dot"}, r"critic='dot' is invalid: choose one of \['bilinear', 'cosine', 'mlp'\]"),
+        ({"score_norm": "x"}, r"score_norm='x' is invalid"),
+        ({"num_negatives": 0}, r"num_negatives=0 is invalid"),
+    ],
+)
+def test_bad_values_are_named(hparams, message):
+    with pytest.raises(ValueError, match=message):
+        check_hparams(hparams)
+
+
+def test_missing_folders_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_folder='/nonexistent' does not exist"):
+        check_hparams({"data_folder": "/nonexistent"})
+    with pytest.raises(FileNotFoundError, match="pretrained_folder=.*holds no LIM run"):
+        check_hparams({"pretrained_folder": str(tmp_path)})
+    check_hparams({"data_folder": str(tmp_path), "pretrained_folder": None})
+
+
+def test_recipe_fails_before_any_data_work(tmp_path):
+    _, proc = run_recipe("Demo", "lim_nce.yaml", tmp_path / "out", "--label_fraction=2.0",
+                         f"--synth_folder={tmp_path / 'corpus'}", expect_ok=False)
+    assert proc.returncode != 0 and "label_fraction=2.0 is invalid" in proc.stdout + proc.stderr
+    assert not (tmp_path / "corpus").exists()  # nothing was synthesised
