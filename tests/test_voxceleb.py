@@ -104,3 +104,14 @@ def test_finetune_without_a_lim_run_is_explained(voxceleb, tmp_path):
     _, proc = run_recipe("VoxCeleb", "finetune.yaml", tmp_path / "ft", f"--voxceleb1_folder={voxceleb}",
                          f"--pretrained_folder={tmp_path / 'nothing'}", pretrain=False, expect_ok=False)
     assert proc.returncode != 0 and "holds no LIM" in proc.stdout + proc.stderr
+
+
+def test_load_pretrained_encoder_needs_a_checkpoint(tmp_path):
+    from sincmi.encoder import SincNetEncoder
+    from sincmi.stages import load_pretrained_encoder
+
+    (tmp_path / "save" / "pretrain").mkdir(parents=True)
+    encoder = SincNetEncoder(chunk_size=800, sinc_filters=4, sinc_kernel=33, conv_channels=[4],
+                             conv_kernels=[5], fc_sizes=[8])
+    with pytest.raises(FileNotFoundError, match="holds no LIM checkpoint"):
+        load_pretrained_encoder(encoder, str(tmp_path))
