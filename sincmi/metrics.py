@@ -13,13 +13,18 @@ import torch
 
 
 def _as_numpy(x):
+    """1-D float array, keeping float32/float64 as given (comparisons stay exact)."""
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x).ravel()
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
 
 
 def error_curves(positive_scores, negative_scores):
     """False rejection and false acceptance rates at every distinct score.
+
+    One sort of all scores plus a binary search into the sorted target
+    scores: O(n log n) time, O(n) memory.
 
     Arguments
     ---------
@@ -35,25 +40,38 @@ def error_curves(positive_scores, negative_scores):
     far : np.ndarray
         Fraction of non-target scores ``> threshold`` (accepted).
     """
-    pos = _as_numpy(positive_scores).ravel()
-    neg = _as_numpy(negative_scores).ravel()
+    pos = _as_numpy(positive_scores)
+    neg = _as_numpy(negative_scores)
     if pos.size == 0 or neg.size == 0:
         raise ValueError(
             f"need target and non-target trials, got {pos.size} and {neg.size}"
         )
     if not (np.isfinite(pos).all() and np.isfinite(neg).all()):
         raise ValueError("scores contain NaN or infinite values")
-    scores = np.concatenate([pos, neg])
-    is_target = np.concatenate([np.ones(pos.size, bool), np.zeros(neg.size, bool)])
-    order = np.argsort(scores, kind="stable")
-    scores, is_target = scores[order], is_target[order]
-    # Last index of each run of equal scores: counts there are "<= threshold".
+    dtype = np.result_type(pos.dtype, neg.dtype)
+    scores = np.sort(np.concatenate([pos, neg]).astype(dtype, copy=False))
+    # Last index of each run of equal scores: the counts there are "<= threshold".
     last = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))
-    pos_le = np.cumsum(is_target)[last]
+    thresholds = scores[last]
+    pos_le = np.searchsorted(np.sort(pos.astype(dtype, copy=False)), thresholds, side="right")
     neg_le = (last + 1) - pos_le
     frr = pos_le / pos.size
     far = (neg.size - neg_le) / neg.size
-    return scores[last], frr, far
+    return thresholds, frr, far
+
+
+def _eer_from_curves(thresholds, frr, far):
+    index = int(np.argmin(np.abs(far - frr)))
+    return float((far[index] + frr[index]) / 2), float(thresholds[index])
+
+
+def _min_dcf_from_curves(thresholds, frr, far, p_target, c_miss, c_fa, normalize):
+    cost = c_miss * frr * p_target + c_fa * far * (1 - p_target)
+    index = int(np.argmin(cost))
+    value = cost[index]
+    if normalize:
+        value = value / min(c_miss * p_target, c_fa * (1 - p_target))
+    return float(value), float(thresholds[index])
 
 
 def eer(positive_scores, negative_scores):
@@ -66,9 +84,7 @@ def eer(positive_scores, negative_scores):
     >>> eer([0.2, 0.9], [0.1, 0.5])[0]  # one target below one non-target
     0.5
     """
-    thresholds, frr, far = error_curves(positive_scores, negative_scores)
-    index = int(np.argmin(np.abs(far - frr)))
-    return float((far[index] + frr[index]) / 2), float(thresholds[index])
+    return _eer_from_curves(*error_curves(positive_scores, negative_scores))
 
 
 def min_dcf(positive_scores, negative_scores, p_target=0.01, c_miss=1.0, c_fa=1.0, normalize=True):
@@ -86,13 +102,8 @@ def min_dcf(positive_scores, negative_scores, p_target=0.01, c_miss=1.0, c_fa=1.
     >>> min_dcf([0.6, 0.7], [0.4, 0.3])[0]
     0.0
     """
-    thresholds, frr, far = error_curves(positive_scores, negative_scores)
-    cost = c_miss * frr * p_target + c_fa * far * (1 - p_target)
-    index = int(np.argmin(cost))
-    value = cost[index]
-    if normalize:
-        value = value / min(c_miss * p_target, c_fa * (1 - p_target))
-    return float(value), float(thresholds[index])
+    curves = error_curves(positive_scores, negative_scores)
+    return _min_dcf_from_curves(*curves, p_target, c_miss, c_fa, normalize)
 
 
 def sentence_predictions(chunk_log_posteriors, owner, num_sentences):
@@ -329,11 +340,15 @@ def cosine_trial_scores(embeddings, trials):
 
 
 def verification_metrics(positive_scores, negative_scores, p_targets=(0.01, 0.05)):
-    """EER and normalised minDCF at each ``p_target`` (C_miss = C_fa = 1), in a dict."""
-    value, threshold = eer(positive_scores, negative_scores)
+    """EER and normalised minDCF at each ``p_target`` (C_miss = C_fa = 1), in a dict.
+
+    The scores are sorted once for all the metrics.
+    """
+    curves = error_curves(positive_scores, negative_scores)
+    value, threshold = _eer_from_curves(*curves)
     results = {"EER": value, "EER_threshold": threshold}
     for p_target in p_targets:
-        results[f"minDCF_{p_target:g}"] = min_dcf(positive_scores, negative_scores, p_target=p_target)[0]
+        results[f"minDCF_{p_target:g}"] = _min_dcf_from_curves(*curves, p_target, 1.0, 1.0, True)[0]
     results["target_trials"] = int(len(positive_scores))
     results["nontarget_trials"] = int(len(negative_scores))
     return results

@@ -105,7 +105,6 @@ def report(hparams, systems, timings):
     results = {"systems": systems, "timings_s": timings}
     table = write_results(os.path.join(hparams["output_folder"], "results.json"), results)
     logger.info("Results\n" + table)
-    print(table)
     return results
 
 
