@@ -39,3 +39,13 @@ def test_recipe_fails_before_any_data_work(tmp_path):
                          f"--synth_folder={tmp_path / 'corpus'}", expect_ok=False)
     assert proc.returncode != 0 and "label_fraction=2.0 is invalid" in proc.stdout + proc.stderr
     assert not (tmp_path / "corpus").exists()  # nothing was synthesised
+
+
+def test_clipping_and_nonfinite_patience_are_read_from_the_yaml():
+    import torch
+
+    from sincmi.brains import LIMBrain
+
+    brain = LIMBrain(modules={"m": torch.nn.Linear(2, 2)}, hparams={"max_grad_norm": 1.5, "nonfinite_patience": 7},
+                     run_opts={"device": "cpu"})
+    assert brain.max_grad_norm == 1.5 and brain.nonfinite_patience == 7
