@@ -29,6 +29,7 @@ from sincmi.prepare.manifest import (
     already_prepared,
     inspect_audio,
     mark_prepared,
+    peak_gain,
     report_skipped,
     write_manifest,
 )
@@ -157,11 +158,10 @@ def prepare_librispeech(
                 skipped.append((path, f"too short after trimming ({stop - start} samples)"))
                 continue
             if normalize_peak:
-                peak = float(np.abs(wav[start:stop]).max())
-                if peak == 0.0:
+                gain = peak_gain(wav[start:stop])
+                if gain is None:
                     skipped.append((path, "silent (all samples are zero)"))
                     continue
-                gain = round(1.0 / peak, 6)
         speaker = utt.split("-")[0]
         by_speaker.setdefault(speaker, []).append(
             {

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 
+import numpy as np
 import soundfile as sf
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,18 @@ def inspect_audio(path, sample_rate, min_samples):
     if info.frames < min_samples:
         return None, f"too short ({info.frames} samples < {min_samples}, one chunk)"
     return info.frames, None
+
+
+def peak_gain(wav):
+    """Gain that scales ``wav`` to unit peak (as stored in ``gain``); None if silent.
+
+    Example
+    -------
+    >>> peak_gain(np.array([0.0, -0.5, 0.25]))
+    2.0
+    """
+    peak = float(np.abs(wav).max()) if len(wav) else 0.0
+    return round(1.0 / peak, 6) if peak > 0.0 else None
 
 
 def write_manifest(path, rows):

@@ -23,7 +23,6 @@ Outputs in ``save_folder``: ``train.csv``, ``valid.csv``, ``test.csv``,
 import logging
 import os
 
-import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
@@ -31,6 +30,7 @@ from sincmi.prepare.manifest import (
     already_prepared,
     inspect_audio,
     mark_prepared,
+    peak_gain,
     report_skipped,
     write_manifest,
 )
@@ -161,11 +161,10 @@ def prepare_timit(
             continue
         gain = 1.0
         if normalize_peak:
-            peak = float(np.abs(sf.read(path, start=start, frames=stop - start, dtype="float32")[0]).max())
-            if peak == 0.0:
+            gain = peak_gain(sf.read(path, start=start, frames=stop - start, dtype="float32")[0])
+            if gain is None:
                 skipped.append((path, "silent (all samples are zero)"))
                 continue
-            gain = round(1.0 / peak, 6)
         row = {
             "ID": f"{speaker}_{utt}",
             "duration": round((stop - start) / sample_rate, 4),
