@@ -7,6 +7,7 @@ mistyped override fails in a second instead of hours into a run.
 import os
 
 from sincmi.discriminator import CRITICS
+from sincmi.encoder import IMPLEMENTATIONS
 from sincmi.metrics import SCORE_NORMS
 from sincmi.objectives import OBJECTIVES
 
@@ -49,6 +50,7 @@ def check_hparams(hparams):
         "critic": sorted(CRITICS),
         "score_norm": list(SCORE_NORMS),
         "norm_over": ["time", "channel_time"],
+        "encoder_implementation": list(IMPLEMENTATIONS),
     }
     for key, valid in choices.items():
         if key in hparams and hparams[key] not in valid:

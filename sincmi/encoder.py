@@ -14,6 +14,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sincmi.fast_ops import conv1d_channels_last, sinc_abs_maxpool
+
+IMPLEMENTATIONS = ("fast", "reference")
+CPU_CONV_MICRO_BATCH = 64
+
 
 def hz_to_mel(hz):
     """Converts Hz to mel (O'Shaughnessy's formula)."""
@@ -115,12 +120,18 @@ class ConvBlock(nn.Module):
     ``norm_over="time"`` it normalises each channel over time, as SincNet's
     own LayerNorm does (this discards the relative energy of the channels);
     with ``"channel_time"`` it normalises the whole feature map at once.
+
+    ``fast=True`` computes the same function with :mod:`sincmi.fast_ops`
+    (FFT sinc layer fused with |.| and max-pool; channels-last convolutions).
     """
 
-    def __init__(self, conv, out_length, pool, use_abs=False, negative_slope=0.2, norm_over="time"):
+    def __init__(
+        self, conv, out_length, pool, use_abs=False, negative_slope=0.2, norm_over="time", fast=False
+    ):
         super().__init__()
         if norm_over not in ("time", "channel_time"):
             raise ValueError(f"norm_over must be 'time' or 'channel_time', got {norm_over!r}")
+        self.fast = fast
         self.norm_dims = 1 if norm_over == "time" else 2
         self.conv = conv
         self.pool = pool
@@ -132,6 +143,8 @@ class ConvBlock(nn.Module):
 
     def forward(self, x):
         """Maps ``(batch, in_channels, time)`` to ``(batch, channels, time')``."""
+        if self.fast:
+            return self._fast_forward(x)
         x = self.conv(x)
         if self.use_abs:
             x = x.abs()
@@ -139,6 +152,21 @@ class ConvBlock(nn.Module):
             x = F.max_pool1d(x, self.pool)
         x = F.layer_norm(x, x.shape[-self.norm_dims :]) * self.gain + self.bias
         return F.leaky_relu(x, self.negative_slope)
+
+    def _fast_forward(self, x):
+        if isinstance(self.conv, SincConv) and self.use_abs:
+            x = sinc_abs_maxpool(x.squeeze(1), self.conv.filters(), self.pool)
+        else:
+            x = conv1d_channels_last(x, self.conv.weight, self.conv.bias)
+            if self.use_abs:
+                x = x.abs()
+            if self.pool > 1:
+                x = F.max_pool1d(x, self.pool)
+        if self.norm_dims == 2:  # one fused call: normalise, scale, shift
+            x = F.layer_norm(x, x.shape[-2:], self.gain.to(x.dtype), self.bias.to(x.dtype))
+        else:
+            x = torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:]), self.gain)
+        return F.leaky_relu(x, self.negative_slope, inplace=True)
 
 
 class SincNetEncoder(nn.Module):
@@ -165,6 +193,11 @@ class SincNetEncoder(nn.Module):
     norm_over : str
         ``"time"`` (SincNet: each channel normalised over time) or
         ``"channel_time"`` (the whole feature map), see :class:`ConvBlock`.
+    implementation : str
+        ``"fast"`` (default: FFT sinc layer fused with |.| and max-pool,
+        channels-last convolutions, see :mod:`sincmi.fast_ops`) or
+        ``"reference"`` (plain ``conv1d``/``max_pool1d``). Same parameters,
+        same function: checkpoints load into either.
 
     Example
     -------
@@ -188,8 +221,15 @@ class SincNetEncoder(nn.Module):
         min_low_hz=50.0,
         min_band_hz=50.0,
         norm_over="time",
+        implementation="fast",
     ):
         super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+            )
+        fast = implementation == "fast"
+        self.implementation = implementation
         if len(conv_channels) != len(conv_kernels):
             raise ValueError(
                 f"conv_channels ({list(conv_channels)}) and conv_kernels "
@@ -201,12 +241,12 @@ class SincNetEncoder(nn.Module):
 
         sinc = SincConv(sinc_filters, sinc_kernel, sample_rate, min_low_hz, min_band_hz)
         length = (chunk_size - sinc.kernel_size + 1) // pool
-        blocks = [ConvBlock(sinc, length, pool, True, negative_slope, norm_over)]
+        blocks = [ConvBlock(sinc, length, pool, True, negative_slope, norm_over, fast)]
         in_channels = sinc_filters
         for channels, kernel in zip(conv_channels, conv_kernels):
             length = (length - kernel + 1) // pool
             conv = nn.Conv1d(in_channels, channels, kernel)
-            blocks.append(ConvBlock(conv, length, pool, False, negative_slope, norm_over))
+            blocks.append(ConvBlock(conv, length, pool, False, negative_slope, norm_over, fast))
             in_channels = channels
         if length < 1:
             raise ValueError(
@@ -231,6 +271,12 @@ class SincNetEncoder(nn.Module):
     def conv_features(self, chunks):
         """Returns the convolutional feature map ``(batch, channels, frames)``."""
         x = self.input_norm(chunks).unsqueeze(1)
+        if self.implementation == "reference" or x.device.type != "cpu":
+            return self._conv_stack(x)
+        # On CPU, 64 chunks at a time keep the feature maps in cache.
+        return torch.cat([self._conv_stack(part) for part in x.split(CPU_CONV_MICRO_BATCH)])
+
+    def _conv_stack(self, x):
         for block in self.conv_blocks:
             x = block(x)
         return x

@@ -58,12 +58,18 @@ def load_speaker_id_data(hparams, data_root):
     return manifests, labels
 
 
+def training_audio(hparams, rows):
+    """The in-memory waveforms of ``rows`` when ``audio_cache`` is set, else None."""
+    return data.preload_audio(rows) if hparams.get("audio_cache") else None
+
+
 def pretrain_and_identify(hparams, run_opts, manifests, labels, timings):
     """LIM pretraining on the training sentences, then speaker id on them.
 
     Uses ``chunk_size``, ``random_gain`` (optional augmentation range),
     ``file_sample_rate`` (optional: the files' rate, resampled to
-    ``sample_rate`` when they differ), ``label_fraction``, ``freeze_encoder``
+    ``sample_rate`` when they differ), ``audio_cache`` (optional: training
+    waveforms held in RAM), ``label_fraction``, ``freeze_encoder``
     and the hparams of :func:`pretrain` and :func:`train_speaker_id`. Stage
     durations are added to ``timings``.
 
@@ -73,10 +79,11 @@ def pretrain_and_identify(hparams, run_opts, manifests, labels, timings):
     rs = (hparams.get("file_sample_rate") or hparams["sample_rate"], hparams["sample_rate"])
     rs = None if rs[0] == rs[1] else rs
     start = time.time()
+    audio = training_audio(hparams, manifests["train"])
     encoder = pretrain(
         hparams,
         run_opts,
-        data.pair_dataset(manifests["train"], chunk, gain, rs),
+        data.pair_dataset(manifests["train"], chunk, gain, rs, audio),
         data.pair_dataset(manifests["valid"], chunk, resample=rs),
     )
     timings["pretrain"] = time.time() - start
@@ -88,7 +95,7 @@ def pretrain_and_identify(hparams, run_opts, manifests, labels, timings):
         "speaker_id",
         encoder,
         len(labels),
-        data.chunk_dataset(labelled, chunk, labels, gain, rs),
+        data.chunk_dataset(labelled, chunk, labels, gain, rs, audio),
         data.sentence_dataset(manifests["valid"], labels, rs),
         data.sentence_dataset(manifests["test"], labels, rs),
         freeze_encoder=hparams["freeze_encoder"],

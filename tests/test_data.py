@@ -83,3 +83,18 @@ def test_label_subset_keeps_every_speaker():
     assert data.label_subset(rows, 1.0) is rows
     with pytest.raises(ValueError, match=r"label_fraction must be in \(0, 1\]"):
         data.label_subset(rows, 0.0)
+
+
+def test_in_memory_audio_gives_the_same_chunks_as_file_reads(manifests):
+    root, save = manifests
+    rows = data.load_manifest(os.path.join(save, "train.csv"), root)
+    audio = data.preload_audio(rows, progress=False)
+    assert set(audio) == {row["wav"] for row in rows.values()}
+    from_files = data.pair_dataset(rows, 800, gain_range=(0.8, 1.2))
+    from_memory = data.pair_dataset(rows, 800, gain_range=(0.8, 1.2), audio=audio)
+    for key in rows:
+        torch.manual_seed(7)
+        a = from_files[list(rows).index(key)]
+        torch.manual_seed(7)
+        b = from_memory[list(rows).index(key)]
+        assert torch.equal(a["anchor"], b["anchor"]) and torch.equal(a["positive"], b["positive"])

@@ -1,8 +1,25 @@
 #!/usr/bin/env python3
 """Benchmarks of sincmi against the straightforward implementations, in one process.
 
-Sections (``--sections``):
+Sections (``--sections``, all by default):
 
+* ``step``: one LIM training step (128 sentence pairs = 256 chunks of 200 ms,
+  SincNet's TIMIT encoder, MLP critic, InfoNCE over the batch, RMSprop):
+  chunks/s and peak memory of the straightforward encoder (SpeechBrain's
+  ``SincConv`` on a 2-D batch, ``nn.Conv1d``, ``F.max_pool1d``, LayerNorm,
+  3 x FC 2048 + BatchNorm), of sincmi's ``implementation: reference`` and of
+  sincmi's ``implementation: fast`` (the recipes' default); the fast
+  encoder's outputs are compared with the reference's on the same weights.
+* ``eval``: sentence-level evaluation, forward only: 200 ms chunks with a
+  10 ms shift over 3 s sentences; SincNet's way (a Python loop cutting chunks,
+  batches of 128 through the straightforward encoder) versus
+  :func:`sincmi.encoder.utterance_embeddings` on the fast encoder.
+* ``data``: random chunk pairs per second through the recipes' loader
+  (:func:`sincmi.data.pair_dataset`, partial soundfile reads, batches of 128),
+  from the audio files of ``--data_folder`` (default: the LibriSpeech sample
+  in ``../shared/data`` when present, else generated 10 s noise files), with
+  and without the in-memory waveform cache, against what the fast training
+  step consumes.
 * ``scoring``: EER + minDCF (p_target 0.01 and 0.05) by sorting, for 1 M and
   10 M trials, time and peak memory (peak RSS of the process, which includes
   the ~0.5 GiB of the imported libraries, and what the computation added);
@@ -11,22 +28,266 @@ Sections (``--sections``):
   with the memory the larger sizes would need.
 
 Each measurement runs in a child process so that its peak memory (max RSS) is
-its own. Prints a table and writes JSON (``--out``).
+its own; on a GPU, peak memory is ``torch.cuda.max_memory_allocated``. CPU
+runs use all the process's threads (2 on the CI machine). Prints tables and
+writes JSON (``--out``).
 
 Usage:
-    python tools/benchmark.py --sections scoring --out benchmark.json
+    python tools/benchmark.py --out benchmark.json
+    python tools/benchmark.py --sections step eval --device cuda
 """
 
 import argparse
+import glob
 import json
 import multiprocessing
 import os
 import platform
 import resource
 import sys
+import tempfile
 import time
 
 import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED_LIBRISPEECH = os.path.join(ROOT, "..", "shared", "data", "LibriSpeech_sample")
+TIMIT_ENCODER = dict(chunk_size=3200, sinc_filters=80, sinc_kernel=251, conv_channels=[60, 60],
+                     conv_kernels=[5, 5], fc_sizes=[2048, 2048, 2048], norm_over="time")
+
+
+def _peak_memory_mib(device):
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _straightforward_encoder():
+    """SincNet's TIMIT encoder written the plain way, on SpeechBrain's SincConv."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from speechbrain.nnet.CNN import SincConv
+
+    class Block(nn.Module):
+        def __init__(self, conv, channels, length, use_abs):
+            super().__init__()
+            self.conv, self.use_abs = conv, use_abs
+            self.gain = nn.Parameter(torch.ones(channels, length))
+            self.bias = nn.Parameter(torch.zeros(channels, length))
+
+        def forward(self, x):
+            if isinstance(self.conv, SincConv):
+                x = self.conv(x).transpose(1, 2)  # SpeechBrain returns (batch, time, channels)
+            else:
+                x = self.conv(x)
+            x = F.max_pool1d(x.abs() if self.use_abs else x, 3)
+            x = F.layer_norm(x, x.shape[-1:]) * self.gain + self.bias
+            return F.leaky_relu(x, 0.2)
+
+    class Straightforward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.input_norm = nn.LayerNorm(3200)
+            self.blocks = nn.Sequential(
+                Block(SincConv(80, 251, in_channels=1, padding="valid"), 80, 983, True),
+                Block(nn.Conv1d(80, 60, 5), 60, 326, False),
+                Block(nn.Conv1d(60, 60, 5), 60, 107, False),
+            )
+            layers, size = [], 60 * 107
+            for _ in range(3):
+                layers += [nn.Linear(size, 2048), nn.BatchNorm1d(2048, momentum=0.05), nn.LeakyReLU(0.2)]
+                size = 2048
+            self.fc = nn.Sequential(*layers)
+
+        def forward(self, chunks):
+            return self.fc(self.blocks(self.input_norm(chunks)).flatten(1))
+
+    return Straightforward()
+
+
+def _encoder(kind):
+    if kind == "straightforward":
+        return _straightforward_encoder()
+    from sincmi.encoder import SincNetEncoder
+
+    return SincNetEncoder(**TIMIT_ENCODER, implementation=kind)
+
+
+def _measure_step(kind, device, pairs=128, repeats=5, amp=False):
+    """Chunks/s of one LIM step (encoder + MLP critic + InfoNCE + RMSprop)."""
+    import torch
+    from sincmi.discriminator import make_discriminator
+    from sincmi.objectives import LIMObjective
+    from sincmi.pairs import pair_logits
+
+    torch.manual_seed(0)
+    encoder = _encoder(kind).to(device)
+    critic = make_discriminator("mlp", 2048, hidden_size=1024).to(device)
+    objective = LIMObjective("nce")
+    params = list(encoder.parameters()) + list(critic.parameters())
+    optimizer = torch.optim.RMSprop(params, lr=1e-3, alpha=0.95, eps=1e-8)
+    chunks = torch.randn(2 * pairs, 3200, device=device)
+    sentences = list(range(pairs))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+            z = encoder(chunks)
+            anchors, positives = z.float().split(pairs)
+            pos, neg, valid = pair_logits(critic, anchors, positives, sentences)
+        loss = objective(pos.float(), neg.float(), valid)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    step(), step()  # warm-up (allocator, oneDNN/cuDNN kernel choice)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / repeats
+    return {"seconds_per_step": seconds, "chunks_per_s": 2 * pairs / seconds,
+            "peak_mib": _peak_memory_mib(device)}
+
+
+def _compare_outputs(device):
+    """Fast vs reference encoder on the same weights: outputs and gradients."""
+    import torch
+
+    torch.manual_seed(0)
+    ref, fast = _encoder("reference").to(device), _encoder("fast").to(device)
+    fast.load_state_dict(ref.state_dict())
+    chunks = torch.randn(64, 3200, device=device)
+    outs = []
+    for model in (ref, fast):
+        out = model(chunks)
+        out.square().mean().backward()
+        outs.append((out.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (o1, g1), (o2, g2) = outs
+    return {"output_rel_diff": float((o1 - o2).norm() / o1.norm()),
+            "gradient_rel_diff": float((g1 - g2).norm() / g1.norm())}
+
+
+def _measure_eval(kind, device, sentences=16, seconds=3.0, repeats=3):
+    """Chunks/s of sentence-level evaluation (200 ms chunks, 10 ms shift)."""
+    import torch
+    from sincmi.encoder import utterance_embeddings
+
+    torch.manual_seed(0)
+    encoder = _encoder("straightforward" if kind == "straightforward" else "fast").to(device).eval()
+    wavs = torch.randn(sentences, int(seconds * 16000), device=device)
+    shift, size = 160, 3200
+    n_chunks = sentences * ((wavs.shape[1] - size) // shift + 1)
+
+    @torch.no_grad()
+    def run():
+        if kind == "straightforward":  # SincNet's test loop: cut chunk by chunk, batches of 128
+            out = []
+            for wav in wavs:
+                cut = [wav[s : s + size] for s in range(0, wav.shape[0] - size + 1, shift)]
+                emb = torch.cat([encoder(torch.stack(cut[i : i + 128])) for i in range(0, len(cut), 128)])
+                out.append(torch.nn.functional.normalize(emb, dim=-1).mean(0))
+            return torch.stack(out)
+        return utterance_embeddings(encoder, wavs, None, size, shift, max_chunks=256)
+
+    run()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elapsed = (time.perf_counter() - start) / repeats
+    return {"chunks": n_chunks, "chunks_per_s": n_chunks / elapsed, "peak_mib": _peak_memory_mib(device)}
+
+
+def _audio_manifest(data_folder, folder):
+    """A manifest of every audio file under ``data_folder`` (or of generated noise)."""
+    import soundfile as sf
+
+    files = []
+    if data_folder and os.path.isdir(data_folder):
+        for ext in ("wav", "flac", "WAV"):
+            files += glob.glob(os.path.join(data_folder, "**", f"*.{ext}"), recursive=True)
+    if not files:
+        rng = np.random.default_rng(0)
+        for i in range(20):
+            path = os.path.join(folder, f"noise_{i}.wav")
+            sf.write(path, (0.1 * rng.standard_normal(160000)).astype(np.float32), 16000)
+            files.append(path)
+    data = {}
+    for i, path in enumerate(sorted(files)):
+        frames = sf.info(path).frames
+        data[f"utt{i}"] = {"wav": path, "start": 0, "stop": frames, "gain": 1.0, "duration": frames / 16000}
+    return data
+
+
+def _measure_data(data_folder, num_workers, cache, pairs_per_batch=128, batches=40):
+    """Random chunk pairs per second through the training loader."""
+    import torch
+    from speechbrain.dataio.batch import PaddedBatch
+    from speechbrain.dataio.sampler import ReproducibleRandomSampler
+    from sincmi.data import pair_dataset, preload_audio
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        data = _audio_manifest(data_folder, folder)
+        audio = preload_audio(data, progress=False) if cache else None
+        dataset = pair_dataset(data, 3200, gain_range=(0.8, 1.2), audio=audio)
+        sampler = ReproducibleRandomSampler(dataset, num_samples=pairs_per_batch * batches, replacement=True)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=pairs_per_batch, sampler=sampler,
+                                             num_workers=num_workers, collate_fn=PaddedBatch,
+                                             # as in the recipes on Linux (this child was spawned)
+                                             multiprocessing_context="fork" if num_workers else None)
+        start = time.perf_counter()
+        n = sum(len(batch.id) for batch in loader)
+        elapsed = time.perf_counter() - start
+    return {"files": len(data), "pairs_per_s": n / elapsed, "peak_mib": _peak_memory_mib("cpu")}
+
+
+def step_section(devices, amp):
+    rows = []
+    for device in devices:
+        for kind in ("straightforward", "reference", "fast"):
+            rows.append({"device": device, "implementation": kind, **_in_child(_measure_step, kind, device)})
+        if amp and device.startswith("cuda"):
+            rows.append({"device": device, "implementation": "fast + bf16 autocast",
+                         **_in_child(_measure_step, "fast", device, 128, 5, True)})
+        base = rows[-3 - int(amp and device.startswith("cuda"))]["chunks_per_s"]
+        for row in rows:
+            if row["device"] == device:
+                row["speedup"] = row["chunks_per_s"] / base
+    return rows
+
+
+def eval_section(devices):
+    rows = []
+    for device in devices:
+        pair = [{"device": device, "implementation": kind, **_in_child(_measure_eval, kind, device)}
+                for kind in ("straightforward", "fast")]
+        for row in pair:
+            row["speedup"] = row["chunks_per_s"] / pair[0]["chunks_per_s"]
+        rows += pair
+    return rows
+
+
+def data_section(data_folder, workers):
+    rows = []
+    for num_workers in workers:
+        for cache in (False, True):
+            rows.append({"num_workers": num_workers, "cache": cache,
+                         **_in_child(_measure_data, data_folder, num_workers, cache)})
+    return rows
 
 
 def _random_scores(n_trials, seed=0):
@@ -64,10 +325,24 @@ def _measure(implementation, n_trials):
             "EER": value, "minDCF": dcf}
 
 
+def _child_main(connection, fn, args):
+    try:
+        connection.send(("ok", fn(*args)))
+    except BaseException as error:  # reported in the parent
+        connection.send(("error", repr(error)))
+
+
 def _in_child(fn, *args):
+    """Runs ``fn(*args)`` in a fresh (non-daemon: it may start loader workers) process."""
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(fn, args)
+    parent, child = context.Pipe()
+    process = context.Process(target=_child_main, args=(child, fn, args))
+    process.start()
+    status, value = parent.recv()
+    process.join()
+    if status != "ok":
+        raise RuntimeError(f"{fn.__name__}{args} failed in its child process: {value}")
+    return value
 
 
 def scoring_section(sizes, speechbrain_sizes):
@@ -96,18 +371,72 @@ def print_table(rows):
         print(f"{r['implementation']:<16}{r['trials']:>12,}{seconds:>10}{peak:>10}{extra:>11}{value:>9}  {r.get('note', '')}")
 
 
+def print_rows(rows, columns):
+    """Prints ``rows`` under ``columns`` = [(key, format, width), ...]."""
+    print("  ".join(f"{key:>{width}}" for key, _, width in columns))
+    for row in rows:
+        cells = [fmt(row[key]) if row.get(key) is not None else "-" for key, fmt, _ in columns]
+        print("  ".join(f"{cell:>{width}}" for cell, (_, _, width) in zip(cells, columns)))
+
+
+def _f(digits):
+    return lambda value: f"{value:.{digits}f}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="+", default=["scoring"], choices=["scoring"])
+    sections = ["step", "eval", "data", "scoring"]
+    parser.add_argument("--sections", nargs="+", default=sections, choices=sections)
+    parser.add_argument("--device", nargs="+", default=None,
+                        help="devices for step/eval (default: cpu, and cuda when present)")
+    parser.add_argument("--no_amp", action="store_true", help="skip the bf16 autocast row on GPU")
+    parser.add_argument("--data_folder", default=SHARED_LIBRISPEECH)
+    parser.add_argument("--data_workers", nargs="+", type=int, default=[0, 4])
     parser.add_argument("--trials", nargs="+", type=int, default=[1_000_000, 10_000_000])
     parser.add_argument("--speechbrain_trials", nargs="+", type=int, default=[2_000, 10_000])
     parser.add_argument("--out", default="benchmark.json")
     args = parser.parse_args(argv)
 
+    import torch
+
+    devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     results = {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": sys.version.split()[0]},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "processor": platform.processor() or platform.machine(),
+                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                    "python": sys.version.split()[0], "torch": torch.__version__},
     }
+    print(json.dumps(results["machine"]))
+    if "step" in args.sections:
+        print("== LIM training step, 128 pairs (256 chunks of 3200 samples) ==")
+        rows = step_section(devices, not args.no_amp)
+        print_rows(rows, [("device", str, 6), ("implementation", str, 22), ("chunks_per_s", _f(0), 12),
+                          ("speedup", _f(2), 8), ("seconds_per_step", _f(3), 16), ("peak_mib", _f(0), 9)])
+        results["step"] = rows
+        results["fast_vs_reference"] = {d: _in_child(_compare_outputs, d) for d in devices}
+        print("fast vs reference encoder, same weights (relative L2 difference):",
+              json.dumps(results["fast_vs_reference"]))
+    if "eval" in args.sections:
+        print("== Sentence evaluation, forward only (200 ms chunks, 10 ms shift) ==")
+        rows = eval_section(devices)
+        print_rows(rows, [("device", str, 6), ("implementation", str, 16), ("chunks_per_s", _f(0), 12),
+                          ("speedup", _f(2), 8), ("peak_mib", _f(0), 9)])
+        results["eval"] = rows
+    if "data" in args.sections:
+        print("== Data pipeline: random chunk pairs per second (batches of 128) ==")
+        rows = data_section(args.data_folder, args.data_workers)
+        consumed = None
+        if "step" in results:
+            fast = [r for r in results["step"] if r["device"] == "cpu" and r["implementation"] == "fast"]
+            consumed = fast[0]["chunks_per_s"] / 2 if fast else None
+        for row in rows:
+            if consumed:
+                row["times_step_consumption"] = row["pairs_per_s"] / consumed
+        print_rows(rows, [("num_workers", str, 11), ("cache", str, 6), ("files", str, 6),
+                          ("pairs_per_s", _f(0), 11), ("times_step_consumption", _f(1), 22)])
+        if consumed:
+            print(f"the fast CPU training step consumes {consumed:.0f} pairs/s")
+        results["data"] = rows
     if "scoring" in args.sections:
         print("== EER + minDCF (p_target 0.01 and 0.05) ==")
         rows = scoring_section(args.trials, args.speechbrain_trials)

@@ -74,6 +74,7 @@ def main(argv):
     trials = os.path.join(hparams["save_folder"], "trials.txt")
     systems = [(hparams["system_name"], "speaker_id", encoder, id_stats)]
     labelled = data.label_subset(manifests["train"], hparams["label_fraction"], hparams["seed"])
+    audio = stages.training_audio(hparams, labelled)
     if hparams["score_baselines"]:
         for system, stage_name, model in (
             ("random weights", "speaker_id_random", hparams["random_encoder"]),
@@ -86,7 +87,7 @@ def main(argv):
                 stage_name,
                 model,
                 len(labels),
-                data.chunk_dataset(labelled, hparams["chunk_size"], labels),
+                data.chunk_dataset(labelled, hparams["chunk_size"], labels, audio=audio),
                 data.sentence_dataset(manifests["valid"], labels),
                 data.sentence_dataset(manifests["test"], labels),
                 freeze_encoder=True,

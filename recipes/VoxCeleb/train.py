@@ -60,8 +60,9 @@ def main(argv):
     if hparams.get("pretrained_folder"):
         stages.load_pretrained_encoder(encoder, hparams["pretrained_folder"])
     start = time.time()
+    audio = stages.training_audio(hparams, rows["train"])
     encoder = stages.pretrain(
-        hparams, run_opts, data.pair_dataset(rows["train"], chunk), data.pair_dataset(rows["valid"], chunk)
+        hparams, run_opts, data.pair_dataset(rows["train"], chunk, audio=audio), data.pair_dataset(rows["valid"], chunk)
     )
     timings["pretrain"] = time.time() - start
 
@@ -72,7 +73,7 @@ def main(argv):
         labelled = data.label_subset(rows["train"], hparams["label_fraction"], hparams["seed"])
         stages.train_speaker_id(
             hparams, run_opts, "finetune", encoder, len(labels),
-            data.chunk_dataset(labelled, chunk, labels),
+            data.chunk_dataset(labelled, chunk, labels, audio=audio),
             data.sentence_dataset(rows["valid"], labels),
             None,
             freeze_encoder=False,
