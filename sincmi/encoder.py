@@ -230,6 +230,14 @@ class SincNetEncoder(nn.Module):
             )
         fast = implementation == "fast"
         self.implementation = implementation
+        # Constructor arguments, for exporting a trained encoder (tools/export_model.py).
+        self.config = {
+            "chunk_size": chunk_size, "sample_rate": sample_rate, "sinc_filters": sinc_filters,
+            "sinc_kernel": sinc_kernel, "conv_channels": list(conv_channels),
+            "conv_kernels": list(conv_kernels), "pool": pool, "fc_sizes": list(fc_sizes),
+            "negative_slope": negative_slope, "min_low_hz": min_low_hz, "min_band_hz": min_band_hz,
+            "norm_over": norm_over, "implementation": implementation,
+        }
         if len(conv_channels) != len(conv_kernels):
             raise ValueError(
                 f"conv_channels ({list(conv_channels)}) and conv_kernels "

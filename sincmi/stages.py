@@ -23,7 +23,7 @@ from sincmi.brains import LIMBrain, SpeakerIdBrain
 from sincmi.config import check_hparams
 from sincmi.inference import embed_dataset
 from sincmi.metrics import read_trials, score_trials, verification_metrics
-from sincmi.plots import det_curve
+from sincmi.plots import det_curve, embedding_map, training_curves
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +107,32 @@ def pretrain_and_identify(hparams, run_opts, manifests, labels, timings):
 def report(hparams, systems, timings):
     """Writes ``results.json`` in the output folder and prints the table.
 
-    ``systems`` maps a system name to its metrics (fractions).
+    ``systems`` maps a system name to its metrics (fractions). Also plots the
+    train log (``training_curves.png``).
     """
     results = {"systems": systems, "timings_s": timings}
     table = write_results(os.path.join(hparams["output_folder"], "results.json"), results)
     logger.info("Results\n" + table)
+    train_log = hparams.get("train_log")
+    if train_log and os.path.isfile(train_log):
+        try:
+            path = training_curves(train_log, os.path.join(hparams["output_folder"], "training_curves.png"))
+            logger.info(f"Training curves: {path}")
+        except ValueError as error:  # e.g. a run with no completed epoch
+            logger.warning(f"no training curves: {error}")
     return results
+
+
+def plot_embeddings(hparams, encoder, rows, device, max_speakers=20, name="test"):
+    """Draws ``embeddings_<name>.png``: a 2-D map of the utterances of ``max_speakers`` speakers."""
+    speakers = set(sorted({row["spk_id"] for row in rows.values()})[:max_speakers])
+    subset = {key: row for key, row in rows.items() if row["spk_id"] in speakers}
+    embeddings = embed_dataset(encoder, data.sentence_dataset(subset), device, hparams["eval_batch_size"])
+    path = os.path.join(hparams["output_folder"], f"embeddings_{name}.png")
+    embedding_map(torch.stack(list(embeddings.values())).numpy(), [subset[k]["spk_id"] for k in embeddings], path,
+                  max_speakers, title=f"{hparams.get('system_name', 'encoder')}: {name} utterances (PCA)")
+    logger.info(f"Embedding map: {path}")
+    return path
 
 
 def pretrain(hparams, run_opts, train_set, valid_set):
@@ -238,7 +258,7 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
 
 
 def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, cohort_set=None,
-           score_norm=None, top_k=None, out_folder=None, name="system"):
+           score_norm=None, top_k=None, out_folder=None, name="system", speakers=None):
     """Scores a trial list by cosine on utterance embeddings; returns EER/minDCF.
 
     Arguments
@@ -251,6 +271,9 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
     score_norm, top_k : see :func:`sincmi.metrics.score_trials`.
     out_folder : str, optional
         Where ``scores_<name>.txt`` and ``det_<name>.png`` are written.
+    speakers : dict, optional
+        ``{utterance id: speaker}``: also draws ``embeddings_<name>.png``, a
+        2-D map of the utterance embeddings (with ``out_folder``).
     """
     embeddings = embed_dataset(encoder, dataset, device=device, batch_size=batch_size, shift=shift)
     cohort = None
@@ -268,6 +291,10 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
             for (label, enrol, test), score in zip(trials, scores.tolist()):
                 f.write(f"{enrol} {test} {score:.6f} {label}\n")
         det_curve({name: (scores[labels], scores[~labels])}, os.path.join(out_folder, f"det_{slug}.png"))
+        if speakers:
+            ids = [key for key in embeddings if key in speakers]
+            embedding_map(torch.stack([embeddings[key] for key in ids]).numpy(), [speakers[key] for key in ids],
+                          os.path.join(out_folder, f"embeddings_{slug}.png"), title=f"{name}: embeddings (PCA)")
     return metrics
 
 

@@ -68,9 +68,9 @@ def main(argv):
 
     # 4. Verification on unseen speakers; the baselines get stages 3 and 4 too.
     device = stages.device_of(run_opts)
-    verification_set = data.sentence_dataset(
-        data.load_manifest(os.path.join(hparams["save_folder"], "verification.csv"), data_folder)
-    )
+    verification_rows = data.load_manifest(os.path.join(hparams["save_folder"], "verification.csv"), data_folder)
+    verification_set = data.sentence_dataset(verification_rows)
+    speakers = {key: row["spk_id"] for key, row in verification_rows.items()}
     trials = os.path.join(hparams["save_folder"], "trials.txt")
     systems = [(hparams["system_name"], "speaker_id", encoder, id_stats)]
     labelled = data.label_subset(manifests["train"], hparams["label_fraction"], hparams["seed"])
@@ -99,7 +99,7 @@ def main(argv):
         t = time.time()
         verification = stages.verify(
             model, verification_set, trials, device, hparams["eval_batch_size"], hparams["verification_shift"],
-            out_folder=hparams["output_folder"], name=system,
+            out_folder=hparams["output_folder"], name=system, speakers=speakers,
         )
         timings[stage_name.replace("speaker_id", "verification")] = time.time() - t
         results[system] = {**verification, **stats}

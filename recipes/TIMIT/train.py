@@ -39,8 +39,9 @@ def main(argv):
     prepare(hparams)  # 1. manifests
     manifests, labels = stages.load_speaker_id_data(hparams, hparams["data_folder"])
     # 2. LIM pretraining, 3. speaker id, tested on the SI sentences
-    _, stats = stages.pretrain_and_identify(hparams, run_opts, manifests, labels, timings)
-    stages.report(hparams, {hparams["system_name"]: stats}, timings)  # 4. results.json
+    encoder, stats = stages.pretrain_and_identify(hparams, run_opts, manifests, labels, timings)
+    stages.report(hparams, {hparams["system_name"]: stats}, timings)  # 4. results.json, training curves
+    stages.plot_embeddings(hparams, encoder, manifests["test"], stages.device_of(run_opts))
 
 
 if __name__ == "__main__":

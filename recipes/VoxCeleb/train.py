@@ -95,6 +95,7 @@ def main(argv):
         top_k=hparams["cohort_top_k"],
         out_folder=hparams["output_folder"],
         name=hparams["system_name"],
+        speakers={key: row["spk_id"] for key, row in rows["verification"].items()},
     )
     timings["verification"] = time.time() - start
     stages.report(hparams, {hparams["system_name"]: metrics}, timings)

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Utterance embeddings of a folder of audio files (recursive) or of a manifest.
+
+Writes ``OUT.npy`` (one row per utterance) and ``OUT.csv`` (row, id, path,
+speaker = the first folder below the source folder, as in ``DIR/<speaker>/**/*.wav``,
+or the manifest's ``spk_id``), or with
+``--format pt`` one ``OUT.pt`` dict (``ids``, ``paths``, ``speakers``,
+``embeddings``). Files that cannot be read are listed in ``OUT_skipped.csv``
+(file, reason) and skipped.
+
+Utterances shorter than ``--max_batch_seconds`` are embedded in batches of
+``--batch_size``; longer ones one at a time, block by block (bounded memory).
+
+Usage:
+    python tools/extract_embeddings.py pretrained/demo_lim results/Demo/corpus emb/demo
+    python tools/extract_embeddings.py pretrained/demo_lim save/test.csv emb/test --data_root /data/TIMIT
+"""
+
+import argparse
+import csv
+import os
+import sys
+
+import numpy as np
+import soundfile as sf
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sincmi.data import read_segment, resampled  # noqa: E402
+from sincmi.inference import SpeakerEncoder  # noqa: E402
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".sph")
+
+
+def list_utterances(source, data_root=None):
+    """``[(id, path, start, stop or None, speaker)]`` from a folder or a manifest CSV."""
+    if os.path.isdir(source):
+        items = []
+        for folder, _, files in sorted(os.walk(source)):
+            for name in sorted(files):
+                if name.lower().endswith(AUDIO_EXTENSIONS):
+                    path = os.path.join(folder, name)
+                    rel = os.path.relpath(path, source)
+                    speaker = rel.split(os.sep)[0] if os.sep in rel else ""  # DIR/<speaker>/**/file
+                    items.append((os.path.splitext(rel)[0], path, 0, None, speaker))
+        return items
+    if source.endswith(".csv") and os.path.isfile(source):
+        items = []
+        with open(source, newline="") as f:
+            for row in csv.DictReader(f):
+                path = row["wav"].replace("$data_root", data_root or "$data_root")
+                stop = int(row["stop"]) if row.get("stop") else None
+                items.append((row["ID"], path, int(row.get("start") or 0), stop, row.get("spk_id", "")))
+        return items
+    raise FileNotFoundError(f"{source} is neither a folder nor a manifest .csv file")
+
+
+def check_readable(path):
+    """None if soundfile can read ``path``, else the reason."""
+    if not os.access(path, os.R_OK):
+        return "no read permission" if os.path.exists(path) else "file not found"
+    try:
+        info = sf.info(path)
+    except Exception as error:  # soundfile raises several types for broken files
+        return f"unreadable audio: {error}"
+    if info.frames == 0:
+        return "empty file (0 samples)"
+    return None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="folder written by tools/export_model.py")
+    parser.add_argument("source", help="audio folder (searched recursively) or manifest .csv")
+    parser.add_argument("out", help="output path without extension")
+    parser.add_argument("--format", choices=["npy", "pt"], default="npy")
+    parser.add_argument("--data_root", help="replaces $data_root in a manifest's paths")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_batch_seconds", type=float, default=30.0)
+    args = parser.parse_args(argv)
+
+    model = SpeakerEncoder.from_hparams(source=args.model, run_opts={"device": args.device})
+    rate = model.hparams.sample_rate
+    items, skipped = [], []
+    for item in list_utterances(args.source, args.data_root):
+        reason = check_readable(item[1])
+        if reason:
+            skipped.append((item[1], reason))
+        else:
+            items.append(item)
+
+    ids, paths, speakers, embeddings = [], [], [], []
+    batch = []
+
+    def flush():
+        if batch:
+            padded = PaddedBatch([{"sig": sig} for _, sig in batch])
+            wavs, lens = padded.sig
+            emb = model.encode_batch(wavs, lens).cpu()
+            for (item, _), vector in zip(batch, emb):
+                ids.append(item[0]), paths.append(item[1]), speakers.append(item[4]), embeddings.append(vector)
+            batch.clear()
+
+    for item in tqdm(items, desc="Embedding"):
+        utt_id, path, start, stop, speaker = item
+        info = sf.info(path)
+        stop = info.frames if stop is None else stop
+        try:
+            if stop - start > args.max_batch_seconds * info.samplerate and start == 0 and stop == info.frames:
+                emb = model.encode_file(path).cpu()
+                ids.append(utt_id), paths.append(path), speakers.append(speaker), embeddings.append(emb)
+                continue
+            sig = resampled(read_segment(path, start, stop - start), (info.samplerate, rate))
+            if getattr(model.hparams, "normalize_peak", False) and sig.abs().max() > 0:
+                sig = sig / sig.abs().max()
+        except Exception as error:  # a file broken past its header
+            skipped.append((path, f"read failed: {error}"))
+            continue
+        batch.append((item, sig))
+        if len(batch) == args.batch_size:
+            flush()
+    flush()
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    matrix = torch.stack(embeddings) if embeddings else torch.zeros(0)
+    if args.format == "pt":
+        torch.save({"ids": ids, "paths": paths, "speakers": speakers, "embeddings": matrix}, args.out + ".pt")
+        print(f"written {args.out}.pt ({len(ids)} embeddings)")
+    else:
+        np.save(args.out + ".npy", matrix.numpy())
+        with open(args.out + ".csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["row", "id", "path", "speaker"])
+            for row, values in enumerate(zip(ids, paths, speakers)):
+                writer.writerow([row, *values])
+        print(f"written {args.out}.npy and {args.out}.csv ({len(ids)} embeddings)")
+    if skipped:
+        with open(args.out + "_skipped.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "reason"])
+            writer.writerows(skipped)
+        print(f"{len(skipped)} file(s) skipped, listed in {args.out}_skipped.csv")
+
+
+if __name__ == "__main__":
+    main()

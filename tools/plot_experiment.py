@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Draws an experiment's figures as PNG files (the recipes draw them at the end of a run too).
+
+* ``training_curves.png``: every series of ``train_log.txt``, one row per stage;
+* ``det_<system>.png``: the DET curve of each ``scores_<system>.txt``;
+* ``embeddings_map.png`` with ``--embeddings X.pt`` (from
+  ``tools/extract_embeddings.py --format pt``): a 2-D PCA map coloured by speaker.
+
+Usage:
+    python tools/plot_experiment.py results/Demo/lim_nce/1234 [--embeddings emb/demo.pt]
+"""
+
+import argparse
+import glob
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sincmi.plots import det_curve, embedding_map, training_curves  # noqa: E402
+
+
+def read_scores(path):
+    """``(target scores, non-target scores)`` of an ``enrol test score label`` file."""
+    scores, labels = [], []
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 4:
+                scores.append(float(parts[2]))
+                labels.append(parts[3] == "1")
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    return scores[labels], scores[~labels]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", help="output_folder of a recipe run")
+    parser.add_argument("--embeddings", help=".pt file from tools/extract_embeddings.py --format pt")
+    parser.add_argument("--out_folder", help="default: the experiment folder")
+    args = parser.parse_args(argv)
+    out = args.out_folder or args.experiment
+    os.makedirs(out, exist_ok=True)
+    written = []
+    log = os.path.join(args.experiment, "train_log.txt")
+    if os.path.isfile(log):
+        written.append(training_curves(log, os.path.join(out, "training_curves.png")))
+    for scores in sorted(glob.glob(os.path.join(args.experiment, "scores_*.txt"))):
+        name = os.path.basename(scores)[len("scores_"):-len(".txt")]
+        written.append(det_curve({name: read_scores(scores)}, os.path.join(out, f"det_{name}.png")))
+    if args.embeddings:
+        saved = torch.load(args.embeddings, weights_only=True)
+        written.append(embedding_map(saved["embeddings"].numpy(), saved["speakers"],
+                                     os.path.join(out, "embeddings_map.png")))
+    if not written:
+        sys.exit(f"error: {args.experiment} has no train_log.txt or scores_*.txt to plot")
+    print("\n".join(written))
+
+
+if __name__ == "__main__":
+    main()
