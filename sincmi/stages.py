@@ -20,6 +20,7 @@ from speechbrain.utils.epoch_loop import EpochCounter
 
 from sincmi import data
 from sincmi.brains import LIMBrain, SpeakerIdBrain
+from sincmi.checkpoints import make_checkpointer
 from sincmi.config import check_hparams
 from sincmi.inference import embed_dataset
 from sincmi.metrics import read_trials, score_trials, verification_metrics
@@ -155,9 +156,8 @@ def pretrain(hparams, run_opts, train_set, valid_set):
         "discriminator": hparams["discriminator"],
         "objective": hparams["objective"],
     }
-    checkpointer = Checkpointer(
-        os.path.join(hparams["save_folder"], "pretrain"),
-        recoverables={**modules, "counter": counter},
+    checkpointer = make_checkpointer(
+        os.path.join(hparams["save_folder"], "pretrain"), {**modules, "counter": counter}
     )
     brain = LIMBrain(
         modules=modules,
@@ -176,7 +176,8 @@ def pretrain(hparams, run_opts, train_set, valid_set):
             f"LIM needs at least 2 training sentences per batch; pretrain_batch_size="
             f"{hparams['pretrain_batch_size']}, pairs_per_epoch={len(sampler)}"
         )
-    loader_kwargs = {"batch_size": batch_size, "num_workers": hparams["num_workers"]}
+    loader_kwargs = {"batch_size": batch_size, "num_workers": hparams["num_workers"],
+                     "generator": loader_generator(hparams["seed"])}
     logger.info(f"Stage pretrain: LIM ({hparams['objective'].name}) for {counter.limit} epoch(s)")
     brain.fit(
         counter,
@@ -187,6 +188,16 @@ def pretrain(hparams, run_opts, train_set, valid_set):
     )
     checkpointer.recover_if_possible(min_key="loss")
     return brain.modules.encoder
+
+
+def loader_generator(seed):
+    """The DataLoader's own generator (for its workers' seeds).
+
+    Without it, creating a loader iterator draws from the global generator,
+    which a run resumed in the middle of an epoch would draw at another point
+    than the uninterrupted run, changing every later random chunk.
+    """
+    return torch.Generator().manual_seed(seed)
 
 
 def epoch_sampler(dataset, items_per_epoch, seed):
@@ -225,10 +236,7 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
     classifier = hparams["classifier"](input_size=encoder.embedding_size, num_speakers=num_speakers)
     counter = EpochCounter(hparams["finetune_epochs"])
     modules = {"encoder": encoder, "classifier": classifier}
-    checkpointer = Checkpointer(
-        os.path.join(hparams["save_folder"], name),
-        recoverables={**modules, "counter": counter},
-    )
+    checkpointer = make_checkpointer(os.path.join(hparams["save_folder"], name), {**modules, "counter": counter})
     brain = SpeakerIdBrain(
         modules=modules,
         opt_class=hparams["finetune_optimizer"],
@@ -243,6 +251,7 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
     train_kwargs = {
         "batch_size": hparams["finetune_batch_size"],
         "num_workers": hparams["num_workers"],
+        "generator": loader_generator(hparams["seed"]),
         "sampler": sampler,
         "drop_last": len(sampler) > hparams["finetune_batch_size"],
     }
