@@ -5,6 +5,7 @@ import logging
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sincmi.encoder import chunk_waveforms
 from sincmi.metrics import SpeakerIdErrorStats
@@ -13,7 +14,61 @@ from sincmi.pairs import pair_logits
 logger = logging.getLogger(__name__)
 
 
-class LIMBrain(sb.Brain):
+class ShardSampler(torch.utils.data.Sampler):
+    """Items ``rank, rank + N, rank + 2N, ...`` of a dataset, in order, for process ``rank`` of N.
+
+    Unlike ``DistributedSampler`` it never repeats items to even out the
+    shards, so that counts summed over processes are those of one process.
+
+    Example
+    -------
+    >>> list(ShardSampler(5, rank=1, world_size=2))
+    [1, 3]
+    """
+
+    def __init__(self, num_items, rank=None, world_size=None):
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+        world = world_size if world_size is not None else (torch.distributed.get_world_size() if distributed else 1)
+        self.indices = list(range(self.rank, num_items, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class DistributedBrain(sb.Brain):
+    """A Brain that also trains with DDP on CPUs (``--distributed_backend=gloo``).
+
+    SpeechBrain converts every BatchNorm to SyncBatchNorm before wrapping a
+    module in DDP, and SyncBatchNorm only runs on GPUs; on CPU each process
+    keeps plain BatchNorm over its own batch.
+    """
+
+    shard_evaluation = False  # True: VALID/TEST sets are split across processes
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """As SpeechBrain's; with ``shard_evaluation``, each process evaluates 1/N of the set."""
+        if (
+            stage != sb.Stage.TRAIN
+            and self.shard_evaluation
+            and self.distributed_launch
+            and "sampler" not in loader_kwargs
+        ):
+            loader_kwargs["sampler"] = ShardSampler(len(dataset))
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+
+    def _wrap_distributed(self):
+        if not (self.distributed_launch and torch.device(self.device).type == "cpu"):
+            return super()._wrap_distributed()
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                self.modules[name] = DDP(module, device_ids=None, find_unused_parameters=self.find_unused_parameters)
+
+
+class LIMBrain(DistributedBrain):
     """Local Info Max: encoder and discriminator minimise one MI objective together.
 
     Modules: ``encoder``, ``discriminator``, ``objective``
@@ -71,7 +126,7 @@ class LIMBrain(sb.Brain):
                 self.checkpointer.save_and_keep_only(meta=stats, min_keys=["loss"])
 
 
-class SpeakerIdBrain(sb.Brain):
+class SpeakerIdBrain(DistributedBrain):
     """Speaker identification: a classifier on chunk embeddings.
 
     Modules: ``encoder``, ``classifier``. Hparams used: ``freeze_encoder``
@@ -89,6 +144,7 @@ class SpeakerIdBrain(sb.Brain):
         super().__init__(*args, **kwargs)
         self.freeze_encoder = freeze_encoder
         self.stage_name = stage_name
+        self.shard_evaluation = True  # the error counts are summed over processes
         if freeze_encoder:
             for p in self.modules.encoder.parameters():
                 p.requires_grad_(False)
@@ -132,7 +188,7 @@ class SpeakerIdBrain(sb.Brain):
         outputs, owner = predictions
         labels = batch.spk_id_encoded.data.squeeze(1)
         if stage == sb.Stage.TRAIN:
-            return self.modules.classifier.training_loss(outputs, labels)
+            return self.modules.classifier(outputs, labels)  # the training loss, through forward (DDP)
         log_probs = outputs
         self.error_stats.append(log_probs.detach(), owner, labels)
         return F.nll_loss(log_probs, labels[owner])
@@ -146,7 +202,9 @@ class SpeakerIdBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self.train_stats = {"loss": stage_loss}
             return
-        stats = {"loss": stage_loss, **self.error_stats.summarize()}
+        # Each process scored its shard of the sentences (DDP): sum the counts.
+        self.error_stats.reduce_across_processes(self.device)
+        stats = self.error_stats.summarize()  # its loss: mean chunk NLL over all sentences
         if stage == sb.Stage.VALID:
             self.hparams.train_logger.log_stats(
                 stats_meta={"stage": self.stage_name, "epoch": epoch},

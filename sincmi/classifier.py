@@ -1,7 +1,9 @@
 """Speaker classifiers on chunk embeddings (the downstream heads).
 
-Both return log-posteriors from ``forward`` (used to score sentences) and give
-their training loss with ``training_loss(embeddings, labels)``.
+Both return log-posteriors from ``forward`` (used to score sentences) and the
+training loss from ``forward(embeddings, labels)`` (``training_loss``, called
+through ``forward`` so that a DDP-wrapped classifier synchronises its
+gradients).
 """
 
 import torch
@@ -41,13 +43,15 @@ class SpeakerClassifier(nn.Module):
         layers += [nn.Linear(input_size, num_speakers), nn.LogSoftmax(dim=-1)]
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, embeddings):
-        """Returns log-posteriors."""
+    def forward(self, embeddings, labels=None):
+        """Returns log-posteriors, or with ``labels`` the training loss."""
+        if labels is not None:
+            return self.training_loss(embeddings, labels)
         return self.layers(embeddings)
 
     def training_loss(self, embeddings, labels):
         """Cross-entropy (softmax)."""
-        return F.nll_loss(self(embeddings), labels)
+        return F.nll_loss(self.layers(embeddings), labels)
 
 
 class AAMClassifier(nn.Module):
@@ -84,8 +88,10 @@ class AAMClassifier(nn.Module):
         """Cosine of each embedding with each class weight."""
         return F.normalize(self.norm(embeddings), dim=1) @ F.normalize(self.weight, dim=1).T
 
-    def forward(self, embeddings):
-        """Log-posteriors without margin."""
+    def forward(self, embeddings, labels=None):
+        """Log-posteriors without margin, or with ``labels`` the training loss."""
+        if labels is not None:
+            return self.training_loss(embeddings, labels)
         return F.log_softmax(self.scale * self.cosines(embeddings), dim=1)
 
     def training_loss(self, embeddings, labels):

@@ -96,10 +96,23 @@ def load_manifest(csv_path, data_root):
         row["start"] = int(row["start"])
         row["stop"] = int(row["stop"])
         row["gain"] = float(row.get("gain") or 1.0)
+        row["rate"] = int(row.get("rate") or 0)  # 0: the recipe's sample rate
     return data
 
 
-def pair_dataset(data, chunk_size, gain_range=None, resample=None, audio=None):
+def _with_defaults(data):
+    """Rows with the optional columns filled in (``gain`` 1, ``rate`` 0 = the recipe's)."""
+    return {key: {"gain": 1.0, "rate": 0, **row} for key, row in data.items()}
+
+
+def _row_resample(rate, resample, sample_rate):
+    """``(file_rate, model_rate)`` for a row: its own ``rate`` if set, else the dataset's."""
+    if rate:
+        return (rate, resample[1] if resample else sample_rate)
+    return resample
+
+
+def pair_dataset(data, chunk_size, gain_range=None, resample=None, audio=None, sample_rate=16000):
     """Dataset of ``(anchor, positive)`` chunk pairs, one pair per sentence.
 
     Arguments
@@ -114,36 +127,41 @@ def pair_dataset(data, chunk_size, gain_range=None, resample=None, audio=None):
         ``(file_rate, model_rate)`` when they differ.
     audio : dict, optional
         In-memory waveforms from :func:`preload_audio`.
+    sample_rate : int
+        The model's rate, for rows whose ``rate`` column says their file has
+        another one (resampled when read).
 
     Output keys: ``id``, ``sentence``, ``anchor``, ``positive``. ``sentence``
     is the row's ``sentence`` column when the manifest has one (segments of one
     recording share it, so they are never negatives of each other), else its id.
     """
-    data = {key: {**row, "sentence": row.get("sentence") or key} for key, row in data.items()}
+    data = {key: {**row, "sentence": row.get("sentence") or key} for key, row in _with_defaults(data).items()}
     dataset = DynamicItemDataset(data)
 
-    @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain")
+    @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain", "rate")
     @sb.utils.data_pipeline.provides("anchor", "positive")
-    def pair_pipeline(wav, start, stop, gain):
-        yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, resample, audio)
-        yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, resample, audio)
+    def pair_pipeline(wav, start, stop, gain, rate):
+        rs = _row_resample(rate, resample, sample_rate)
+        yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, rs, audio)
+        yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, rs, audio)
 
     dataset.add_dynamic_item(pair_pipeline)
     dataset.set_output_keys(["id", "sentence", "anchor", "positive"])
     return dataset
 
 
-def chunk_dataset(data, chunk_size, label_encoder, gain_range=None, resample=None, audio=None):
-    """Dataset of one random labelled chunk per sentence (``audio``: see :func:`pair_dataset`).
+def chunk_dataset(data, chunk_size, label_encoder, gain_range=None, resample=None, audio=None, sample_rate=16000):
+    """Dataset of one random labelled chunk per sentence (other arguments: see :func:`pair_dataset`).
 
     Output keys: ``id``, ``chunk``, ``spk_id_encoded``.
     """
-    dataset = DynamicItemDataset(data)
+    dataset = DynamicItemDataset(_with_defaults(data))
 
-    @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain")
+    @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain", "rate")
     @sb.utils.data_pipeline.provides("chunk")
-    def chunk_pipeline(wav, start, stop, gain):
-        return random_chunk(wav, start, stop, chunk_size, gain_range, gain, resample, audio)
+    def chunk_pipeline(wav, start, stop, gain, rate):
+        rs = _row_resample(rate, resample, sample_rate)
+        return random_chunk(wav, start, stop, chunk_size, gain_range, gain, rs, audio)
 
     dataset.add_dynamic_item(chunk_pipeline)
     _add_label_pipeline(dataset, label_encoder)
@@ -151,14 +169,14 @@ def chunk_dataset(data, chunk_size, label_encoder, gain_range=None, resample=Non
     return dataset
 
 
-def sentence_dataset(data, label_encoder=None, resample=None):
+def sentence_dataset(data, label_encoder=None, resample=None, sample_rate=16000):
     """Dataset of whole sentences (``id``, ``sig`` and, with labels, ``spk_id_encoded``)."""
-    dataset = DynamicItemDataset(data)
+    dataset = DynamicItemDataset(_with_defaults(data))
 
-    @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain")
+    @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain", "rate")
     @sb.utils.data_pipeline.provides("sig")
-    def sentence_pipeline(wav, start, stop, gain):
-        sig = resampled(read_segment(wav, start, stop - start), resample)
+    def sentence_pipeline(wav, start, stop, gain, rate):
+        sig = resampled(read_segment(wav, start, stop - start), _row_resample(rate, resample, sample_rate))
         return sig * gain if gain != 1.0 else sig
 
     dataset.add_dynamic_item(sentence_pipeline)

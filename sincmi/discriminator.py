@@ -14,10 +14,16 @@ import torch.nn.functional as F
 
 
 class PairDiscriminator(nn.Module):
-    """Base class: ``forward`` is ``pairwise`` on the diagonal."""
+    """Base class: ``forward(z1, z2)`` scores aligned pairs, ``forward(a, b, index)`` is ``pairwise``.
 
-    def forward(self, z1, z2):
-        """Scores aligned pairs ``(z1[n], z2[n])``."""
+    Going through ``forward`` for both keeps a DDP-wrapped critic's gradients
+    synchronised across processes.
+    """
+
+    def forward(self, z1, z2, index=None):
+        """Scores aligned pairs ``(z1[n], z2[n])``, or ``pairwise(z1, z2, index)``."""
+        if index is not None:
+            return self.pairwise(z1, z2, index)
         index = torch.arange(z1.shape[0], device=z1.device).unsqueeze(1)
         return self.pairwise(z1, z2, index).squeeze(1)
 

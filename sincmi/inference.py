@@ -170,7 +170,7 @@ class SpeakerEncoder(Pretrained):
 
 
 @torch.no_grad()
-def embed_dataset(encoder, dataset, device="cpu", batch_size=8, shift=None, progress=True):
+def embed_dataset(encoder, dataset, device="cpu", batch_size=8, shift=None, progress=True, sampler=None):
     """Utterance embeddings of every item of a sentence dataset.
 
     Arguments
@@ -182,6 +182,8 @@ def embed_dataset(encoder, dataset, device="cpu", batch_size=8, shift=None, prog
         Items with ``id`` and ``sig`` (see :func:`sincmi.data.sentence_dataset`).
     shift : int, optional
         Hop between chunks (default: half a chunk).
+    sampler : torch.utils.data.Sampler, optional
+        The items to embed (default: all, in order).
 
     Returns
     -------
@@ -189,7 +191,7 @@ def embed_dataset(encoder, dataset, device="cpu", batch_size=8, shift=None, prog
         ``{id: embedding}`` on the CPU.
     """
     encoder = encoder.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PaddedBatch)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PaddedBatch, sampler=sampler)
     embeddings = {}
     for batch in tqdm(loader, desc="Embedding utterances", disable=not progress):
         wavs, lens = batch.sig

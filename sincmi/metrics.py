@@ -143,8 +143,10 @@ class SpeakerIdErrorStats:
     >>> stats = SpeakerIdErrorStats()
     >>> lp = torch.log(torch.tensor([[0.6, 0.4], [0.1, 0.9], [0.8, 0.2]]))
     >>> stats.append(lp, torch.tensor([0, 0, 1]), torch.tensor([1, 1]))
-    >>> stats.summarize()
-    {'sentence_error': 0.5, 'chunk_error': 0.6666666666666666, 'sentences': 2, 'chunks': 3}
+    >>> stats.summarize()["sentence_error"], stats.summarize()["chunk_error"]
+    (0.5, 0.6666666666666666)
+    >>> round(stats.summarize()["loss"], 4)  # mean chunk NLL: -(log .4 + log .9 + log .2) / 3
+    0.877
     """
 
     def __init__(self):
@@ -152,6 +154,7 @@ class SpeakerIdErrorStats:
         self.sentences = 0
         self.chunk_errors = 0
         self.chunks = 0
+        self.nll_sum = 0.0
 
     def append(self, chunk_log_posteriors, owner, labels):
         """Adds a batch: chunk log-posteriors, chunk owners, sentence labels."""
@@ -162,12 +165,24 @@ class SpeakerIdErrorStats:
         chunk_predicted = chunk_log_posteriors.argmax(dim=1)
         self.chunk_errors += int((chunk_predicted != labels[owner]).sum())
         self.chunks += int(owner.shape[0])
+        self.nll_sum -= float(chunk_log_posteriors.gather(1, labels[owner].unsqueeze(1)).double().sum())
+
+    def reduce_across_processes(self, device="cpu"):
+        """Sums the counts of every process (DDP); a no-op in a single process."""
+        if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            return
+        fields = ("sentence_errors", "sentences", "chunk_errors", "chunks", "nll_sum")
+        totals = torch.tensor([float(getattr(self, f)) for f in fields], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(totals)
+        for field, value in zip(fields, totals.tolist()):
+            setattr(self, field, value if field == "nll_sum" else int(round(value)))
 
     def summarize(self):
-        """Returns the error rates (fractions) and counts."""
+        """Returns the error rates (fractions), the mean chunk NLL (``loss``) and counts."""
         return {
             "sentence_error": self.sentence_errors / max(self.sentences, 1),
             "chunk_error": self.chunk_errors / max(self.chunks, 1),
+            "loss": self.nll_sum / max(self.chunks, 1),
             "sentences": self.sentences,
             "chunks": self.chunks,
         }

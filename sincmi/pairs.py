@@ -104,5 +104,5 @@ def pair_logits(discriminator, anchors, positives, sentence_ids, num_negatives=N
     index, valid = negative_indices(sentence_ids, num_negatives, generator, anchors.device)
     diagonal = torch.arange(anchors.shape[0], device=anchors.device).unsqueeze(1)
     both = torch.cat([diagonal, index], dim=1)
-    logits = discriminator.pairwise(anchors, positives, both)
+    logits = discriminator(anchors, positives, both)  # forward: DDP-safe
     return logits[:, 0], logits[:, 1:], valid

@@ -16,10 +16,11 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.sampler import ReproducibleRandomSampler
 from speechbrain.utils.checkpoints import Checkpointer
+from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.epoch_loop import EpochCounter
 
 from sincmi import data
-from sincmi.brains import LIMBrain, SpeakerIdBrain
+from sincmi.brains import LIMBrain, ShardSampler, SpeakerIdBrain
 from sincmi.checkpoints import make_checkpointer
 from sincmi.config import check_hparams
 from sincmi.inference import embed_dataset
@@ -33,9 +34,12 @@ def start_experiment(argv):
     """Parses the command line, loads the yaml, creates the output folder.
 
     Returns ``(hparams, run_opts)``, as every SpeechBrain recipe starts; the
-    hparams are checked first (:func:`sincmi.config.check_hparams`).
+    hparams are checked first (:func:`sincmi.config.check_hparams`). Under
+    ``torchrun`` it joins the process group first.
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    # Under torchrun: join the process group (a no-op in a single process).
+    sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file) as f:
         hparams = load_hyperpyyaml(f, overrides)
     check_hparams(hparams)
@@ -79,13 +83,14 @@ def pretrain_and_identify(hparams, run_opts, manifests, labels, timings):
     chunk, gain = hparams["chunk_size"], hparams.get("random_gain")
     rs = (hparams.get("file_sample_rate") or hparams["sample_rate"], hparams["sample_rate"])
     rs = None if rs[0] == rs[1] else rs
+    rate = hparams["sample_rate"]
     start = time.time()
     audio = training_audio(hparams, manifests["train"])
     encoder = pretrain(
         hparams,
         run_opts,
-        data.pair_dataset(manifests["train"], chunk, gain, rs, audio),
-        data.pair_dataset(manifests["valid"], chunk, resample=rs),
+        data.pair_dataset(manifests["train"], chunk, gain, rs, audio, rate),
+        data.pair_dataset(manifests["valid"], chunk, resample=rs, sample_rate=rate),
     )
     timings["pretrain"] = time.time() - start
     start = time.time()
@@ -96,9 +101,9 @@ def pretrain_and_identify(hparams, run_opts, manifests, labels, timings):
         "speaker_id",
         encoder,
         len(labels),
-        data.chunk_dataset(labelled, chunk, labels, gain, rs, audio),
-        data.sentence_dataset(manifests["valid"], labels, rs),
-        data.sentence_dataset(manifests["test"], labels, rs),
+        data.chunk_dataset(labelled, chunk, labels, gain, rs, audio, rate),
+        data.sentence_dataset(manifests["valid"], labels, rs, rate),
+        data.sentence_dataset(manifests["test"], labels, rs, rate),
         freeze_encoder=hparams["freeze_encoder"],
     )
     timings["speaker_id"] = time.time() - start
@@ -112,6 +117,8 @@ def report(hparams, systems, timings):
     train log (``training_curves.png``).
     """
     results = {"systems": systems, "timings_s": timings}
+    if not if_main_process():  # under DDP every process has the same figures; one writes them
+        return results
     table = write_results(os.path.join(hparams["output_folder"], "results.json"), results)
     logger.info("Results\n" + table)
     train_log = hparams.get("train_log")
@@ -126,9 +133,13 @@ def report(hparams, systems, timings):
 
 def plot_embeddings(hparams, encoder, rows, device, max_speakers=20, name="test"):
     """Draws ``embeddings_<name>.png``: a 2-D map of the utterances of ``max_speakers`` speakers."""
+    if not if_main_process():
+        return None
     speakers = set(sorted({row["spk_id"] for row in rows.values()})[:max_speakers])
     subset = {key: row for key, row in rows.items() if row["spk_id"] in speakers}
-    embeddings = embed_dataset(encoder, data.sentence_dataset(subset), device, hparams["eval_batch_size"])
+    rs = (hparams.get("file_sample_rate") or hparams["sample_rate"], hparams["sample_rate"])
+    dataset = data.sentence_dataset(subset, resample=None if rs[0] == rs[1] else rs, sample_rate=rs[1])
+    embeddings = embed_dataset(encoder, dataset, device, hparams["eval_batch_size"])
     path = os.path.join(hparams["output_folder"], f"embeddings_{name}.png")
     embedding_map(torch.stack(list(embeddings.values())).numpy(), [subset[k]["spk_id"] for k in embeddings], path,
                   max_speakers, title=f"{hparams.get('system_name', 'encoder')}: {name} utterances (PCA)")
@@ -187,7 +198,7 @@ def pretrain(hparams, run_opts, train_set, valid_set):
         valid_loader_kwargs={**loader_kwargs, "drop_last": len(valid_set) % batch_size == 1},
     )
     checkpointer.recover_if_possible(min_key="loss")
-    return brain.modules.encoder
+    return encoder  # not brain.modules.encoder, which DDP may have wrapped
 
 
 def loader_generator(seed):
@@ -284,17 +295,17 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
         ``{utterance id: speaker}``: also draws ``embeddings_<name>.png``, a
         2-D map of the utterance embeddings (with ``out_folder``).
     """
-    embeddings = embed_dataset(encoder, dataset, device=device, batch_size=batch_size, shift=shift)
+    embeddings = embed_all_processes(encoder, dataset, device, batch_size, shift)
     cohort = None
     if score_norm is not None:
         if cohort_set is None:
             raise ValueError(f"score_norm={score_norm!r} needs a cohort")
-        cohort_emb = embed_dataset(encoder, cohort_set, device=device, batch_size=batch_size, shift=shift)
-        cohort = torch.stack(list(cohort_emb.values()))
+        cohort_emb = embed_all_processes(encoder, cohort_set, device, batch_size, shift)
+        cohort = torch.stack([cohort_emb[key] for key in sorted(cohort_emb)])
     trials = read_trials(trials_file)
     scores, labels = score_trials(embeddings, trials, cohort, score_norm, top_k)
     metrics = verification_metrics(scores[labels], scores[~labels])
-    if out_folder is not None:
+    if out_folder is not None and if_main_process():
         slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
         with open(os.path.join(out_folder, f"scores_{slug}.txt"), "w") as f:
             for (label, enrol, test), score in zip(trials, scores.tolist()):
@@ -305,6 +316,17 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
             embedding_map(torch.stack([embeddings[key] for key in ids]).numpy(), [speakers[key] for key in ids],
                           os.path.join(out_folder, f"embeddings_{slug}.png"), title=f"{name}: embeddings (PCA)")
     return metrics
+
+
+def embed_all_processes(encoder, dataset, device, batch_size, shift):
+    """Utterance embeddings of ``dataset``; under DDP each process embeds 1/N and all get all."""
+    embeddings = embed_dataset(encoder, dataset, device=device, batch_size=batch_size, shift=shift,
+                               sampler=ShardSampler(len(dataset)))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, embeddings)
+        embeddings = {key: value for part in parts for key, value in part.items()}
+    return embeddings
 
 
 def load_pretrained_encoder(encoder, experiment_folder):

@@ -61,7 +61,7 @@ def test_bad_files_are_skipped_and_listed(tone_corpus, tmp_path):
     with open(os.path.join(save, "skipped.csv")) as f:
         rows = list(csv.DictReader(f))
     reasons = {os.path.basename(r["file"]): r["reason"] for r in rows}
-    assert reasons["broken.wav"].startswith("unreadable audio")
+    assert reasons["broken.wav"].startswith("not readable as audio")
     assert reasons["short.wav"].startswith("too short")
 
 

@@ -85,7 +85,7 @@ def test_missing_wrd_and_bad_audio_are_skipped(tmp_path):
     skipped = read_manifest(os.path.join(save, "skipped.csv"))
     reasons = {os.path.basename(r["file"]): r["reason"] for r in skipped}
     assert "word boundaries" in reasons["SX1.WAV"]
-    assert reasons["SX2.WAV"].startswith("unreadable audio")
+    assert reasons["SX2.WAV"].startswith("empty file")
 
 
 def test_not_a_timit_root_is_explained(tmp_path):

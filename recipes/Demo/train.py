@@ -44,6 +44,7 @@ def prepare(hparams):
             "save_folder": hparams["save_folder"],
             "sample_rate": hparams["sample_rate"],
             "min_samples": hparams["chunk_size"],
+            "resample": hparams["resample_audio"],
             "num_verification_speakers": hparams["num_verification_speakers"],
             "valid_per_speaker": hparams["valid_per_speaker"],
             "test_per_speaker": hparams["test_per_speaker"],

@@ -33,6 +33,7 @@ def prepare(hparams):
             "normalize_peak": hparams["normalize_peak"],
             "sample_rate": hparams["file_sample_rate"],
             "min_samples": hparams["chunk_size"] * hparams["file_sample_rate"] // hparams["sample_rate"],
+            "resample": hparams["resample_audio"],
             "seed": hparams["seed"],
         },
     )

@@ -29,6 +29,7 @@ def prepare(hparams):
             "valid_split": hparams["valid_split"],
             "sample_rate": hparams["sample_rate"],
             "min_samples": hparams["chunk_size"],
+            "resample": hparams["resample_audio"],
         },
     )
 

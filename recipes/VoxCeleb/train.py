@@ -38,6 +38,7 @@ def prepare(hparams):
             "valid_speakers": hparams["valid_speakers"],
             "sample_rate": hparams["sample_rate"],
             "min_samples": hparams["chunk_size"],
+            "resample": hparams["resample_audio"],
             "seed": hparams["seed"],
         },
     )

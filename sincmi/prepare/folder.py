@@ -14,6 +14,8 @@ import logging
 import os
 import random
 
+from tqdm import tqdm
+
 from sincmi.prepare.manifest import (
     already_prepared,
     inspect_audio,
@@ -65,6 +67,7 @@ def prepare_folder(
     test_per_speaker=4,
     max_trials=200000,
     seed=1234,
+    resample=False,
 ):
     """Writes the manifests of a speaker folder; skipped if already done.
 
@@ -75,9 +78,14 @@ def prepare_folder(
     save_folder : str
         Where the manifests are written.
     sample_rate : int
-        Expected sample rate; other files are skipped and listed.
+        The recipe's sample rate.
     min_samples : int
         Shortest usable file (one chunk); shorter files are skipped and listed.
+    resample : bool
+        Files at another sample rate: True keeps them (resampled when read;
+        their rate is stored in the manifest), False skips them. Every
+        skipped or changed file is listed in ``skipped.csv``
+        (:func:`sincmi.prepare.manifest.inspect_audio` gives the checks).
     num_verification_speakers : int
         Speakers held out of training for verification trials.
     valid_per_speaker, test_per_speaker : int
@@ -98,6 +106,7 @@ def prepare_folder(
         "test_per_speaker": test_per_speaker,
         "max_trials": max_trials,
         "seed": seed,
+        "resample": resample,
     }
     if already_prepared(save_folder, opts, OUTPUTS):
         logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
@@ -105,25 +114,29 @@ def prepare_folder(
     os.makedirs(save_folder, exist_ok=True)
 
     speakers = find_speaker_files(data_folder)
-    rows, skipped = {}, []
+    rows, skipped, noted = {}, [], []
     for spk, files in speakers.items():
-        for rel in files:
-            frames, reason = inspect_audio(os.path.join(data_folder, rel), sample_rate, min_samples)
-            if reason:
-                skipped.append((os.path.join(data_folder, rel), reason))
+        for rel in tqdm(files, desc=f"Checking {spk}", disable=len(speakers) > 50, leave=False):
+            path = os.path.join(data_folder, rel)
+            check = inspect_audio(path, sample_rate, min_samples, resample)
+            if check.reason:
+                skipped.append((path, check.reason))
                 continue
+            noted += [(path, note) for note in check.notes]
             utt_id = spk + "-" + os.path.splitext(rel)[0].replace(os.sep, "-")
             rows.setdefault(spk, []).append(
                 {
                     "ID": utt_id,
-                    "duration": round(frames / sample_rate, 4),
+                    "duration": round(check.frames / check.rate, 4),
                     "wav": "$data_root/" + rel.replace(os.sep, "/"),
                     "start": 0,
-                    "stop": frames,
+                    "stop": check.frames,
                     "spk_id": spk,
+                    "rate": check.rate if check.rate != sample_rate else "",
                 }
             )
-    report_skipped(save_folder, skipped)
+    report_skipped(save_folder, skipped, noted)
+    logger.info(f"{sum(map(len, rows.values()))} usable files, {len(skipped)} skipped, {len(noted)} kept with a note")
 
     names = sorted(rows)
     if len(names) - num_verification_speakers < 2 or num_verification_speakers < 2:

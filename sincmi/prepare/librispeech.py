@@ -84,6 +84,7 @@ def prepare_librispeech(
     sample_rate=16000,
     min_samples=3200,
     seed=1234,
+    resample=False,
 ):
     """Writes the LibriSpeech speaker-id manifests; skipped if already done.
 
@@ -109,6 +110,10 @@ def prepare_librispeech(
         Shortest usable utterance, in samples.
     seed : int
         Seed of the per-speaker utterance order.
+    resample : bool
+        Files at another sample rate than ``sample_rate``: True keeps them
+        (resampled when read), False skips them. Every skipped or changed file
+        is listed in ``skipped.csv`` (see :func:`sincmi.prepare.manifest.inspect_audio`).
     """
     opts = {
         "data_folder": os.path.abspath(data_folder) if data_folder else data_folder,
@@ -122,6 +127,7 @@ def prepare_librispeech(
         "sample_rate": sample_rate,
         "min_samples": min_samples,
         "seed": seed,
+        "resample": resample,
     }
     if already_prepared(save_folder, opts, OUTPUTS):
         logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
@@ -138,23 +144,21 @@ def prepare_librispeech(
             paths += [os.path.join(folder, n) for n in names if n.lower().endswith(AUDIO_EXTENSIONS)]
     os.makedirs(save_folder, exist_ok=True)
 
-    by_speaker, skipped = {}, []
+    by_speaker, skipped, noted = {}, [], []
     for path in tqdm(sorted(paths), desc="Preparing LibriSpeech"):
         utt = os.path.splitext(os.path.basename(path))[0]
-        frames, reason = inspect_audio(path, sample_rate, min_samples)
-        if reason:
-            skipped.append((path, reason))
+        check = inspect_audio(path, sample_rate, min_samples, resample)
+        if check.reason:
+            skipped.append((path, check.reason))
             continue
-        start, stop, gain = 0, frames, 1.0
+        noted += [(path, note) for note in check.notes]
+        rate = check.rate
+        start, stop, gain = 0, check.frames, 1.0
         if trim_silence or normalize_peak:
-            try:
-                wav, _ = sf.read(path, dtype="float32")
-            except Exception as err:
-                skipped.append((path, f"unreadable audio ({type(err).__name__}: {err})"))
-                continue
+            wav = sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1)
             if trim_silence:
-                start, stop = trim_bounds(wav, sample_rate, trim_db)
-            if stop - start < min_samples:
+                start, stop = trim_bounds(wav, rate, trim_db)
+            if (stop - start) * sample_rate / rate < min_samples:
                 skipped.append((path, f"too short after trimming ({stop - start} samples)"))
                 continue
             if normalize_peak:
@@ -166,15 +170,16 @@ def prepare_librispeech(
         by_speaker.setdefault(speaker, []).append(
             {
                 "ID": utt,
-                "duration": round((stop - start) / sample_rate, 4),
+                "duration": round((stop - start) / rate, 4),
                 "wav": "$data_root/" + os.path.relpath(path, data_folder).replace(os.sep, "/"),
                 "start": start,
                 "stop": stop,
                 "spk_id": speaker,
                 "gain": gain,
+                "rate": rate if rate != sample_rate else "",
             }
         )
-    report_skipped(save_folder, skipped)
+    report_skipped(save_folder, skipped, noted)
     if not by_speaker:
         raise ValueError(f"{data_folder}: no usable utterance in subsets {list(subsets)} (see skipped.csv)")
 

@@ -1,7 +1,8 @@
 """Writing and checking CSV manifests shared by every corpus preparer.
 
-A manifest row is one sentence: ``ID,duration,wav,start,stop,spk_id,gain``,
-with ``start``/``stop`` in samples of the file, ``wav`` relative to
+A manifest row is one sentence: ``ID,duration,wav,start,stop,spk_id,gain``
+(and ``rate``, the file's sample rate, when it differs from the recipe's and the
+file is resampled when read), with ``start``/``stop`` in samples of the file, ``wav`` relative to
 ``$data_root`` and ``gain`` the factor applied to the samples when read (1, or
 1/peak for corpora prepared with peak normalisation). Manifests whose rows
 are segments of longer recordings add a ``sentence`` column naming the
@@ -13,6 +14,8 @@ import json
 import logging
 import os
 
+from typing import List, NamedTuple, Optional
+
 import numpy as np
 import soundfile as sf
 
@@ -23,17 +26,99 @@ OPTS_FILE = "prepare_opts.json"
 SKIPPED_FILE = "skipped.csv"
 
 
-def inspect_audio(path, sample_rate, min_samples):
-    """Returns ``(frames, None)`` for a usable file, ``(None, reason)`` otherwise."""
+class AudioCheck(NamedTuple):
+    """What :func:`inspect_audio` found: usable (``reason`` None) or not, and notes."""
+
+    frames: int  # samples per channel, at the file's rate
+    rate: int  # the file's sample rate
+    reason: Optional[str]  # why the file is unusable; None if usable
+    notes: List[str]  # what was done to use it (down-mixed, resampled)
+
+
+def inspect_audio(path, sample_rate, min_samples, resample=False, read_samples=True):
+    """Checks that an audio file can be used, reading it whole unless ``read_samples`` is False.
+
+    Unusable: missing, unreadable (permissions), empty, not audio or with a
+    corrupt header, truncated (fewer samples than its header announces),
+    holding NaN or infinite samples, shorter than ``min_samples`` at
+    ``sample_rate``, or at another sample rate when ``resample`` is False.
+    Usable with a note: more than one channel (down-mixed when read) or
+    another sample rate with ``resample`` (resampled when read).
+
+    Returns
+    -------
+    AudioCheck
+    """
+    def bad(reason):
+        return AudioCheck(0, 0, reason, [])
+
+    if not os.path.isfile(path):
+        return bad("file not found")
+    if not os.access(path, os.R_OK):
+        return bad("no read permission")
+    if os.path.getsize(path) == 0:
+        return bad("empty file (0 bytes)")
     try:
         info = sf.info(path)
     except Exception as err:  # soundfile raises several types for bad files
-        return None, f"unreadable audio ({type(err).__name__}: {err})".replace("\n", " ")
+        return bad(f"not readable as audio: corrupt header or not an audio file ({err})".replace("\n", " "))
+    if info.frames <= 0:
+        return bad("no audio samples")
+    notes = []
+    if info.channels > 1:
+        notes.append(f"{info.channels} channels: down-mixed to mono")
     if info.samplerate != sample_rate:
-        return None, f"sample rate {info.samplerate} Hz, expected {sample_rate} Hz"
-    if info.frames < min_samples:
-        return None, f"too short ({info.frames} samples < {min_samples}, one chunk)"
-    return info.frames, None
+        if not resample:
+            return bad(f"sample rate {info.samplerate} Hz, expected {sample_rate} Hz "
+                       "(resample_audio: True resamples such files)")
+        notes.append(f"sample rate {info.samplerate} Hz: resampled to {sample_rate} Hz")
+    if info.frames * sample_rate / info.samplerate < min_samples:
+        return bad(f"too short ({info.frames} samples at {info.samplerate} Hz < one chunk of {min_samples} "
+                   f"at {sample_rate} Hz)")
+    if read_samples:
+        try:
+            data, _ = sf.read(path, dtype="float32", always_2d=True)
+        except Exception as err:
+            return bad(f"truncated or corrupt audio data ({err})".replace("\n", " "))
+        declared = declared_frames(path, info)
+        if data.shape[0] < max(info.frames, declared or 0):
+            announced = max(info.frames, declared or 0)
+            return bad(f"truncated: the header announces {announced} samples, the file holds {data.shape[0]}")
+        if not np.isfinite(data).all():
+            return bad("NaN or infinite samples")
+    return AudioCheck(info.frames, info.samplerate, None, notes)
+
+
+SAMPLE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+
+
+def declared_frames(path, info):
+    """Samples per channel that a WAV or NIST (TIMIT) header announces; None if unknown.
+
+    libsndfile reports the samples actually present in a truncated WAV, so a
+    cut file would otherwise look whole.
+    """
+    width = SAMPLE_BYTES.get(info.subtype)
+    if width is None:
+        return None
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if info.format == "NIST" and head.startswith(b"NIST_1A"):
+        for line in head.split(b"\n"):
+            fields = line.split()
+            if len(fields) == 3 and fields[0] == b"sample_count":
+                return int(fields[2])
+        return None
+    if info.format in ("WAV", "WAVEX") and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        pos = 12
+        while pos + 8 <= len(head):
+            chunk, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+            if chunk == b"data":
+                if size in (0, 0xFFFFFFFF):  # streamed WAV: size not filled in
+                    return None
+                return size // (width * info.channels)
+            pos += 8 + size + (size & 1)
+    return None
 
 
 def peak_gain(wav):
@@ -52,6 +137,11 @@ def write_manifest(path, rows):
     """Writes ``rows`` (dicts with :data:`FIELDS`, optionally ``sentence``) atomically."""
     rows = [{"gain": 1.0, **row} for row in rows]
     fields = FIELDS + (["sentence"] if rows and "sentence" in rows[0] else [])
+    if any(row.get("rate") for row in rows):  # some files are resampled when read
+        fields.append("rate")
+        rows = [{"rate": "", **row} for row in rows]
+    else:
+        rows = [{key: value for key, value in row.items() if key != "rate"} for row in rows]
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -83,15 +173,23 @@ def mark_prepared(save_folder, opts):
         json.dump(opts, f, indent=2)
 
 
-def report_skipped(save_folder, skipped):
-    """Writes ``skipped.csv`` (file, reason) and logs a summary."""
+def report_skipped(save_folder, skipped, noted=()):
+    """Writes the preparation report ``skipped.csv`` and logs counts.
+
+    ``skipped``: ``(file, reason)`` of the files left out; ``noted``:
+    ``(file, note)`` of files kept after a change (down-mixed, resampled).
+    The report's columns are ``file, reason, action`` (``skipped``/``kept``).
+    """
     path = os.path.join(save_folder, SKIPPED_FILE)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "reason"])
-        writer.writerows(skipped)
+        writer.writerow(["file", "reason", "action"])
+        writer.writerows([(file, reason, "skipped") for file, reason in skipped])
+        writer.writerows([(file, note, "kept") for file, note in noted])
     if skipped:
         logger.warning(f"Skipped {len(skipped)} audio file(s); see {path}")
         for file, reason in skipped[:5]:
             logger.warning(f"  skipped {file}: {reason}")
+    if noted:
+        logger.info(f"Kept {len(noted)} audio file(s) after down-mixing or resampling; see {path}")
     return path

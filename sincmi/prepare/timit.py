@@ -85,6 +85,7 @@ def prepare_timit(
     valid_split="sa",
     sample_rate=16000,
     min_samples=3200,
+    resample=False,
 ):
     """Writes the TIMIT speaker-id manifests; skipped if already done.
 
@@ -102,6 +103,10 @@ def prepare_timit(
         ``"sa"`` or ``"sx"``, see the module docstring.
     sample_rate, min_samples : int
         Expected rate; shortest usable (trimmed) sentence in samples.
+    resample : bool
+        Files at another sample rate than ``sample_rate``: True keeps them
+        (resampled when read), False skips them. Every skipped or changed file
+        is listed in ``skipped.csv`` (see :func:`sincmi.prepare.manifest.inspect_audio`).
     """
     if valid_split not in ("sa", "sx"):
         raise ValueError(f"valid_split must be 'sa' or 'sx', got {valid_split!r}")
@@ -112,6 +117,7 @@ def prepare_timit(
         "valid_split": valid_split,
         "sample_rate": sample_rate,
         "min_samples": min_samples,
+        "resample": resample,
     }
     if already_prepared(save_folder, opts, OUTPUTS):
         logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
@@ -134,7 +140,7 @@ def prepare_timit(
                 ]
 
     splits = {"train": [], "valid": [], "test": []}
-    skipped, sx_seen = [], {}
+    skipped, noted, sx_seen = [], [], {}
     for path in tqdm(wavs, desc="Preparing TIMIT"):
         speaker = os.path.basename(os.path.dirname(path)).upper()
         utt = os.path.splitext(os.path.basename(path))[0].upper()
@@ -142,10 +148,12 @@ def prepare_timit(
         if kind not in ("SA", "SI", "SX"):
             skipped.append((path, f"not an SA/SI/SX sentence ({utt})"))
             continue
-        frames, reason = inspect_audio(path, sample_rate, 1)
-        if reason:
-            skipped.append((path, reason))
+        check = inspect_audio(path, sample_rate, 1, resample)
+        if check.reason:
+            skipped.append((path, check.reason))
             continue
+        noted += [(path, note) for note in check.notes]
+        frames, rate = check.frames, check.rate
         start, stop = 0, frames
         if trim_silence:
             base = os.path.splitext(path)[0]
@@ -156,23 +164,24 @@ def prepare_timit(
                 skipped.append((path, f"no usable word boundaries in {os.path.basename(wrd)} ({err})"))
                 continue
             stop = min(stop, frames)
-        if stop - start < min_samples:
+        if (stop - start) * sample_rate / rate < min_samples:
             skipped.append((path, f"too short ({stop - start} samples < {min_samples}, one chunk)"))
             continue
         gain = 1.0
         if normalize_peak:
-            gain = peak_gain(sf.read(path, start=start, frames=stop - start, dtype="float32")[0])
+            gain = peak_gain(sf.read(path, start=start, frames=stop - start, dtype="float32", always_2d=True)[0].mean(1))
             if gain is None:
                 skipped.append((path, "silent (all samples are zero)"))
                 continue
         row = {
             "ID": f"{speaker}_{utt}",
-            "duration": round((stop - start) / sample_rate, 4),
+            "duration": round((stop - start) / rate, 4),
             "wav": "$data_root/" + os.path.relpath(path, data_folder).replace(os.sep, "/"),
             "start": start,
             "stop": stop,
             "spk_id": speaker,
             "gain": gain,
+            "rate": rate if rate != sample_rate else "",
         }
         if kind == "SI":
             splits["test"].append(row)
@@ -185,7 +194,7 @@ def prepare_timit(
         else:
             splits["train"].append(row)
 
-    report_skipped(save_folder, skipped)
+    report_skipped(save_folder, skipped, noted)
     if not splits["train"]:
         raise ValueError(f"{data_folder}: no usable SX sentence found for training (see skipped.csv)")
     for name, rows in splits.items():

@@ -98,6 +98,8 @@ def prepare_voxceleb(
     sample_rate=16000,
     min_samples=3200,
     seed=1234,
+    resample=False,
+    verify_samples=True,
 ):
     """Writes the VoxCeleb manifests and trial list; skipped if already done.
 
@@ -116,6 +118,14 @@ def prepare_voxceleb(
         Length of the training segments.
     valid_speakers : int
         Training speakers that give one utterance each to validation.
+    resample : bool
+        Trial utterances at another sample rate: True keeps them (resampled
+        when read), False skips them; training recordings at another rate are
+        always skipped. Every skipped or changed file is listed in
+        ``skipped.csv`` (see :func:`sincmi.prepare.manifest.inspect_audio`).
+    verify_samples : bool
+        Read every training recording whole to find truncated files and
+        NaN/infinite samples (VoxCeleb2 is large: False checks headers only).
     """
     unknown = set(train_sets) - {"voxceleb1", "voxceleb2"}
     if unknown or not train_sets:
@@ -147,6 +157,8 @@ def prepare_voxceleb(
         "sample_rate": sample_rate,
         "min_samples": min_samples,
         "seed": seed,
+        "resample": resample,
+        "verify_samples": verify_samples,
     }
     if already_prepared(save_folder, opts, OUTPUTS):
         logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
@@ -156,21 +168,23 @@ def prepare_voxceleb(
     official = read_official_trials(trial_path)
     trial_files = sorted({p for _, a, b in official for p in (a, b)})
     trial_speakers = {p.replace("\\", "/").split("/")[0] for p in trial_files}
-    skipped, verification, usable = [], [], set()
+    skipped, noted, verification, usable = [], [], [], set()
     for rel in tqdm(trial_files, desc="Checking trial utterances"):
-        frames, reason = inspect_audio(os.path.join(wav_root, rel), sample_rate, min_samples)
-        if reason:
-            skipped.append((os.path.join(wav_root, rel), reason))
+        check = inspect_audio(os.path.join(wav_root, rel), sample_rate, min_samples, resample)
+        if check.reason:
+            skipped.append((os.path.join(wav_root, rel), check.reason))
             continue
+        noted += [(os.path.join(wav_root, rel), note) for note in check.notes]
         usable.add(rel)
         verification.append(
             {
                 "ID": utterance_id(rel),
-                "duration": round(frames / sample_rate, 4),
+                "duration": round(check.frames / check.rate, 4),
                 "wav": "$voxceleb1/wav/" + rel.replace(os.sep, "/"),
                 "start": 0,
-                "stop": frames,
+                "stop": check.frames,
                 "spk_id": rel.split("/")[0],
+                "rate": check.rate if check.rate != sample_rate else "",
             }
         )
     trials = [(label, a, b) for label, a, b in official if a in usable and b in usable]
@@ -189,15 +203,20 @@ def prepare_voxceleb(
             spk = rel.replace(os.sep, "/").split("/")[0]
             if spk in trial_speakers:
                 continue
-            frames, reason = inspect_audio(os.path.join(root, rel), sample_rate, min_samples)
-            if reason:
-                skipped.append((os.path.join(root, rel), reason))
+            check = inspect_audio(os.path.join(root, rel), sample_rate, min_samples, resample, verify_samples)
+            if check.reason:
+                skipped.append((os.path.join(root, rel), check.reason))
                 continue
+            if check.rate != sample_rate:  # segments are cut at the recipe's rate: resampling is not supported
+                skipped.append((os.path.join(root, rel), f"sample rate {check.rate} Hz, expected {sample_rate} Hz"))
+                continue
+            noted += [(os.path.join(root, rel), note) for note in check.notes]
+            frames = check.frames
             utt = utterance_id(rel)
             by_speaker.setdefault(spk, []).extend(
                 segment_rows(utt, prefix + rel.replace(os.sep, "/"), spk, frames, sample_rate, segment_samples, min_samples)
             )
-    report_skipped(save_folder, skipped)
+    report_skipped(save_folder, skipped, noted)
     speakers = sorted(by_speaker)
     if len(speakers) < 2:
         raise ValueError(f"{len(speakers)} training speaker(s) left after removing the trial speakers")

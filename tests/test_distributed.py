@@ -1,0 +1,68 @@
+"""Two processes on CPU (torchrun, gloo): the Demo recipe trains with DDP.
+
+Checks that preparation runs once, that every log line and checkpoint is
+written once, and that the evaluation gathered over both processes (each
+scores half of the sentences and embeds half of the utterances) equals a
+single-process evaluation of the same checkpoints.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY_MODEL, TINY_PRETRAIN, write_tone_corpus
+
+
+def demo_args(corpus, out):
+    return [
+        os.path.join(ROOT, "recipes", "Demo", "train.py"),
+        os.path.join(ROOT, "recipes", "Demo", "hparams", "lim_nce.yaml"),
+        f"--output_folder={out}", f"--data_folder={corpus}", *TINY_MODEL, *TINY_PRETRAIN,
+        "--num_verification_speakers=2", "--valid_per_speaker=1", "--test_per_speaker=1",
+        "--score_baselines=False",
+    ]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_two_process_ddp_training_equals_single_process_evaluation(tmp_path):
+    corpus = write_tone_corpus(str(tmp_path / "corpus"), speakers=6, utterances=4, seconds=0.6)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *demo_args(corpus, out), "--distributed_backend=gloo"]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+
+    with open(out / "log.txt") as f:
+        log = f.read()
+    assert (log + output).count("sincmi.prepare.folder - Prepared") <= 1  # prepared once
+    assert "Prepared" in log and "skipping preparation" not in log + output
+    with open(out / "train_log.txt") as f:
+        lines = f.read().splitlines()
+    assert [line.split(" - ")[0] for line in lines] == [
+        "stage: pretrain, epoch: 1, lr: 1.00e-03", "stage: speaker_id, epoch: 1", "stage: speaker_id"]
+    for stage in ("pretrain", "speaker_id"):
+        folders = [n for n in os.listdir(out / "save" / stage) if n.startswith("CKPT+")]
+        assert len(folders) == 1, folders  # one best checkpoint, saved by one process
+    assert not [n for n in os.listdir(out / "save" / "pretrain") if n.startswith(".partial")]
+
+    with open(out / "results.json") as f:
+        ddp = json.load(f)["systems"]["LIM (nce)"]
+    # The same command in one process finds every stage finished and only evaluates.
+    single = subprocess.run([sys.executable, *demo_args(corpus, out)], cwd=str(tmp_path), capture_output=True,
+                            text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "Going into epoch" not in single.stdout + single.stderr
+    with open(out / "results.json") as f:
+        one = json.load(f)["systems"]["LIM (nce)"]
+    # Counts and error rates are equal; scores may differ in the last float32 bits
+    # because the two runs batch the utterances differently.
+    for key in ("sentences", "chunks", "sentence_error", "chunk_error", "target_trials", "nontarget_trials",
+                "EER", "minDCF_0.01"):
+        assert ddp[key] == one[key], key
+    assert ddp["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert ddp["EER_threshold"] == pytest.approx(one["EER_threshold"], abs=1e-5)
+    assert ddp["sentences"] == 4  # every test sentence counted once over the two processes
