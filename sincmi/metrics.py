@@ -188,6 +188,25 @@ class SpeakerIdErrorStats:
         }
 
 
+def read_scores(path):
+    """Reads a scores file (``enrol test score label`` per line, as the recipes write).
+
+    Returns ``(target scores, non-target scores)`` as NumPy arrays.
+    """
+    scores, labels = [], []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 4 or fields[3] not in ("0", "1"):
+                raise ValueError(f"{path}:{number}: expected 'enrol test score label', got {line.strip()!r}")
+            scores.append(float(fields[2]))
+            labels.append(fields[3] == "1")
+    scores, labels = np.asarray(scores), np.asarray(labels, dtype=bool)
+    return scores[labels], scores[~labels]
+
+
 def read_trials(path):
     """Reads a trial list in the VoxCeleb format ``label enrol test`` (label 0/1).
 

@@ -65,6 +65,22 @@ def _peak_memory_mib(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _seconds_per_call(fn, device, repeats):
+    """Mean seconds of ``fn()`` after one warm-up call (GPU work included)."""
+    import torch
+
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
 def _straightforward_encoder():
     """SincNet's TIMIT encoder written the plain way, on SpeechBrain's SincConv."""
     import torch
@@ -144,16 +160,8 @@ def _measure_step(kind, device, pairs=128, repeats=5, amp=False):
         optimizer.step()
         return loss
 
-    step(), step()  # warm-up (allocator, oneDNN/cuDNN kernel choice)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / repeats
+    step()  # warm-up (allocator, oneDNN/cuDNN kernel choice)
+    seconds = _seconds_per_call(step, device, repeats)
     return {"seconds_per_step": seconds, "chunks_per_s": 2 * pairs / seconds,
             "peak_mib": _peak_memory_mib(device)}
 
@@ -198,16 +206,7 @@ def _measure_eval(kind, device, sentences=16, seconds=3.0, repeats=3):
             return torch.stack(out)
         return utterance_embeddings(encoder, wavs, None, size, shift, max_chunks=256)
 
-    run()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elapsed = (time.perf_counter() - start) / repeats
+    elapsed = _seconds_per_call(run, device, repeats)
     return {"chunks": n_chunks, "chunks_per_s": n_chunks / elapsed, "peak_mib": _peak_memory_mib(device)}
 
 

@@ -29,7 +29,6 @@ import re
 import shutil
 import sys
 
-import numpy as np
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import Checkpointer
@@ -37,7 +36,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sincmi.encoder import SincNetEncoder  # noqa: E402
-from sincmi.metrics import _eer_from_curves, error_curves  # noqa: E402
+from sincmi.metrics import _eer_from_curves, error_curves, read_scores  # noqa: E402
 
 # Stage folders in the order they are preferred, with the key of their best checkpoint.
 STAGES = [("speaker_id", "sentence_error"), ("finetune", "sentence_error"), ("pretrain", "loss")]
@@ -62,17 +61,10 @@ def find_stage_checkpoint(save_folder, stage=None):
 
 def eer_threshold(scores_file):
     """``(EER, threshold)`` of a ``enrol test score label`` file."""
-    scores, labels = [], []
-    with open(scores_file) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) == 4:
-                scores.append(float(parts[2]))
-                labels.append(parts[3] == "1")
-    scores, labels = np.asarray(scores), np.asarray(labels)
-    if labels.all() or not labels.any():
+    targets, nontargets = read_scores(scores_file)
+    if not len(targets) or not len(nontargets):
         raise ValueError(f"{scores_file} needs both target and non-target trials")
-    return _eer_from_curves(*error_curves(scores[labels], scores[~labels]))
+    return _eer_from_curves(*error_curves(targets, nontargets))
 
 
 def main_system_scores(experiment):

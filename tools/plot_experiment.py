@@ -15,25 +15,12 @@ import glob
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from sincmi.metrics import read_scores  # noqa: E402
 from sincmi.plots import det_curve, embedding_map, training_curves  # noqa: E402
-
-
-def read_scores(path):
-    """``(target scores, non-target scores)`` of an ``enrol test score label`` file."""
-    scores, labels = [], []
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) == 4:
-                scores.append(float(parts[2]))
-                labels.append(parts[3] == "1")
-    scores, labels = np.asarray(scores), np.asarray(labels)
-    return scores[labels], scores[~labels]
 
 
 def main(argv=None):
