@@ -59,7 +59,7 @@ def test_recipe_run_draws_its_plots(experiment):
 def test_export_writes_a_self_contained_folder(experiment):
     model, summary = experiment["model"], experiment["summary"]
     for name in ("hyperparams.yaml", "encoder.ckpt", "classifier.ckpt", "label_encoder.txt",
-                 "encoder_torchscript.pt"):
+                 "encoder_torchscript.pt", "encoder.pt2"):
         assert os.path.isfile(os.path.join(model, name)), name
     assert summary["stage"] == "speaker_id"
     # The threshold is the EER threshold of the run's verification scores.
@@ -141,6 +141,15 @@ def test_torchscript_export_matches_the_eager_encoder(experiment):
     with torch.no_grad():
         torch.testing.assert_close(traced(chunks), model.encoder(chunks), rtol=1e-4, atol=1e-5)
     assert experiment["summary"]["torchscript_max_abs_diff"] < 1e-4
+
+
+def test_torch_export_program_matches_the_eager_encoder(experiment):
+    program = torch.export.load(os.path.join(experiment["model"], "encoder.pt2")).module()
+    model = SpeakerEncoder.from_hparams(source=experiment["model"])
+    chunks = torch.randn(9, model.encoder.chunk_size)
+    with torch.no_grad():
+        torch.testing.assert_close(program(chunks), model.encoder(chunks), rtol=1e-4, atol=1e-5)
+    assert experiment["summary"]["torch_export_max_abs_diff"] < 1e-4
 
 
 def test_extract_embeddings_on_a_folder_skips_broken_files(experiment, tmp_path):

@@ -9,9 +9,10 @@ The folder holds:
   sample rate, chunk hop, peak normalisation, decision threshold);
 * ``classifier.ckpt`` and ``label_encoder.txt`` when the stage has a speaker
   classifier;
-* ``encoder_torchscript.pt``: the encoder traced with TorchScript (checked
-  against the eager model on the spot), and ``encoder.onnx`` when the ``onnx``
-  package is installed.
+* ``encoder_torchscript.pt``: the encoder traced with TorchScript, and
+  ``encoder.pt2``: the same with ``torch.export`` (TorchScript's successor), both
+  checked against the eager model on the spot; ``encoder.onnx`` when the
+  ``onnx`` package is installed.
 
 The threshold is the EER threshold of the experiment's verification trials
 (its ``scores_<system>.txt``, raw cosine scores); give ``--threshold`` when the
@@ -123,6 +124,22 @@ def export_torchscript(encoder, path, chunk_size):
         return float((torch.jit.load(path)(check) - encoder(check)).abs().max())
 
 
+def export_program(encoder, path, chunk_size):
+    """``torch.export`` of the plain-layer encoder (any batch size); returns the parity error.
+
+    TorchScript is deprecated in recent PyTorch; ``torch.export.load(path).module()`` is its successor.
+    """
+    plain = SincNetEncoder(**{**encoder.config, "implementation": "reference"})
+    plain.load_state_dict(encoder.state_dict())
+    plain.eval()
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(plain, (torch.randn(2, chunk_size),), dynamic_shapes={"chunks": {0: batch}})
+    torch.export.save(program, path)
+    check = torch.randn(5, chunk_size)
+    with torch.no_grad():
+        return float((torch.export.load(path).module()(check) - encoder(check)).abs().max())
+
+
 def export_onnx(encoder, path, chunk_size):
     """ONNX export of the plain-layer encoder when ``onnx`` is installed; returns a note."""
     try:
@@ -186,6 +203,8 @@ def export(experiment, out_folder, stage=None, threshold=None, torchscript=True)
         encoder.eval()
         path = os.path.join(out_folder, "encoder_torchscript.pt")
         summary["torchscript_max_abs_diff"] = export_torchscript(encoder, path, encoder.chunk_size)
+        path = os.path.join(out_folder, "encoder.pt2")
+        summary["torch_export_max_abs_diff"] = export_program(encoder, path, encoder.chunk_size)
         summary["onnx"] = export_onnx(encoder, os.path.join(out_folder, "encoder.onnx"), encoder.chunk_size)
     return summary
 
