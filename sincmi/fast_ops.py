@@ -16,7 +16,8 @@ processing a few chunks at a time so that the large intermediate (chunks x
 filters x samples) stays in the CPU cache instead of memory.
 
 The ordinary convolutions run as 2-D convolutions in channels-last layout,
-which oneDNN computes about 1.6 times faster than the 1-D layout on CPU.
+which oneDNN computes about 1.6 times faster than the 1-D layout on CPU; their
+max-pool runs in that layout too, so that only the pooled map is copied back.
 """
 
 import torch
@@ -133,17 +134,20 @@ def _sinc_abs_maxpool_inference(x, h, pool):
     return out
 
 
-def conv1d_channels_last(x, weight, bias=None):
+def conv2d_channels_last(x, weight, bias=None):
     """``F.conv1d(x, weight, bias)`` run as a channels-last 2-D convolution.
 
-    Returns a contiguous ``(batch, out_channels, time')`` tensor.
+    Returns the ``(batch, out_channels, 1, time')`` channels-last output
+    (``.squeeze(2)`` gives the 1-D result), on which |.| and pooling can run
+    before the (smaller) pooled map is copied back to the usual layout. An
+    input already in channels-last layout (channels varying fastest) is not copied.
 
     Example
     -------
     >>> x, w = torch.randn(2, 4, 20), torch.randn(3, 4, 5)
-    >>> torch.allclose(conv1d_channels_last(x, w), F.conv1d(x, w), atol=1e-5)
+    >>> torch.allclose(conv2d_channels_last(x, w).squeeze(2), F.conv1d(x, w), atol=1e-5)
     True
     """
     x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
     w4 = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    return F.conv2d(x4, w4, bias).squeeze(2).contiguous()
+    return F.conv2d(x4, w4, bias)

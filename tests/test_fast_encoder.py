@@ -94,18 +94,20 @@ def test_sinc_abs_maxpool_gradient_is_zero_where_the_output_is_zero():
     assert grad_x.abs().max().item() < 1e-12
 
 
-def test_conv1d_channels_last_matches_conv1d():
+def test_conv2d_channels_last_matches_conv1d():
     x = torch.randn(3, 8, 50, dtype=torch.float64, requires_grad=True)
     w = torch.randn(5, 8, 5, dtype=torch.float64, requires_grad=True)
     b = torch.randn(5, dtype=torch.float64, requires_grad=True)
     g = torch.randn(3, 5, 46, dtype=torch.float64)
     ref_grads = torch.autograd.grad((F.conv1d(x, w, b) * g).sum(), (x, w, b))
-    out = fast_ops.conv1d_channels_last(x, w, b)
+    out = fast_ops.conv2d_channels_last(x, w, b).squeeze(2)
     grads = torch.autograd.grad((out * g).sum(), (x, w, b))
     torch.testing.assert_close(out, F.conv1d(x, w, b))
-    assert out.is_contiguous()
     for grad, ref in zip(grads, ref_grads):
         torch.testing.assert_close(grad, ref)
+    # An input already channels-last (channels varying fastest) is used as it is.
+    x_cl = torch.randn(3, 50, 8, dtype=torch.float64).transpose(1, 2)
+    torch.testing.assert_close(fast_ops.conv2d_channels_last(x_cl, w, b).squeeze(2), F.conv1d(x_cl, w, b))
 
 
 def test_unknown_implementation_is_rejected():
