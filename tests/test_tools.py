@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -41,3 +42,30 @@ def test_score_trials_rejects_a_malformed_line(tmp_path):
     (tmp_path / "trials.txt").write_text("1 a b\nthis is wrong\n")
     proc = run_tool("score_trials.py", tmp_path / "emb.pt", tmp_path / "trials.txt")
     assert proc.returncode != 0 and "trials.txt:2" in proc.stderr
+
+
+def test_benchmark_scoring_section_agrees_with_speechbrain(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--sections", "scoring",
+                           "--trials", "20000", "--speechbrain_trials", "2000", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.load(open(out))["scoring"]
+    ours = {r["trials"]: r for r in rows if r["implementation"].startswith("sincmi")}
+    theirs = {r["trials"]: r for r in rows if r["implementation"] == "speechbrain" and r.get("seconds") is not None}
+    assert set(ours) == {2000, 20000} and set(theirs) == {2000}
+    assert ours[2000]["EER"] == pytest.approx(theirs[2000]["EER"], abs=1e-6)
+
+
+def test_benchmark_rounds_report_the_median_and_the_ratio_per_round(monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import benchmark
+
+    speeds = iter([100.0, 300.0, 120.0, 240.0, 80.0, 400.0])  # rounds of (base, fast)
+    monkeypatch.setattr(benchmark, "_in_child", lambda fn, *args: {"chunks_per_s": next(speeds)})
+    rows, runs = benchmark._rounds(None, [("base", ()), ("fast", ())], rounds=3)
+    benchmark._speedups(rows, runs, "base")
+    by_name = {row["implementation"]: row for row in rows}
+    assert by_name["base"]["chunks_per_s"] == 100.0 and by_name["fast"]["chunks_per_s"] == 300.0
+    assert by_name["fast"]["speedup"] == 3.0  # median of 3.0, 2.0, 5.0
+    assert by_name["fast"]["speedup_range"] == [2.0, 5.0]

@@ -27,8 +27,10 @@ Sections (``--sections``, all by default):
   builds a thresholds x trials matrix, their EER loops over every threshold),
   with the memory the larger sizes would need.
 
-Each measurement runs in a child process so that its peak memory (max RSS) is
-its own; on a GPU, peak memory is ``torch.cuda.max_memory_allocated``. CPU
+The step and eval measurements are repeated ``--rounds`` times (3), the
+variants interleaved, and the median is reported with the range (the speed of
+a shared machine drifts). Each measurement runs in a child process so that its
+peak memory (max RSS) is its own; on a GPU, peak memory is ``torch.cuda.max_memory_allocated``. CPU
 runs use all the process's threads (2 on the CI machine). Prints tables and
 writes JSON (``--out``).
 
@@ -254,29 +256,53 @@ def _measure_data(data_folder, num_workers, cache, pairs_per_batch=128, batches=
     return {"files": len(data), "pairs_per_s": n / elapsed, "peak_mib": _peak_memory_mib("cpu")}
 
 
-def step_section(devices, amp):
+def _rounds(measure, variants, rounds):
+    """Measures every variant once per round, interleaved, and keeps each one's median round.
+
+    On a shared machine the speed drifts between minutes; interleaving puts
+    every variant through the same conditions, and each row reports the
+    median chunks/s with the range over the rounds.
+    """
+    runs = {name: [] for name, _ in variants}
+    for _ in range(rounds):
+        for name, args in variants:
+            runs[name].append(_in_child(measure, *args))
+    rows = []
+    for name, results in runs.items():
+        results = sorted(results, key=lambda r: r["chunks_per_s"])  # runs keeps the round order
+        row = dict(results[len(results) // 2])
+        row["chunks_per_s_range"] = [results[0]["chunks_per_s"], results[-1]["chunks_per_s"]]
+        rows.append({"implementation": name, **row})
+    return rows, runs
+
+
+def _speedups(rows, runs, base):
+    """Median ratio over the rounds (each round's variant against the same round's base)."""
+    for row in rows:
+        ratios = sorted(a["chunks_per_s"] / b["chunks_per_s"] for a, b in zip(runs[row["implementation"]], runs[base]))
+        row["speedup"] = ratios[len(ratios) // 2]
+        row["speedup_range"] = [ratios[0], ratios[-1]]
+
+
+def step_section(devices, amp, rounds):
     rows = []
     for device in devices:
-        for kind in ("straightforward", "reference", "fast"):
-            rows.append({"device": device, "implementation": kind, **_in_child(_measure_step, kind, device)})
+        variants = [(kind, (kind, device)) for kind in ("straightforward", "reference", "fast")]
         if amp and device.startswith("cuda"):
-            rows.append({"device": device, "implementation": "fast + bf16 autocast",
-                         **_in_child(_measure_step, "fast", device, 128, 5, True)})
-        base = rows[-3 - int(amp and device.startswith("cuda"))]["chunks_per_s"]
-        for row in rows:
-            if row["device"] == device:
-                row["speedup"] = row["chunks_per_s"] / base
+            variants.append(("fast + bf16 autocast", ("fast", device, 128, 5, True)))
+        device_rows, runs = _rounds(_measure_step, variants, rounds)
+        _speedups(device_rows, runs, "straightforward")
+        rows += [{"device": device, **row} for row in device_rows]
     return rows
 
 
-def eval_section(devices):
+def eval_section(devices, rounds):
     rows = []
     for device in devices:
-        pair = [{"device": device, "implementation": kind, **_in_child(_measure_eval, kind, device)}
-                for kind in ("straightforward", "fast")]
-        for row in pair:
-            row["speedup"] = row["chunks_per_s"] / pair[0]["chunks_per_s"]
-        rows += pair
+        variants = [(kind, (kind, device)) for kind in ("straightforward", "fast")]
+        device_rows, runs = _rounds(_measure_eval, variants, rounds)
+        _speedups(device_rows, runs, "straightforward")
+        rows += [{"device": device, **row} for row in device_rows]
     return rows
 
 
@@ -382,6 +408,10 @@ def _f(digits):
     return lambda value: f"{value:.{digits}f}"
 
 
+def _range(digits):
+    return lambda pair: f"{pair[0]:.{digits}f}-{pair[1]:.{digits}f}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sections = ["step", "eval", "data", "scoring"]
@@ -389,6 +419,8 @@ def main(argv=None):
     parser.add_argument("--device", nargs="+", default=None,
                         help="devices for step/eval (default: cpu, and cuda when present)")
     parser.add_argument("--no_amp", action="store_true", help="skip the bf16 autocast row on GPU")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved repetitions of the step and eval measurements (median reported)")
     parser.add_argument("--data_folder", default=SHARED_LIBRISPEECH)
     parser.add_argument("--data_workers", nargs="+", type=int, default=[0, 4])
     parser.add_argument("--trials", nargs="+", type=int, default=[1_000_000, 10_000_000])
@@ -408,18 +440,20 @@ def main(argv=None):
     print(json.dumps(results["machine"]))
     if "step" in args.sections:
         print("== LIM training step, 128 pairs (256 chunks of 3200 samples) ==")
-        rows = step_section(devices, not args.no_amp)
+        rows = step_section(devices, not args.no_amp, args.rounds)
         print_rows(rows, [("device", str, 6), ("implementation", str, 22), ("chunks_per_s", _f(0), 12),
-                          ("speedup", _f(2), 8), ("seconds_per_step", _f(3), 16), ("peak_mib", _f(0), 9)])
+                          ("chunks_per_s_range", _range(0), 12), ("speedup", _f(2), 8), ("speedup_range", _range(2), 12),
+                          ("peak_mib", _f(0), 9)])
         results["step"] = rows
         results["fast_vs_reference"] = {d: _in_child(_compare_outputs, d) for d in devices}
         print("fast vs reference encoder, same weights (relative L2 difference):",
               json.dumps(results["fast_vs_reference"]))
     if "eval" in args.sections:
         print("== Sentence evaluation, forward only (200 ms chunks, 10 ms shift) ==")
-        rows = eval_section(devices)
+        rows = eval_section(devices, args.rounds)
         print_rows(rows, [("device", str, 6), ("implementation", str, 16), ("chunks_per_s", _f(0), 12),
-                          ("speedup", _f(2), 8), ("peak_mib", _f(0), 9)])
+                          ("chunks_per_s_range", _range(0), 12), ("speedup", _f(2), 8), ("speedup_range", _range(2), 12),
+                          ("peak_mib", _f(0), 9)])
         results["eval"] = rows
     if "data" in args.sections:
         print("== Data pipeline: random chunk pairs per second (batches of 128) ==")
