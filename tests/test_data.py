@@ -98,3 +98,24 @@ def test_in_memory_audio_gives_the_same_chunks_as_file_reads(manifests):
         torch.manual_seed(7)
         b = from_memory[list(rows).index(key)]
         assert torch.equal(a["anchor"], b["anchor"]) and torch.equal(a["positive"], b["positive"])
+
+
+def test_rows_at_another_rate_are_resampled_in_every_dataset(tmp_path):
+    """A manifest row with ``rate`` (a file kept with resample_audio) reads at the model's rate."""
+    t = np.arange(8000) / 8000
+    path = str(tmp_path / "tone_8k.wav")
+    sf.write(path, (0.5 * np.sin(2 * np.pi * 500 * t)).astype(np.float32), 8000, subtype="FLOAT")
+    rows = {"u8k": {"wav": path, "start": 0, "stop": 8000, "spk_id": "a", "gain": 1.0, "rate": 8000}}
+    sig = data.sentence_dataset(rows, sample_rate=16000)[0]["sig"]
+    assert abs(sig.shape[0] - 16000) <= 1  # one second at 16 kHz
+
+    def peak_hz(wav):  # a file read without resampling would show its tone at 1000 Hz
+        return int(torch.fft.rfft(wav).abs().argmax()) * 16000 / wav.shape[0]
+
+    assert abs(peak_hz(sig) - 500) < 5
+    pair = data.pair_dataset(rows, chunk_size=3200, sample_rate=16000)[0]
+    assert pair["anchor"].shape == pair["positive"].shape == (3200,)
+    assert abs(peak_hz(pair["anchor"]) - 500) < 10
+    labels = data.speaker_label_encoder(rows, str(tmp_path / "labels.txt"))
+    chunk = data.chunk_dataset(rows, 3200, labels, sample_rate=16000)[0]["chunk"]
+    assert chunk.shape == (3200,) and abs(peak_hz(chunk) - 500) < 10
