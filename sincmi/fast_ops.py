@@ -29,6 +29,10 @@ CPU_MICRO_BATCH = 8
 GPU_MICRO_BATCH = 256
 
 
+def _micro_batch(device):
+    return CPU_MICRO_BATCH if device.type == "cpu" else GPU_MICRO_BATCH
+
+
 class _SincAbsMaxPool(torch.autograd.Function):
     """``max_pool1d(|conv1d(x, h)|, pool)`` for real ``x`` (B, T), ``h`` (C, K)."""
 
@@ -45,7 +49,7 @@ class _SincAbsMaxPool(torch.autograd.Function):
         out = x.new_empty(batch, channels, pooled)
         # Code of the winner of each pool window: (position + 1) * sign, 0 if y = 0.
         code = torch.empty(batch, channels, pooled, dtype=torch.int8, device=x.device)
-        step = CPU_MICRO_BATCH if x.device.type == "cpu" else GPU_MICRO_BATCH
+        step = _micro_batch(x.device)
         position = torch.empty(min(step, batch), channels, pooled, dtype=torch.long, device=x.device)
         for i in range(0, batch, step):
             n = min(step, batch - i)
@@ -67,7 +71,7 @@ class _SincAbsMaxPool(torch.autograd.Function):
         need_x, need_h = ctx.needs_input_grad[:2]
         grad_x_spec = x_spec.new_zeros(x_spec.shape) if need_x else None
         grad_h_spec = x_spec.new_zeros(channels, x_spec.shape[-1]) if need_h else None
-        step = CPU_MICRO_BATCH if grad_out.device.type == "cpu" else GPU_MICRO_BATCH
+        step = _micro_batch(grad_out.device)
         for i in range(0, batch, step):
             c = code[i : i + step].long()
             grad_y = grad_out.new_zeros(c.shape[0], channels, time)
@@ -126,7 +130,7 @@ def _sinc_abs_maxpool_inference(x, h, pool):
     x_spec = torch.fft.rfft(x, n=time)
     h_spec_conj = torch.fft.rfft(h, n=time).conj()
     out = x.new_empty(batch, h.shape[0], pooled)
-    step = CPU_MICRO_BATCH if x.device.type == "cpu" else GPU_MICRO_BATCH
+    step = _micro_batch(x.device)
     for i in range(0, batch, step):
         y = torch.fft.irfft(x_spec[i : i + step, None] * h_spec_conj, n=time)
         # Pooling the whole length and dropping the tail avoids a copy of y.

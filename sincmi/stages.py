@@ -68,7 +68,7 @@ def training_audio(hparams, rows):
     return data.preload_audio(rows) if hparams.get("audio_cache") else None
 
 
-def pretrain_and_identify(hparams, run_opts, manifests, labels, timings):
+def pretrain_and_identify(hparams, run_opts, manifests, labels, timings, audio=None):
     """LIM pretraining on the training sentences, then speaker id on them.
 
     Uses ``chunk_size``, ``random_gain`` (optional augmentation range),
@@ -76,7 +76,8 @@ def pretrain_and_identify(hparams, run_opts, manifests, labels, timings):
     ``sample_rate`` when they differ), ``audio_cache`` (optional: training
     waveforms held in RAM), ``label_fraction``, ``freeze_encoder``
     and the hparams of :func:`pretrain` and :func:`train_speaker_id`. Stage
-    durations are added to ``timings``.
+    durations are added to ``timings``. ``audio``: the training waveforms if
+    the caller has already loaded them (:func:`training_audio`).
 
     Returns ``(encoder, speaker-id test statistics)``.
     """
@@ -85,7 +86,8 @@ def pretrain_and_identify(hparams, run_opts, manifests, labels, timings):
     rs = None if rs[0] == rs[1] else rs
     rate = hparams["sample_rate"]
     start = time.time()
-    audio = training_audio(hparams, manifests["train"])
+    if audio is None:
+        audio = training_audio(hparams, manifests["train"])
     encoder = pretrain(
         hparams,
         run_opts,

@@ -284,26 +284,26 @@ def _speedups(rows, runs, base):
         row["speedup_range"] = [ratios[0], ratios[-1]]
 
 
-def step_section(devices, amp, rounds):
+def _compare_on_devices(measure, devices, rounds, kinds, extra=lambda device: []):
+    """Rows of ``measure`` for each kind (and ``extra(device)`` variants), with speedups over the first."""
     rows = []
     for device in devices:
-        variants = [(kind, (kind, device)) for kind in ("straightforward", "reference", "fast")]
-        if amp and device.startswith("cuda"):
-            variants.append(("fast + bf16 autocast", ("fast", device, 128, 5, True)))
-        device_rows, runs = _rounds(_measure_step, variants, rounds)
-        _speedups(device_rows, runs, "straightforward")
+        variants = [(kind, (kind, device)) for kind in kinds] + extra(device)
+        device_rows, runs = _rounds(measure, variants, rounds)
+        _speedups(device_rows, runs, kinds[0])
         rows += [{"device": device, **row} for row in device_rows]
     return rows
+
+
+def step_section(devices, amp, rounds):
+    def bf16(device):
+        return [("fast + bf16 autocast", ("fast", device, 128, 5, True))] if amp and device.startswith("cuda") else []
+
+    return _compare_on_devices(_measure_step, devices, rounds, ("straightforward", "reference", "fast"), bf16)
 
 
 def eval_section(devices, rounds):
-    rows = []
-    for device in devices:
-        variants = [(kind, (kind, device)) for kind in ("straightforward", "fast")]
-        device_rows, runs = _rounds(_measure_eval, variants, rounds)
-        _speedups(device_rows, runs, "straightforward")
-        rows += [{"device": device, **row} for row in device_rows]
-    return rows
+    return _compare_on_devices(_measure_eval, devices, rounds, ("straightforward", "fast"))
 
 
 def data_section(data_folder, workers):

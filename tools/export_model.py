@@ -111,11 +111,20 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 """
 
 
-def export_torchscript(encoder, path, chunk_size):
-    """Traces the plain-layer implementation of ``encoder``; returns the parity error."""
+def plain_copy(encoder):
+    """The encoder with the plain layers (``implementation: reference``), same weights, in eval mode.
+
+    The fast kernels (a custom autograd function, loops over micro-batches)
+    do not trace; the plain layers compute the same function.
+    """
     plain = SincNetEncoder(**{**encoder.config, "implementation": "reference"})
     plain.load_state_dict(encoder.state_dict())
-    plain.eval()
+    return plain.eval()
+
+
+def export_torchscript(encoder, path, chunk_size):
+    """Traces the plain-layer implementation of ``encoder``; returns the parity error."""
+    plain = plain_copy(encoder)
     example = torch.randn(2, chunk_size)
     with torch.no_grad():
         traced = torch.jit.trace(plain, example)
@@ -129,9 +138,7 @@ def export_program(encoder, path, chunk_size):
 
     TorchScript is deprecated in recent PyTorch; ``torch.export.load(path).module()`` is its successor.
     """
-    plain = SincNetEncoder(**{**encoder.config, "implementation": "reference"})
-    plain.load_state_dict(encoder.state_dict())
-    plain.eval()
+    plain = plain_copy(encoder)
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(plain, (torch.randn(2, chunk_size),), dynamic_shapes={"chunks": {0: batch}})
     torch.export.save(program, path)
@@ -146,9 +153,7 @@ def export_onnx(encoder, path, chunk_size):
         import onnx  # noqa: F401
     except ImportError:
         return "skipped: the onnx package is not installed"
-    plain = SincNetEncoder(**{**encoder.config, "implementation": "reference"})
-    plain.load_state_dict(encoder.state_dict())
-    plain.eval()
+    plain = plain_copy(encoder)
     torch.onnx.export(plain, (torch.randn(2, chunk_size),), path, input_names=["chunks"],
                       output_names=["embeddings"], dynamic_axes={"chunks": {0: "batch"}})
     return f"written {path}"

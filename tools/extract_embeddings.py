@@ -22,7 +22,6 @@ import os
 import sys
 
 import numpy as np
-import soundfile as sf
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 from tqdm import tqdm
@@ -31,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sincmi.data import read_segment, resampled  # noqa: E402
 from sincmi.inference import SpeakerEncoder  # noqa: E402
+from sincmi.prepare.manifest import inspect_audio  # noqa: E402
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".sph")
 
@@ -58,19 +58,6 @@ def list_utterances(source, data_root=None):
     raise FileNotFoundError(f"{source} is neither a folder nor a manifest .csv file")
 
 
-def check_readable(path):
-    """None if soundfile can read ``path``, else the reason."""
-    if not os.access(path, os.R_OK):
-        return "no read permission" if os.path.exists(path) else "file not found"
-    try:
-        info = sf.info(path)
-    except Exception as error:  # soundfile raises several types for broken files
-        return f"unreadable audio: {error}"
-    if info.frames == 0:
-        return "empty file (0 samples)"
-    return None
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="folder written by tools/export_model.py")
@@ -87,11 +74,12 @@ def main(argv=None):
     rate = model.hparams.sample_rate
     items, skipped = [], []
     for item in list_utterances(args.source, args.data_root):
-        reason = check_readable(item[1])
-        if reason:
-            skipped.append((item[1], reason))
+        # The preparers' checks, on the header only; any rate and length will do (resampled, padded).
+        check = inspect_audio(item[1], rate, 1, resample=True, read_samples=False)
+        if check.reason:
+            skipped.append((item[1], check.reason))
         else:
-            items.append(item)
+            items.append((item, check))
 
     ids, paths, speakers, embeddings = [], [], [], []
     batch = []
@@ -105,16 +93,15 @@ def main(argv=None):
                 ids.append(item[0]), paths.append(item[1]), speakers.append(item[4]), embeddings.append(vector)
             batch.clear()
 
-    for item in tqdm(items, desc="Embedding"):
+    for item, check in tqdm(items, desc="Embedding"):
         utt_id, path, start, stop, speaker = item
-        info = sf.info(path)
-        stop = info.frames if stop is None else stop
+        stop = check.frames if stop is None else stop
         try:
-            if stop - start > args.max_batch_seconds * info.samplerate and start == 0 and stop == info.frames:
+            if stop - start > args.max_batch_seconds * check.rate and start == 0 and stop == check.frames:
                 emb = model.encode_file(path).cpu()
                 ids.append(utt_id), paths.append(path), speakers.append(speaker), embeddings.append(emb)
                 continue
-            sig = resampled(read_segment(path, start, stop - start), (info.samplerate, rate))
+            sig = resampled(read_segment(path, start, stop - start), (check.rate, rate))
             if getattr(model.hparams, "normalize_peak", False) and sig.abs().max() > 0:
                 sig = sig / sig.abs().max()
         except Exception as error:  # a file broken past its header

@@ -65,7 +65,8 @@ def main(argv):
     timings["prepare"] = time.time() - start
 
     # 2. Pretrain without labels, 3. speaker id (probe or fine-tuning)
-    encoder, id_stats = stages.pretrain_and_identify(hparams, run_opts, manifests, labels, timings)
+    audio = stages.training_audio(hparams, manifests["train"])  # None unless audio_cache
+    encoder, id_stats = stages.pretrain_and_identify(hparams, run_opts, manifests, labels, timings, audio)
 
     # 4. Verification on unseen speakers; the baselines get stages 3 and 4 too.
     device = stages.device_of(run_opts)
@@ -75,7 +76,6 @@ def main(argv):
     trials = os.path.join(hparams["save_folder"], "trials.txt")
     systems = [(hparams["system_name"], "speaker_id", encoder, id_stats)]
     labelled = data.label_subset(manifests["train"], hparams["label_fraction"], hparams["seed"])
-    audio = stages.training_audio(hparams, labelled)
     if hparams["score_baselines"]:
         for system, stage_name, model in (
             ("random weights", "speaker_id_random", hparams["random_encoder"]),
