@@ -10,6 +10,8 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["sincmi", "sincmi.*"]),
+    # Compiled on first use for the running CPU (sincmi/cpu_kernels.py).
+    package_data={"sincmi": ["cpu_kernels.c"]},
     python_requires=">=3.9",
     # torch, torchaudio and speechbrain are pinned together: this torchaudio is
     # built against this torch (a CPU torch beside a CUDA torchaudio cannot

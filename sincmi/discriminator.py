@@ -70,7 +70,13 @@ class MLPDiscriminator(PairDiscriminator):
 
     def pairwise(self, a, b, index):
         """See :class:`PairDiscriminator`."""
-        hidden = self.first(a).unsqueeze(1) + self.second(b)[index]
+        first, second = self.first(a), self.second(b)
+        if 2 * index.shape[1] >= b.shape[0]:
+            # Most pairs are needed (all negatives): score the whole grid and
+            # pick. A broadcast's backward is a sum; indexing's is a slow scatter.
+            hidden = first.unsqueeze(1) + second.unsqueeze(0)
+            return self.rest(hidden).squeeze(-1).gather(1, index)
+        hidden = first.unsqueeze(1) + second.index_select(0, index.flatten()).unflatten(0, index.shape)
         return self.rest(hidden).squeeze(-1)
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sincmi.fast_ops import conv2d_channels_last, sinc_abs_maxpool
+from sincmi.fast_ops import conv2d_channels_last, sinc_block
 
 IMPLEMENTATIONS = ("fast", "reference")
 CPU_CONV_MICRO_BATCH = 64
@@ -155,16 +155,17 @@ class ConvBlock(nn.Module):
 
     def _fast_forward(self, x):
         if isinstance(self.conv, SincConv) and self.use_abs:
-            x = sinc_abs_maxpool(x.squeeze(1), self.conv.filters(), self.pool)
-        else:
-            # Channels-last 2-D convolution; |.| and pooling stay in that layout,
-            # so only the (3 times smaller) pooled map is copied back.
-            x = conv2d_channels_last(x, self.conv.weight, self.conv.bias)
-            if self.use_abs:
-                x = x.abs()
-            if self.pool > 1:
-                x = F.max_pool2d(x, (1, self.pool))
-            x = x.squeeze(2).contiguous()
+            norm_over = "time" if self.norm_dims == 1 else "channel_time"
+            return sinc_block(x.squeeze(1), self.conv.filters(), self.pool, self.gain, self.bias,
+                              self.negative_slope, norm_over)
+        # Channels-last 2-D convolution; |.| and pooling stay in that layout,
+        # so only the (3 times smaller) pooled map is copied back.
+        x = conv2d_channels_last(x, self.conv.weight, self.conv.bias)
+        if self.use_abs:
+            x = x.abs()
+        if self.pool > 1:
+            x = F.max_pool2d(x, (1, self.pool))
+        x = x.squeeze(2).contiguous()
         if self.norm_dims == 2:  # one fused call: normalise, scale, shift
             x = F.layer_norm(x, x.shape[-2:], self.gain.to(x.dtype), self.bias.to(x.dtype))
         else:

@@ -23,14 +23,61 @@ max-pool runs in that layout too, so that only the pooled map is copied back.
 import torch
 import torch.nn.functional as F
 
+from sincmi import cpu_kernels
+
 # Chunks per pass of the sinc layer: 8 x 80 x 3200 floats (8 MiB) stay in the
 # CPU cache; on a GPU the whole batch at once is faster.
 CPU_MICRO_BATCH = 8
 GPU_MICRO_BATCH = 256
+# F.layer_norm's default, used by the plain layers.
+LAYER_NORM_EPS = 1e-5
 
 
 def _micro_batch(device):
     return CPU_MICRO_BATCH if device.type == "cpu" else GPU_MICRO_BATCH
+
+
+class _Spectra:
+    """The sinc layer in the frequency domain: ``y = x (*) h`` (correlation).
+
+    A circular correlation of length N = time is exact for the valid outputs
+    t <= time - taps, which are the only ones kept.
+    """
+
+    def __init__(self, x, h):
+        self.time, self.taps = x.shape[-1], h.shape[-1]
+        self.x = torch.fft.rfft(x, n=self.time)
+        self.h_conj = torch.fft.rfft(h, n=self.time).conj()
+
+    def output(self, start, stop):
+        """``(n, channels, time)`` sinc-layer output of chunks start..stop."""
+        return torch.fft.irfft(self.x[start:stop, None] * self.h_conj, n=self.time)
+
+
+class _SpectralGradients:
+    """Accumulates dL/dx and dL/dh from dL/dy, micro-batch by micro-batch."""
+
+    def __init__(self, spectra, need_x, need_h):
+        self.spectra = spectra
+        self.h = spectra.h_conj.conj()
+        x = spectra.x
+        self.x = x.new_zeros(x.shape) if need_x else None
+        self.h_grad = x.new_zeros(self.h.shape) if need_h else None
+
+    def add(self, start, grad_y):
+        grad_spec = torch.fft.rfft(grad_y)
+        # y = x (*) h (correlation): dL/dx = gy conv h, dL/dh = x corr gy.
+        if self.x is not None:
+            self.x[start : start + grad_y.shape[0]] = (grad_spec * self.h).sum(1)
+        if self.h_grad is not None:
+            x = self.spectra.x[start : start + grad_y.shape[0], None]
+            self.h_grad += (grad_spec.conj() * x).sum(0)
+
+    def result(self):
+        time, taps = self.spectra.time, self.spectra.taps
+        grad_x = torch.fft.irfft(self.x, n=time) if self.x is not None else None
+        grad_h = torch.fft.irfft(self.h_grad, n=time)[:, :taps] if self.h_grad is not None else None
+        return grad_x, grad_h
 
 
 class _SincAbsMaxPool(torch.autograd.Function):
@@ -42,52 +89,157 @@ class _SincAbsMaxPool(torch.autograd.Function):
         channels, taps = h.shape
         pooled = (time - taps + 1) // pool
         used = pooled * pool
-        # A circular correlation of length N = time is exact for the valid
-        # outputs t <= time - taps, which are the only ones kept.
-        x_spec = torch.fft.rfft(x, n=time)
-        h_spec_conj = torch.fft.rfft(h, n=time).conj()
+        spectra = _Spectra(x, h)
         out = x.new_empty(batch, channels, pooled)
         # Code of the winner of each pool window: (position + 1) * sign, 0 if y = 0.
         code = torch.empty(batch, channels, pooled, dtype=torch.int8, device=x.device)
         step = _micro_batch(x.device)
-        position = torch.empty(min(step, batch), channels, pooled, dtype=torch.long, device=x.device)
+        native = cpu_kernels.available(x)
         for i in range(0, batch, step):
             n = min(step, batch - i)
-            y = torch.fft.irfft(x_spec[i : i + n, None] * h_spec_conj, n=time)
+            y = spectra.output(i, i + n)
+            if native:  # one pass instead of five
+                cpu_kernels.abs_max_pool(y, pool, out[i : i + n], code[i : i + n])
+                continue
             windows = y[..., :used].unflatten(-1, (pooled, pool))
-            torch.max(windows.abs(), dim=-1, out=(out[i : i + n], position[:n]))
-            signed = windows.gather(-1, position[:n].unsqueeze(-1)).squeeze(-1)
-            code[i : i + n] = (position[:n] + 1).mul_(torch.sign(signed).long())
-        ctx.save_for_backward(x_spec, h, code)
-        ctx.shape = (time, taps, pool)
+            value, position = windows.abs().max(dim=-1)
+            out[i : i + n] = value
+            signed = windows.gather(-1, position.unsqueeze(-1)).squeeze(-1)
+            code[i : i + n] = (position + 1).mul_(torch.sign(signed).long())
+        ctx.spectra = spectra
+        ctx.save_for_backward(code)
+        ctx.pool = pool
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x_spec, h, code = ctx.saved_tensors
-        time, taps, pool = ctx.shape
-        batch, channels, pooled = code.shape
-        h_spec = torch.fft.rfft(h, n=time)
-        need_x, need_h = ctx.needs_input_grad[:2]
-        grad_x_spec = x_spec.new_zeros(x_spec.shape) if need_x else None
-        grad_h_spec = x_spec.new_zeros(channels, x_spec.shape[-1]) if need_h else None
+        (code,) = ctx.saved_tensors
+        spectra, pool = ctx.spectra, ctx.pool
+        gradients = _SpectralGradients(spectra, *ctx.needs_input_grad[:2])
         step = _micro_batch(grad_out.device)
-        for i in range(0, batch, step):
-            c = code[i : i + step].long()
-            grad_y = grad_out.new_zeros(c.shape[0], channels, time)
-            windows = grad_y[..., : pooled * pool].unflatten(-1, (pooled, pool))
-            sign = torch.sign(c).to(grad_out.dtype)
-            position = (c.abs() - 1).clamp(min=0).unsqueeze(-1)
-            windows.scatter_(-1, position, (grad_out[i : i + step] * sign).unsqueeze(-1))
-            grad_spec = torch.fft.rfft(grad_y)
-            # y = x (*) h (correlation): dL/dx = gy conv h, dL/dh = x corr gy.
-            if need_x:
-                grad_x_spec[i : i + step] = (grad_spec * h_spec).sum(1)
-            if need_h:
-                grad_h_spec += (grad_spec.conj() * x_spec[i : i + step, None]).sum(0)
-        grad_x = torch.fft.irfft(grad_x_spec, n=time) if need_x else None
-        grad_h = torch.fft.irfft(grad_h_spec, n=time)[:, :taps] if need_h else None
-        return grad_x, grad_h, None
+        native = cpu_kernels.available(grad_out)
+        for i in range(0, code.shape[0], step):
+            c, g = code[i : i + step], grad_out[i : i + step]
+            if native:
+                grad_y = cpu_kernels.abs_max_pool_backward(c, g, spectra.time, pool)
+            else:
+                grad_y = _scatter_to_winners(c, g, spectra.time, pool)
+            gradients.add(i, grad_y)
+        return (*gradients.result(), None)
+
+
+class _SincBlock(torch.autograd.Function):
+    """The whole first block on CPU: ``leaky_relu(layer_norm(max_pool(|x (*) h|)) * gain + bias)``.
+
+    After the FFT correlation, native kernels (:mod:`sincmi.cpu_kernels`) take
+    |.|, the max-pool, the LayerNorm, gain, bias and LeakyReLU in one pass, and
+    their backward in another; only the int8 winners, the normalised values and
+    one 1/std per group are kept for the backward pass. The output is stored
+    channels-last, the layout the next (channels-last) convolution reads.
+    """
+
+    @staticmethod
+    def forward(ctx, x, h, gain, bias, pool, slope, group_rows):
+        batch, time = x.shape
+        channels, pooled = gain.shape
+        spectra = _Spectra(x, h)
+        out = _channels_last(x, batch, channels, pooled)
+        xhat = x.new_empty(batch, channels, pooled)
+        code = torch.empty(batch, channels, pooled, dtype=torch.int8)
+        rstd = x.new_empty(batch, channels // group_rows)
+        for i in range(0, batch, CPU_MICRO_BATCH):
+            n = min(CPU_MICRO_BATCH, batch - i)
+            part = slice(i, i + n)
+            cpu_kernels.pool_norm_act(spectra.output(i, i + n), pool, gain, bias, slope, LAYER_NORM_EPS,
+                                      group_rows, out[part], xhat[part], rstd[part], code[part])
+        ctx.spectra = spectra
+        ctx.save_for_backward(gain, bias, xhat, rstd, code)
+        ctx.options = (pool, slope, group_rows)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        gain, bias, xhat, rstd, code = ctx.saved_tensors
+        spectra, (pool, slope, group_rows) = ctx.spectra, ctx.options
+        gradients = _SpectralGradients(spectra, *ctx.needs_input_grad[:2])
+        grad_gain, grad_bias = torch.zeros_like(gain), torch.zeros_like(bias)
+        for i in range(0, code.shape[0], CPU_MICRO_BATCH):
+            part = slice(i, i + CPU_MICRO_BATCH)
+            dz, grad_y = cpu_kernels.pool_norm_act_backward(
+                grad_out[part], xhat[part], rstd[part], code[part], gain, bias, slope, group_rows,
+                spectra.time, pool)
+            grad_gain += (dz * xhat[part]).sum(0)
+            grad_bias += dz.sum(0)
+            gradients.add(i, grad_y)
+        return (*gradients.result(), grad_gain, grad_bias, None, None, None)
+
+
+def sinc_block(x, filters, pool, gain, bias, negative_slope, norm_over="time"):
+    """``leaky_relu(layer_norm(sinc_abs_maxpool(x, filters, pool)) * gain + bias)``.
+
+    The LayerNorm covers each channel over time (``norm_over="time"``) or each
+    chunk's whole map (``"channel_time"``); ``gain`` and ``bias`` are
+    ``(channels, pooled)``. On CPU with the native kernels available this is
+    one fused pass (see :class:`_SincBlock`); otherwise the same function is
+    composed from :func:`sinc_abs_maxpool` and PyTorch's layers.
+
+    Example
+    -------
+    >>> x, h = torch.randn(3, 400), torch.randn(8, 1, 51)
+    >>> gain, bias = torch.rand(8, 116), torch.randn(8, 116)
+    >>> ref = F.leaky_relu(F.layer_norm(F.max_pool1d(F.conv1d(x[:, None], h).abs(), 3), (116,)) * gain + bias, 0.2)
+    >>> torch.allclose(sinc_block(x, h, 3, gain, bias, 0.2), ref, atol=1e-4)
+    True
+    """
+    dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    x, filters = x.to(dtype), filters.reshape(filters.shape[0], -1).to(dtype)
+    gain, bias = gain.to(dtype).contiguous(), bias.to(dtype).contiguous()
+    group_rows = 1 if norm_over == "time" else gain.shape[0]
+    if not cpu_kernels.available(x):
+        y = sinc_abs_maxpool(x, filters, pool)
+        if group_rows == 1:
+            y = torch.addcmul(bias, F.layer_norm(y, y.shape[-1:]), gain)
+        else:
+            y = F.layer_norm(y, y.shape[-2:], gain, bias)
+        return F.leaky_relu(y, negative_slope, inplace=True)
+    x = x.contiguous()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, filters, gain, bias)):
+        return _SincBlock.apply(x, filters, gain, bias, pool, negative_slope, group_rows)
+    return _sinc_block_inference(x, filters, pool, gain, bias, negative_slope, group_rows)
+
+
+def _sinc_block_inference(x, h, pool, gain, bias, slope, group_rows):
+    """Forward only: nothing is kept for a backward pass."""
+    batch = x.shape[0]
+    channels, pooled = gain.shape
+    spectra = _Spectra(x, h)
+    out = _channels_last(x, batch, channels, pooled)
+    step = min(CPU_MICRO_BATCH, batch)
+    # Scratch space, reused by every micro-batch.
+    xhat = x.new_empty(step, channels, pooled)
+    code = torch.empty(step, channels, pooled, dtype=torch.int8)
+    rstd = x.new_empty(step, channels // group_rows)
+    for i in range(0, batch, step):
+        n = min(step, batch - i)
+        cpu_kernels.pool_norm_act(spectra.output(i, i + n), pool, gain, bias, slope, LAYER_NORM_EPS,
+                                  group_rows, out[i : i + n], xhat[:n], rstd[:n], code[:n])
+    return out
+
+
+def _channels_last(like, batch, channels, length):
+    """An empty ``(batch, channels, length)`` tensor stored channels-last (channels fastest)."""
+    return like.new_empty(batch, length, channels).transpose(1, 2)
+
+
+def _scatter_to_winners(code, grad_out, time, pool):
+    """PyTorch version of :func:`sincmi.cpu_kernels.abs_max_pool_backward`."""
+    c = code.long()
+    batch, channels, pooled = c.shape
+    grad_y = grad_out.new_zeros(batch, channels, time)
+    windows = grad_y[..., : pooled * pool].unflatten(-1, (pooled, pool))
+    position = (c.abs() - 1).clamp(min=0).unsqueeze(-1)
+    windows.scatter_(-1, position, (grad_out * torch.sign(c).to(grad_out.dtype)).unsqueeze(-1))
+    return grad_y
 
 
 def sinc_abs_maxpool(x, filters, pool):
@@ -127,14 +279,18 @@ def _sinc_abs_maxpool_inference(x, h, pool):
     """Forward only: nothing is kept for a backward pass."""
     batch, time = x.shape
     pooled = (time - h.shape[1] + 1) // pool
-    x_spec = torch.fft.rfft(x, n=time)
-    h_spec_conj = torch.fft.rfft(h, n=time).conj()
+    spectra = _Spectra(x, h)
     out = x.new_empty(batch, h.shape[0], pooled)
     step = _micro_batch(x.device)
+    native = cpu_kernels.available(x)
+    if native:  # winners' codes, needed by the kernel, not kept
+        code = torch.empty(min(step, batch), h.shape[0], pooled, dtype=torch.int8)
     for i in range(0, batch, step):
-        y = torch.fft.irfft(x_spec[i : i + step, None] * h_spec_conj, n=time)
-        # Pooling the whole length and dropping the tail avoids a copy of y.
-        out[i : i + step] = F.max_pool1d(y.abs_(), pool)[..., :pooled]
+        y = spectra.output(i, i + step)
+        if native:
+            cpu_kernels.abs_max_pool(y, pool, out[i : i + step], code[: y.shape[0]])
+        else:  # pooling the whole length and dropping the tail avoids a copy of y
+            out[i : i + step] = F.max_pool1d(y.abs_(), pool)[..., :pooled]
     return out
 
 

@@ -1,0 +1,218 @@
+/* CPU kernels for the sinc layer's |.| + max-pool (see sincmi/cpu_kernels.py).
+ *
+ * The sinc layer's output is 80 x 2950 samples per chunk; PyTorch reduces it
+ * with |.|, a max-pool with indices, a gather of the winners' signs and, in
+ * the backward pass, a scatter into a zero tensor: five or six passes over the
+ * largest tensor of the network, and a max with indices over windows of 3 that
+ * does not vectorise. Here each direction is one vectorised pass.
+ *
+ * Layout: `rows` rows of `time` samples (y, grad_y) or of `pooled` windows
+ * (out, code, grad_out), all contiguous. Window m of a row covers samples
+ * [m * pool, (m + 1) * pool). code = (winner's position in its window + 1) *
+ * sign(winner), so 0 when the output is 0 (where |.| has no gradient). Ties
+ * go to the first sample of the window (as in max_pool1d); a window holding a
+ * NaN outputs NaN.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+
+/* One row, forward. Windows of 3 (SincNet's) are written out so that the
+ * compiler vectorises them; other sizes take the general loop. */
+#define POOL_ROW(T, SUFFIX)                                                              \
+static void pool_row_##SUFFIX(const T *y, int64_t pooled, int64_t pool, T *out,        \
+                              int8_t *code) {                                          \
+    if (pool == 3) {                                                                   \
+        _Pragma("omp simd")                                                            \
+        for (int64_t m = 0; m < pooled; m++) {                                         \
+            T v0 = y[3 * m], v1 = y[3 * m + 1], v2 = y[3 * m + 2];                     \
+            T a0 = v0 < 0 ? -v0 : v0, a1 = v1 < 0 ? -v1 : v1, a2 = v2 < 0 ? -v2 : v2;  \
+            int take1 = a1 > a0;                                                       \
+            T best = take1 ? a1 : a0, value = take1 ? v1 : v0;                         \
+            int take2 = a2 > best;                                                     \
+            int position = take2 ? 3 : (take1 ? 2 : 1);                                \
+            best = take2 ? a2 : best;                                                  \
+            value = take2 ? v2 : value;                                                \
+            int nan = (a0 != a0) | (a1 != a1) | (a2 != a2);                            \
+            out[m] = nan ? a0 + a1 + a2 : best;                                        \
+            code[m] = (int8_t)(((value > 0) - (value < 0)) * position);                \
+        }                                                                              \
+        return;                                                                        \
+    }                                                                                  \
+    for (int64_t m = 0; m < pooled; m++) {                                             \
+        const T *w = y + m * pool;                                                     \
+        T best = w[0] < 0 ? -w[0] : w[0], value = w[0];                                \
+        int position = 1;                                                              \
+        for (int p = 1; p < pool; p++) {                                               \
+            T a = w[p] < 0 ? -w[p] : w[p];                                             \
+            if (a > best || (a != a && best == best)) {                                \
+                best = a;                                                              \
+                value = w[p];                                                          \
+                position = p + 1;                                                      \
+            }                                                                          \
+        }                                                                              \
+        out[m] = best;                                                                 \
+        code[m] = (int8_t)(((value > 0) - (value < 0)) * position);                    \
+    }                                                                                  \
+}
+
+/* One row, backward: each window's gradient goes to its winner, times its sign. */
+#define POOL_BACKWARD_ROW(T, SUFFIX)                                                     \
+static void pool_backward_row_##SUFFIX(const int8_t *code, const T *grad_out,          \
+                                       int64_t pooled, int64_t pool, int64_t time,     \
+                                       T *grad_y) {                                    \
+    if (pool == 3) {                                                                   \
+        _Pragma("omp simd")                                                            \
+        for (int64_t m = 0; m < pooled; m++) {                                         \
+            int k = code[m];                                                           \
+            T value = k < 0 ? -grad_out[m] : grad_out[m];                              \
+            grad_y[3 * m] = (k == 1) | (k == -1) ? value : (T)0;                       \
+            grad_y[3 * m + 1] = (k == 2) | (k == -2) ? value : (T)0;                   \
+            grad_y[3 * m + 2] = (k == 3) | (k == -3) ? value : (T)0;                   \
+        }                                                                              \
+    } else {                                                                           \
+        for (int64_t m = 0; m < pooled; m++) {                                         \
+            int k = code[m];                                                           \
+            int position = (k < 0 ? -k : k) - 1;                                       \
+            T value = k < 0 ? -grad_out[m] : grad_out[m];                              \
+            for (int p = 0; p < pool; p++)                                             \
+                grad_y[m * pool + p] = p == position ? value : (T)0;                   \
+        }                                                                              \
+    }                                                                                  \
+    for (int64_t t = pooled * pool; t < time; t++)                                     \
+        grad_y[t] = 0;                                                                 \
+}
+
+/* Pool a group of rows (one row: norm over time; a whole chunk: over channels
+ * and time), then LayerNorm over the group, per-position gain and bias, and
+ * LeakyReLU. xhat (the normalised values) is row-major; `out` has element
+ * strides out_cs (channel) and out_ms (time) within a chunk, so that it can be
+ * written channels-last, the layout the next convolution reads. */
+#define POOL_NORM_GROUP(T, SUFFIX)                                                       \
+static void pool_norm_group_##SUFFIX(const T *y, int64_t first_row, int64_t group_rows, \
+        int64_t channels, int64_t time, int64_t pooled, int64_t pool, const T *gain,    \
+        const T *bias, double slope, double eps, T *out, int64_t out_cs, int64_t out_ms,\
+        T *xhat, T *rstd_out, int8_t *code) {                                            \
+    int64_t n = group_rows * pooled;                                                     \
+    T *x = xhat + first_row * pooled;                                                    \
+    for (int64_t r = 0; r < group_rows; r++)                                             \
+        pool_row_##SUFFIX(y + (first_row + r) * time, pooled, pool, x + r * pooled,     \
+                          code + (first_row + r) * pooled);                             \
+    double sum = 0, squares = 0;                                                         \
+    _Pragma("omp simd reduction(+:sum)")                                                 \
+    for (int64_t i = 0; i < n; i++) sum += x[i];                                         \
+    double mean = sum / n;                                                               \
+    _Pragma("omp simd reduction(+:squares)")                                             \
+    for (int64_t i = 0; i < n; i++) squares += (x[i] - mean) * (x[i] - mean);           \
+    T rstd = (T)(1.0 / __builtin_sqrt(squares / n + eps));                               \
+    T mu = (T)mean;                                                                      \
+    *rstd_out = rstd;                                                                    \
+    for (int64_t r = 0; r < group_rows; r++) {                                           \
+        int64_t row = first_row + r, c = row % channels;                                 \
+        const T *g = gain + c * pooled, *b = bias + c * pooled;                          \
+        T *xr = x + r * pooled;                                                          \
+        T *o = out + (row / channels) * channels * pooled + c * out_cs;                  \
+        _Pragma("omp simd")                                                              \
+        for (int64_t m = 0; m < pooled; m++) {                                           \
+            T normed = (xr[m] - mu) * rstd;                                              \
+            T z = normed * g[m] + b[m];                                                  \
+            xr[m] = normed;                                                              \
+            o[m * out_ms] = z > 0 ? z : (T)slope * z;                                    \
+        }                                                                                \
+    }                                                                                    \
+}
+
+/* Backward of pool_norm_group: grad_out -> dz (pre-activation gradient, for the
+ * gain and bias gradients) and grad_y (the gradient of the sinc output). */
+#define POOL_NORM_GROUP_BACKWARD(T, SUFFIX)                                              \
+static void pool_norm_group_backward_##SUFFIX(const T *grad_out, int64_t grad_cs,      \
+        int64_t grad_ms, const T *xhat,                                                  \
+        T rstd, const int8_t *code, const T *gain, const T *bias, int64_t first_row,    \
+        int64_t group_rows, int64_t channels, int64_t time, int64_t pooled,             \
+        int64_t pool, double slope, T *dz, T *grad_y, T *scratch) {                      \
+    int64_t n = group_rows * pooled;                                                     \
+    double s1 = 0, s2 = 0;                                                               \
+    for (int64_t r = 0; r < group_rows; r++) {                                           \
+        int64_t row = first_row + r, c = row % channels;                                 \
+        const T *g = gain + c * pooled, *b = bias + c * pooled;                          \
+        const T *go = grad_out + (row / channels) * channels * pooled + c * grad_cs;     \
+        const T *xr = xhat + row * pooled;                                               \
+        T *d = dz + row * pooled;                                                        \
+        T t1 = 0, t2 = 0;                                                                \
+        _Pragma("omp simd reduction(+:t1,t2)")                                           \
+        for (int64_t m = 0; m < pooled; m++) {                                           \
+            T z = xr[m] * g[m] + b[m];                                                   \
+            T dzm = z > 0 ? go[m * grad_ms] : (T)slope * go[m * grad_ms];                \
+            T dx = dzm * g[m];                                                           \
+            d[m] = dzm;                                                                  \
+            t1 += dx;                                                                    \
+            t2 += dx * xr[m];                                                            \
+        }                                                                                \
+        s1 += t1;                                                                        \
+        s2 += t2;                                                                        \
+    }                                                                                    \
+    T m1 = (T)(s1 / n), m2 = (T)(s2 / n);                                                \
+    for (int64_t r = 0; r < group_rows; r++) {                                           \
+        int64_t row = first_row + r, c = row % channels;                                 \
+        const T *g = gain + c * pooled, *xr = xhat + row * pooled, *d = dz + row * pooled; \
+        _Pragma("omp simd")                                                              \
+        for (int64_t m = 0; m < pooled; m++)                                             \
+            scratch[m] = rstd * (d[m] * g[m] - m1 - xr[m] * m2);                         \
+        pool_backward_row_##SUFFIX(code + row * pooled, scratch, pooled, pool, time,     \
+                                   grad_y + row * time);                                 \
+    }                                                                                    \
+}
+
+/* The exported functions: rows (or groups of rows) in parallel. */
+#define POOL_KERNELS(T, SUFFIX)                                                          \
+POOL_ROW(T, SUFFIX)                                                                      \
+POOL_BACKWARD_ROW(T, SUFFIX)                                                             \
+void abs_max_pool_##SUFFIX(const T *y, int64_t rows, int64_t time, int64_t pooled,      \
+                           int64_t pool, T *out, int8_t *code, int threads) {           \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
+    for (int64_t r = 0; r < rows; r++)                                                 \
+        pool_row_##SUFFIX(y + r * time, pooled, pool, out + r * pooled, code + r * pooled); \
+}                                                                                        \
+void abs_max_pool_backward_##SUFFIX(const int8_t *code, const T *grad_out, int64_t rows,\
+                                    int64_t time, int64_t pooled, int64_t pool,         \
+                                    T *grad_y, int threads) {                           \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
+    for (int64_t r = 0; r < rows; r++)                                                 \
+        pool_backward_row_##SUFFIX(code + r * pooled, grad_out + r * pooled, pooled,   \
+                                   pool, time, grad_y + r * time);                     \
+}
+
+#define POOL_NORM_KERNELS(T, SUFFIX)                                                     \
+POOL_NORM_GROUP(T, SUFFIX)                                                               \
+POOL_NORM_GROUP_BACKWARD(T, SUFFIX)                                                      \
+void pool_norm_act_##SUFFIX(const T *y, int64_t groups, int64_t group_rows,            \
+        int64_t channels, int64_t time, int64_t pooled, int64_t pool, const T *gain,    \
+        const T *bias, double slope, double eps, T *out, int64_t out_cs, int64_t out_ms, \
+        T *xhat, T *rstd, int8_t *code, int threads) {                                   \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
+    for (int64_t k = 0; k < groups; k++)                                                 \
+        pool_norm_group_##SUFFIX(y, k * group_rows, group_rows, channels, time, pooled, \
+                                 pool, gain, bias, slope, eps, out, out_cs, out_ms,      \
+                                 xhat, rstd + k, code);                                  \
+}                                                                                        \
+void pool_norm_act_backward_##SUFFIX(const T *grad_out, int64_t grad_cs, int64_t grad_ms,\
+        const T *xhat, const T *rstd,                                                    \
+        const int8_t *code, const T *gain, const T *bias, int64_t groups,               \
+        int64_t group_rows, int64_t channels, int64_t time, int64_t pooled,             \
+        int64_t pool, double slope, T *dz, T *grad_y, int threads) {                     \
+    _Pragma("omp parallel num_threads(threads)")                                        \
+    {                                                                                    \
+        T *scratch = (T *)malloc(sizeof(T) * pooled);                                    \
+        _Pragma("omp for schedule(static)")                                             \
+        for (int64_t k = 0; k < groups; k++)                                             \
+            pool_norm_group_backward_##SUFFIX(grad_out, grad_cs, grad_ms, xhat, rstd[k],  \
+                code, gain, bias,                                                        \
+                k * group_rows, group_rows, channels, time, pooled, pool, slope, dz,     \
+                grad_y, scratch);                                                        \
+        free(scratch);                                                                   \
+    }                                                                                    \
+}
+
+POOL_KERNELS(float, f32)
+POOL_KERNELS(double, f64)
+POOL_NORM_KERNELS(float, f32)
+POOL_NORM_KERNELS(double, f64)

@@ -1,0 +1,232 @@
+"""Native CPU kernels for the sinc layer's |.| + max-pool, compiled on first use.
+
+``cpu_kernels.c`` holds two loops (forward: |.|, max-pool and the winners'
+codes in one pass; backward: the winners' gradients scattered into the
+layer's output shape in one pass) that PyTorch can only express as five or six
+passes over the network's largest tensor. They are compiled with the system's
+C compiler (``$CC``, else ``cc``) for this CPU the first time they are needed,
+and cached under ``$SINCMI_CACHE`` (default ``~/.cache/sincmi``), keyed by the
+source, the compiler flags and the CPU's instruction sets.
+
+Without a compiler, or with ``SINCMI_NATIVE=0``, :func:`available` is False and
+:mod:`sincmi.fast_ops` uses its PyTorch code instead: same results, slower.
+"""
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+
+import torch
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
+# -fno-trapping-math lets the compiler vectorise comparisons (results unchanged).
+FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-std=c99", "-shared", "-fPIC"]
+_TYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+_library = None
+_loaded = False
+_lock = threading.Lock()
+
+
+def _cpu_signature():
+    """The CPU's model and instruction sets: a library built with -march=native runs only there."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("flags", "model name", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _cache_dir():
+    base = os.environ.get("SINCMI_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sincmi"
+    )
+    return os.path.join(base, "kernels")
+
+
+def _build(compiler):
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    key = hashlib.sha256(
+        source + " ".join([compiler] + FLAGS).encode() + _cpu_signature().encode()
+    ).hexdigest()[:16]
+    folder = _cache_dir()
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:  # read-only home: build in a temporary folder
+        folder = tempfile.mkdtemp(prefix="sincmi-kernels-")
+    target = os.path.join(folder, f"cpu_kernels-{key}.so")
+    if not os.path.exists(target):
+        # Build beside the target and rename: concurrent processes never load a partial file.
+        handle, partial = tempfile.mkstemp(suffix=".so", dir=folder)
+        os.close(handle)
+        try:
+            subprocess.run(
+                [compiler, *FLAGS, SOURCE, "-o", partial],
+                check=True, capture_output=True, text=True, timeout=120,
+            )
+            os.replace(partial, target)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+    library = ctypes.CDLL(target)
+    for suffix in _TYPES.values():
+        forward = getattr(library, f"abs_max_pool_{suffix}")
+        forward.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
+        backward = getattr(library, f"abs_max_pool_backward_{suffix}")
+        backward.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int]
+    p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    for suffix in _TYPES.values():
+        getattr(library, f"pool_norm_act_{suffix}").argtypes = (
+            [p] + [i64] * 6 + [p, p, f64, f64] + [p, i64, i64] + [p] * 3 + [ctypes.c_int]
+        )
+        getattr(library, f"pool_norm_act_backward_{suffix}").argtypes = (
+            [p, i64, i64] + [p] * 5 + [i64] * 6 + [f64, p, p, ctypes.c_int]
+        )
+    return library
+
+
+def _library_or_none():
+    global _library, _loaded
+    if _loaded:
+        return _library
+    with _lock:
+        if not _loaded:
+            compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+            if os.environ.get("SINCMI_NATIVE", "1") == "0" or not compiler:
+                _library = None
+            else:
+                try:
+                    _library = _build(compiler)
+                except (OSError, subprocess.SubprocessError) as error:
+                    detail = getattr(error, "stderr", None) or error
+                    warnings.warn(
+                        f"sincmi: could not build {SOURCE} ({detail}); using the slower PyTorch "
+                        "code for the sinc layer's pooling (same results). Install a C compiler "
+                        "with OpenMP (gcc) or set SINCMI_NATIVE=0 to silence this."
+                    )
+                    _library = None
+            _loaded = True
+    return _library
+
+
+def available(tensor):
+    """True when the native kernels can process ``tensor`` (CPU, float32/64)."""
+    return tensor.device.type == "cpu" and tensor.dtype in _TYPES and _library_or_none() is not None
+
+
+def _pointer(tensor):
+    return ctypes.c_void_p(tensor.data_ptr())
+
+
+def abs_max_pool(y, pool, out, code):
+    """Writes ``max_pool1d(|y|, pool)`` into ``out`` and the winners' codes into ``code``.
+
+    Arguments
+    ---------
+    y : torch.Tensor
+        ``(..., time)`` contiguous CPU float tensor.
+    pool : int
+        Window (= stride) of the max-pool, at most 127.
+    out : torch.Tensor
+        ``(..., time // pool)`` contiguous tensor of y's dtype, written in place.
+    code : torch.Tensor
+        ``(..., time // pool)`` contiguous int8 tensor: (winner's position in
+        its window + 1) * sign of the winner, 0 where the output is 0.
+    """
+    pooled = out.shape[-1]
+    function = getattr(_library_or_none(), f"abs_max_pool_{_TYPES[y.dtype]}")
+    function(
+        _pointer(y), out.numel() // pooled, y.shape[-1], pooled, pool,
+        _pointer(out), _pointer(code), torch.get_num_threads(),
+    )
+
+
+def abs_max_pool_backward(code, grad_out, time, pool):
+    """The gradient of :func:`abs_max_pool` with respect to ``y``, shape ``(..., time)``.
+
+    Each window's gradient goes to its winner, times the winner's sign.
+    """
+    grad_out = grad_out.contiguous()
+    pooled = code.shape[-1]
+    grad_y = grad_out.new_empty(*code.shape[:-1], time)
+    function = getattr(_library_or_none(), f"abs_max_pool_backward_{_TYPES[grad_out.dtype]}")
+    function(
+        _pointer(code), _pointer(grad_out), code.numel() // pooled, time, pooled, pool,
+        _pointer(grad_y), torch.get_num_threads(),
+    )
+    return grad_y
+
+
+def pool_norm_act(y, pool, gain, bias, slope, eps, group_rows, out, xhat, rstd, code):
+    """|.| + max-pool, LayerNorm, gain and bias, LeakyReLU, in one pass over ``y``.
+
+    Arguments
+    ---------
+    y : torch.Tensor
+        ``(batch, channels, time)`` contiguous sinc-layer output.
+    pool : int
+        Max-pool window (= stride).
+    gain, bias : torch.Tensor
+        ``(channels, pooled)`` contiguous, y's dtype.
+    slope, eps : float
+        LeakyReLU slope, LayerNorm epsilon.
+    group_rows : int
+        1 to normalise each channel over time, ``channels`` to normalise each
+        chunk over channels and time.
+    out : torch.Tensor
+        ``(batch, channels, pooled)``, written with the block's output; any
+        channel and time strides (channels-last suits the next convolution),
+        chunks contiguous.
+    xhat : torch.Tensor
+        ``(batch, channels, pooled)`` contiguous, written with the normalised values.
+    rstd : torch.Tensor
+        ``(batch * channels // group_rows,)``: 1 / standard deviation per group.
+    code : torch.Tensor
+        ``(batch, channels, pooled)`` int8: winners, as in :func:`abs_max_pool`.
+    """
+    batch, channels, time = y.shape
+    pooled = out.shape[-1]
+    if out.stride(0) != channels * pooled:
+        raise ValueError("pool_norm_act: the chunks of `out` must be contiguous")
+    function = getattr(_library_or_none(), f"pool_norm_act_{_TYPES[y.dtype]}")
+    function(
+        _pointer(y), batch * channels // group_rows, group_rows, channels, time, pooled, pool,
+        _pointer(gain), _pointer(bias), slope, eps, _pointer(out), out.stride(1), out.stride(2),
+        _pointer(xhat), _pointer(rstd), _pointer(code), torch.get_num_threads(),
+    )
+
+
+def pool_norm_act_backward(grad_out, xhat, rstd, code, gain, bias, slope, group_rows, time, pool):
+    """Backward of :func:`pool_norm_act`.
+
+    ``grad_out`` may have any channel and time strides (chunks contiguous).
+
+    Returns
+    -------
+    dz : torch.Tensor
+        ``(batch, channels, pooled)`` gradient before the LeakyReLU (the gain's
+        gradient is ``(dz * xhat).sum(0)``, the bias's ``dz.sum(0)``).
+    grad_y : torch.Tensor
+        ``(batch, channels, time)`` gradient of the sinc-layer output.
+    """
+    batch, channels, pooled = code.shape
+    if grad_out.stride(0) != channels * pooled:
+        grad_out = grad_out.contiguous()
+    dz = torch.empty_like(xhat)
+    grad_y = grad_out.new_empty(batch, channels, time)
+    function = getattr(_library_or_none(), f"pool_norm_act_backward_{_TYPES[grad_out.dtype]}")
+    function(
+        _pointer(grad_out), grad_out.stride(1), grad_out.stride(2), _pointer(xhat), _pointer(rstd),
+        _pointer(code), _pointer(gain),
+        _pointer(bias), batch * channels // group_rows, group_rows, channels, time, pooled, pool,
+        slope, _pointer(dz), _pointer(grad_y), torch.get_num_threads(),
+    )
+    return dz, grad_y

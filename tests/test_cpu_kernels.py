@@ -1,0 +1,166 @@
+"""The native CPU kernels compute what the PyTorch layers they replace compute.
+
+Each kernel is checked against plain PyTorch on values where the answer is
+known (ties, zeros, NaN), in float32 and float64, for the pool size SincNet
+uses (3, a dedicated vectorised loop) and others (the general loop); the fused
+sinc block is checked, outputs and gradients, with the kernels and with its
+PyTorch fallback.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sincmi import cpu_kernels, fast_ops
+
+needs_kernels = pytest.mark.skipif(
+    not cpu_kernels.available(torch.zeros(1)), reason="native kernels not built (no C compiler?)"
+)
+
+
+def _plain_abs_max_pool(y, pool):
+    """Output and (position + 1) * sign code of each window, by PyTorch."""
+    pooled = y.shape[-1] // pool
+    windows = y[..., : pooled * pool].unflatten(-1, (pooled, pool))
+    value, position = windows.abs().max(-1)
+    sign = torch.sign(windows.gather(-1, position.unsqueeze(-1)).squeeze(-1))
+    return value, ((position + 1) * sign.long()).to(torch.int8)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("pool", [2, 3, 4])
+def test_abs_max_pool_matches_pytorch(dtype, pool):
+    torch.manual_seed(pool)
+    y = torch.randn(3, 5, 61, dtype=dtype)
+    pooled = 61 // pool
+    out = torch.empty(3, 5, pooled, dtype=dtype)
+    code = torch.empty(3, 5, pooled, dtype=torch.int8)
+    cpu_kernels.abs_max_pool(y, pool, out, code)
+    value, expected_code = _plain_abs_max_pool(y, pool)
+    assert torch.equal(out, value)
+    assert torch.equal(code, expected_code)
+
+
+@needs_kernels
+@pytest.mark.parametrize("pool", [3, 4])
+def test_abs_max_pool_ties_zeros_and_nan(pool):
+    y = torch.tensor([[[2.0, -2.0, 1.0, 0.0] * 3 + [0.0, 0.0, 0.0, 0.0] + [1.0, float("nan"), 5.0, 0.0]]])
+    y = y[..., : (y.shape[-1] // pool) * pool].contiguous()
+    pooled = y.shape[-1] // pool
+    out = torch.empty(1, 1, pooled)
+    code = torch.empty(1, 1, pooled, dtype=torch.int8)
+    cpu_kernels.abs_max_pool(y, pool, out, code)
+    value, expected_code = _plain_abs_max_pool(y, pool)
+    # A tie goes to the first sample of the window, as in max_pool1d; silence has code 0.
+    finite = ~value.isnan()
+    assert torch.equal(out[finite], value[finite])
+    assert torch.equal(code[finite], expected_code[finite])
+    assert (code == 0).any() and (code == 1).any()
+    # A window holding a NaN outputs NaN (max_pool1d propagates it too).
+    assert torch.equal(out.isnan(), F.max_pool1d(y.abs(), pool).isnan())
+    assert out.isnan().any()
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("pool", [3, 4])
+def test_abs_max_pool_backward_routes_to_signed_winner(dtype, pool):
+    torch.manual_seed(0)
+    y = torch.randn(2, 4, 50, dtype=dtype, requires_grad=True)
+    pooled = 50 // pool
+    g = torch.randn(2, 4, pooled, dtype=dtype)
+    (expected,) = torch.autograd.grad((F.max_pool1d(y.abs(), pool) * g).sum(), y)
+    _, code = _plain_abs_max_pool(y.detach(), pool)
+    grad_y = cpu_kernels.abs_max_pool_backward(code, g, 50, pool)
+    assert torch.equal(grad_y, expected)
+
+
+def _plain_block(x, h, gain, bias, norm_over, pool=3, slope=0.2):
+    y = F.max_pool1d(F.conv1d(x.unsqueeze(1), h.unsqueeze(1)).abs(), pool)
+    dims = y.shape[-1:] if norm_over == "time" else y.shape[-2:]
+    return F.leaky_relu(F.layer_norm(y, dims) * gain + bias, slope)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "pytorch"])
+@pytest.mark.parametrize("norm_over", ["time", "channel_time"])
+@pytest.mark.parametrize("batch", [1, 13])
+def test_sinc_block_matches_plain_layers_in_float64(native, norm_over, batch, monkeypatch):
+    if native and not cpu_kernels.available(torch.zeros(1)):
+        pytest.skip("native kernels not built")
+    if not native:
+        monkeypatch.setattr(cpu_kernels, "available", lambda tensor: False)
+    torch.manual_seed(batch)
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    x, h = torch.randn(batch, 700, **f64), torch.randn(6, 41, **f64)
+    pooled = (700 - 41 + 1) // 3
+    gain, bias = (1 + 0.5 * torch.randn(6, pooled, dtype=torch.float64)).requires_grad_(), torch.randn(6, pooled, **f64)
+    g = torch.randn(batch, 6, pooled, dtype=torch.float64)
+    inputs = (x, h, gain, bias)
+    ref = _plain_block(x, h, gain, bias, norm_over)
+    ref_grads = torch.autograd.grad((ref * g).sum(), inputs)
+    out = fast_ops.sinc_block(x, h, 3, gain, bias, 0.2, norm_over)
+    grads = torch.autograd.grad((out * g).sum(), inputs)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for name, grad, expected in zip("x h gain bias".split(), grads, ref_grads):
+        torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-10, msg=name)
+    with torch.no_grad():  # the forward-only path
+        torch.testing.assert_close(fast_ops.sinc_block(x, h, 3, gain, bias, 0.2, norm_over), ref)
+
+
+@needs_kernels
+def test_sinc_block_output_is_channels_last_for_the_next_convolution():
+    x, h = torch.randn(2, 400), torch.randn(4, 31)
+    gain, bias = torch.ones(4, 123), torch.zeros(4, 123)
+    out = fast_ops.sinc_block(x, h, 3, gain, bias, 0.2)
+    assert out.stride() == (4 * 123, 1, 4)
+    assert out.unsqueeze(2).is_contiguous(memory_format=torch.channels_last)
+
+
+def _run_python(code, **env):
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **env},
+    )
+
+
+def test_without_a_compiler_the_pytorch_code_is_used(tmp_path):
+    code = (
+        "import warnings, torch\n"
+        "from sincmi import cpu_kernels, fast_ops\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    assert not cpu_kernels.available(torch.zeros(1))\n"
+        "assert any('could not build' in str(w.message) for w in caught), caught\n"
+        "x, h = torch.randn(2, 400, dtype=torch.float64), torch.randn(4, 1, 31, dtype=torch.float64)\n"
+        "ref = torch.nn.functional.max_pool1d(torch.nn.functional.conv1d(x[:, None], h).abs(), 3)\n"
+        "assert torch.allclose(fast_ops.sinc_abs_maxpool(x, h, 3), ref)\n"
+        "print('fallback ok')\n"
+    )
+    result = _run_python(code, CC=str(tmp_path / "no-such-compiler"), SINCMI_CACHE=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "fallback ok" in result.stdout
+
+
+def test_sincmi_native_0_disables_the_kernels(tmp_path):
+    result = _run_python(
+        "import torch; from sincmi import cpu_kernels; print(cpu_kernels.available(torch.zeros(1)))",
+        SINCMI_NATIVE="0", SINCMI_CACHE=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+    assert not list(tmp_path.iterdir())  # nothing was built
+
+
+@needs_kernels
+def test_library_is_built_once_into_the_cache(tmp_path):
+    code = "import torch; from sincmi import cpu_kernels; print(cpu_kernels.available(torch.zeros(1)))"
+    for _ in range(2):
+        result = _run_python(code, SINCMI_CACHE=str(tmp_path))
+        assert result.stdout.strip() == "True", result.stderr
+    built = list((tmp_path / "kernels").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"
