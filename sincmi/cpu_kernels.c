@@ -15,6 +15,7 @@
  */
 #include <stdint.h>
 #include <stdlib.h>
+#include <omp.h>
 
 /* One row, forward. Windows of 3 (SincNet's) are written out so that the
  * compiler vectorises them; other sizes take the general loop. */
@@ -216,3 +217,64 @@ POOL_KERNELS(float, f32)
 POOL_KERNELS(double, f64)
 POOL_NORM_KERNELS(float, f32)
 POOL_NORM_KERNELS(double, f64)
+
+/* The MLP critic's grid (sincmi.fast_ops.mlp_critic_grid): for every anchor i
+ * and candidate j, logit[i][j] = sum_h w[h] * leaky_relu(p[i][h] + q[j][h]),
+ * where p and q are the two halves of the first layer applied to each
+ * embedding once. PyTorch materialises the (rows, cols, hidden) tensor three
+ * times over (sum, activation, gradient); here it is never stored. */
+#define CRITIC_KERNELS(T, SUFFIX)                                                        \
+void mlp_grid_##SUFFIX(const T *p, const T *q, const T *w, int64_t rows, int64_t cols, \
+                       int64_t hidden, double slope, T *logits, int threads) {          \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
+    for (int64_t i = 0; i < rows; i++) {                                                 \
+        const T *pi = p + i * hidden;                                                    \
+        for (int64_t j = 0; j < cols; j++) {                                             \
+            const T *qj = q + j * hidden;                                                \
+            T sum = 0;                                                                   \
+            _Pragma("omp simd reduction(+:sum)")                                         \
+            for (int64_t h = 0; h < hidden; h++) {                                       \
+                T t = pi[h] + qj[h];                                                     \
+                sum += w[h] * (t > 0 ? t : (T)slope * t);                                \
+            }                                                                            \
+            logits[i * cols + j] = sum;                                                  \
+        }                                                                                \
+    }                                                                                    \
+}                                                                                        \
+/* grad_q_parts and grad_w_parts hold one partial sum per thread (the caller  \
+ * adds them up): threads x cols x hidden and threads x hidden. */                       \
+void mlp_grid_backward_##SUFFIX(const T *p, const T *q, const T *w, const T *grad,     \
+                                int64_t rows, int64_t cols, int64_t hidden,             \
+                                double slope, T *grad_p, T *grad_q_parts,                \
+                                T *grad_w_parts, int threads) {                          \
+    _Pragma("omp parallel num_threads(threads)")                                        \
+    {                                                                                    \
+        T *gq = grad_q_parts + (int64_t)omp_get_thread_num() * cols * hidden;            \
+        T *gw = grad_w_parts + (int64_t)omp_get_thread_num() * hidden;                   \
+        for (int64_t k = 0; k < cols * hidden; k++) gq[k] = 0;                           \
+        for (int64_t h = 0; h < hidden; h++) gw[h] = 0;                                  \
+        _Pragma("omp for schedule(static)")                                             \
+        for (int64_t i = 0; i < rows; i++) {                                             \
+            const T *pi = p + i * hidden;                                                \
+            T *gp = grad_p + i * hidden;                                                 \
+            for (int64_t h = 0; h < hidden; h++) gp[h] = 0;                              \
+            for (int64_t j = 0; j < cols; j++) {                                         \
+                T g = grad[i * cols + j];                                                \
+                if (g == 0) continue;                                                    \
+                const T *qj = q + j * hidden;                                            \
+                T *gqj = gq + j * hidden;                                                \
+                _Pragma("omp simd")                                                      \
+                for (int64_t h = 0; h < hidden; h++) {                                   \
+                    T t = pi[h] + qj[h];                                                 \
+                    T dt = (t > 0 ? g : (T)slope * g) * w[h];                            \
+                    gp[h] += dt;                                                         \
+                    gqj[h] += dt;                                                        \
+                    gw[h] += g * (t > 0 ? t : (T)slope * t);                             \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+    }                                                                                    \
+}
+
+CRITIC_KERNELS(float, f32)
+CRITIC_KERNELS(double, f64)

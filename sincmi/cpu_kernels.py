@@ -90,6 +90,10 @@ def _build(compiler):
         getattr(library, f"pool_norm_act_backward_{suffix}").argtypes = (
             [p, i64, i64] + [p] * 5 + [i64] * 6 + [f64, p, p, ctypes.c_int]
         )
+        getattr(library, f"mlp_grid_{suffix}").argtypes = [p] * 3 + [i64] * 3 + [f64, p, ctypes.c_int]
+        getattr(library, f"mlp_grid_backward_{suffix}").argtypes = (
+            [p] * 4 + [i64] * 3 + [f64] + [p] * 3 + [ctypes.c_int]
+        )
     return library
 
 
@@ -230,3 +234,30 @@ def pool_norm_act_backward(grad_out, xhat, rstd, code, gain, bias, slope, group_
         slope, _pointer(dz), _pointer(grad_y), torch.get_num_threads(),
     )
     return dz, grad_y
+
+
+def mlp_grid(p, q, w, slope):
+    """``(leaky_relu(p[:, None] + q[None]) * w).sum(-1)``: ``(rows, cols)`` logits.
+
+    ``p`` ``(rows, hidden)``, ``q`` ``(cols, hidden)`` and ``w`` ``(hidden,)``
+    are contiguous tensors of one dtype.
+    """
+    rows, hidden = p.shape
+    logits = p.new_empty(rows, q.shape[0])
+    function = getattr(_library_or_none(), f"mlp_grid_{_TYPES[p.dtype]}")
+    function(_pointer(p), _pointer(q), _pointer(w), rows, q.shape[0], hidden, slope, _pointer(logits),
+             torch.get_num_threads())
+    return logits
+
+
+def mlp_grid_backward(p, q, w, grad, slope):
+    """Gradients of :func:`mlp_grid` with respect to ``p``, ``q`` and ``w``."""
+    rows, hidden = p.shape
+    cols, threads = q.shape[0], torch.get_num_threads()
+    grad_p = torch.empty_like(p)
+    grad_q_parts = p.new_empty(threads, cols, hidden)
+    grad_w_parts = p.new_empty(threads, hidden)
+    function = getattr(_library_or_none(), f"mlp_grid_backward_{_TYPES[p.dtype]}")
+    function(_pointer(p), _pointer(q), _pointer(w), _pointer(grad.contiguous()), rows, cols, hidden, slope,
+             _pointer(grad_p), _pointer(grad_q_parts), _pointer(grad_w_parts), threads)
+    return grad_p, grad_q_parts.sum(0), grad_w_parts.sum(0)

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sincmi.fast_ops import mlp_critic_grid
+
 
 class PairDiscriminator(nn.Module):
     """Base class: ``forward(z1, z2)`` scores aligned pairs, ``forward(a, b, index)`` is ``pairwise``.
@@ -74,8 +76,12 @@ class MLPDiscriminator(PairDiscriminator):
         if 2 * index.shape[1] >= b.shape[0]:
             # Most pairs are needed (all negatives): score the whole grid and
             # pick. A broadcast's backward is a sum; indexing's is a slow scatter.
-            hidden = first.unsqueeze(1) + second.unsqueeze(0)
-            return self.rest(hidden).squeeze(-1).gather(1, index)
+            if len(self.rest) == 2:  # one hidden layer: fused, see fast_ops
+                activation, last = self.rest
+                grid = mlp_critic_grid(first, second, last.weight, last.bias, activation.negative_slope)
+            else:
+                grid = self.rest(first.unsqueeze(1) + second.unsqueeze(0)).squeeze(-1)
+            return grid.gather(1, index)
         hidden = first.unsqueeze(1) + second.index_select(0, index.flatten()).unflatten(0, index.shape)
         return self.rest(hidden).squeeze(-1)
 

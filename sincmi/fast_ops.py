@@ -294,6 +294,44 @@ def _sinc_abs_maxpool_inference(x, h, pool):
     return out
 
 
+class _MLPCriticGrid(torch.autograd.Function):
+    """``(leaky_relu(p[:, None] + q[None]) * w).sum(-1)`` by the native kernels."""
+
+    @staticmethod
+    def forward(ctx, p, q, w, slope):
+        ctx.save_for_backward(p, q, w)
+        ctx.slope = slope
+        return cpu_kernels.mlp_grid(p, q, w, slope)
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, q, w = ctx.saved_tensors
+        return (*cpu_kernels.mlp_grid_backward(p, q, w, grad, ctx.slope), None)
+
+
+def mlp_critic_grid(p, q, weight, bias, negative_slope):
+    """Logits of a one-hidden-layer MLP critic for every pair (i, j).
+
+    ``F.linear(F.leaky_relu(p[:, None] + q[None], slope), weight, bias)[..., 0]``
+    where ``p`` ``(rows, hidden)`` and ``q`` ``(cols, hidden)`` are the first
+    layer's two halves applied to each embedding. On CPU the native kernels
+    compute it without storing the ``(rows, cols, hidden)`` activations.
+
+    Example
+    -------
+    >>> p, q, w, b = torch.randn(3, 8), torch.randn(4, 8), torch.randn(1, 8), torch.randn(1)
+    >>> ref = F.linear(F.leaky_relu(p[:, None] + q[None], 0.2), w, b)[..., 0]
+    >>> torch.allclose(mlp_critic_grid(p, q, w, b, 0.2), ref, atol=1e-5)
+    True
+    """
+    tensors = (p, q, weight)
+    if cpu_kernels.available(p) and all(t.dtype == p.dtype and t.device == p.device for t in tensors):
+        w = weight.reshape(-1).contiguous()
+        return _MLPCriticGrid.apply(p.contiguous(), q.contiguous(), w, negative_slope) + bias
+    hidden = F.leaky_relu(p.unsqueeze(1) + q.unsqueeze(0), negative_slope)
+    return F.linear(hidden, weight, bias).squeeze(-1)
+
+
 def conv2d_channels_last(x, weight, bias=None):
     """``F.conv1d(x, weight, bias)`` run as a channels-last 2-D convolution.
 

@@ -164,3 +164,25 @@ def test_library_is_built_once_into_the_cache(tmp_path):
         assert result.stdout.strip() == "True", result.stderr
     built = list((tmp_path / "kernels").iterdir())
     assert len(built) == 1 and built[0].suffix == ".so"
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "pytorch"])
+def test_mlp_critic_grid_matches_plain_layers_in_float64(native, monkeypatch):
+    if native and not cpu_kernels.available(torch.zeros(1)):
+        pytest.skip("native kernels not built")
+    if not native:
+        monkeypatch.setattr(cpu_kernels, "available", lambda tensor: False)
+    torch.manual_seed(0)
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    p, q = torch.randn(5, 24, **f64), torch.randn(7, 24, **f64)
+    w, b = torch.randn(1, 24, **f64), torch.randn(1, **f64)
+    g = torch.randn(5, 7, dtype=torch.float64)
+    g[:, 2] = 0  # pairs that are not used (the kernel skips them)
+    inputs = (p, q, w, b)
+    ref = F.linear(F.leaky_relu(p.unsqueeze(1) + q.unsqueeze(0), 0.2), w, b).squeeze(-1)
+    ref_grads = torch.autograd.grad((ref * g).sum(), inputs)
+    out = fast_ops.mlp_critic_grid(p, q, w, b, 0.2)
+    grads = torch.autograd.grad((out * g).sum(), inputs)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for name, grad, expected in zip("p q w b".split(), grads, ref_grads):
+        torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12, msg=name)
