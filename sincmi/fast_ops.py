@@ -47,11 +47,17 @@ class _Spectra:
     def __init__(self, x, h):
         self.time, self.taps = x.shape[-1], h.shape[-1]
         self.x = torch.fft.rfft(x, n=self.time)
-        self.h_conj = torch.fft.rfft(h, n=self.time).conj()
+        self.h_conj = torch.fft.rfft(h, n=self.time).conj().resolve_conj()
+        self._product = None
 
     def output(self, start, stop):
         """``(n, channels, time)`` sinc-layer output of chunks start..stop."""
-        return torch.fft.irfft(self.x[start:stop, None] * self.h_conj, n=self.time)
+        x = self.x[start:stop, None]
+        # One product buffer for every micro-batch: a fresh one costs page faults.
+        if self._product is None or self._product.shape[0] < x.shape[0]:
+            self._product = torch.empty(x.shape[0], *self.h_conj.shape, dtype=x.dtype, device=x.device)
+        product = torch.mul(x, self.h_conj, out=self._product[: x.shape[0]])
+        return torch.fft.irfft(product, n=self.time)
 
 
 class _SpectralGradients:
