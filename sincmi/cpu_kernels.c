@@ -1,10 +1,12 @@
-/* CPU kernels for the sinc layer's |.| + max-pool (see sincmi/cpu_kernels.py).
+/* CPU kernels for the SincNet encoder's first block and the MLP critic
+ * (built and bound by sincmi/cpu_kernels.py, used by sincmi/fast_ops.py).
  *
  * The sinc layer's output is 80 x 2950 samples per chunk; PyTorch reduces it
- * with |.|, a max-pool with indices, a gather of the winners' signs and, in
- * the backward pass, a scatter into a zero tensor: five or six passes over the
- * largest tensor of the network, and a max with indices over windows of 3 that
- * does not vectorise. Here each direction is one vectorised pass.
+ * with |.|, a max-pool with indices, a gather of the winners' signs, then a
+ * LayerNorm, gain and bias and LeakyReLU, and in the backward pass the same in
+ * reverse with a scatter into a zero tensor: a dozen passes over the largest
+ * tensor of the network, and a max with indices over windows of 3 that does
+ * not vectorise. Here each direction is one vectorised pass.
  *
  * Layout: `rows` rows of `time` samples (y, grad_y) or of `pooled` windows
  * (out, code, grad_out), all contiguous. Window m of a row covers samples

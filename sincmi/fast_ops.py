@@ -1,23 +1,29 @@
-"""Fast kernels for the SincNet encoder, numerically equal to the plain layers.
+"""Fast kernels for the SincNet encoder and the MLP critic, numerically equal to the plain layers.
 
 The sinc layer dominates SincNet's cost: 80 filters of 251 taps over 3200
 samples is 59 M multiply-adds per chunk, three times over in training
 (forward, input and filter gradients), and its 80 x 2950 output is then read
-and written again by |.|, max-pool and their backward passes. Here the layer
-is one autograd function that
+and written again by |.|, max-pool, LayerNorm, gain and bias, LeakyReLU and
+their backward passes. Here the whole first block is one autograd function
+(:func:`sinc_block`) that
 
 * correlates in the frequency domain (the filters are short, the chunk is
   long: one real FFT of the chunk, a product with the 80 filter spectra, one
-  inverse FFT), and
-* takes |.| and the max-pool in the same pass, keeping for the backward pass
-  only which of the pooled samples won and its sign (one int8 per output),
-
-processing a few chunks at a time so that the large intermediate (chunks x
-filters x samples) stays in the CPU cache instead of memory.
+  inverse FFT), a few chunks at a time so that the chunks x filters x samples
+  intermediate stays in the CPU cache, and
+* on CPU, hands each micro-batch's output to a native kernel
+  (:mod:`sincmi.cpu_kernels`) that takes |.|, the max-pool, the LayerNorm,
+  gain, bias and LeakyReLU in one pass, keeping for the backward pass only the
+  normalised values and which pooled sample won and its sign (one int8 per
+  output). Elsewhere (GPU, or no C compiler) the same function is composed
+  from :func:`sinc_abs_maxpool` and PyTorch's layers.
 
 The ordinary convolutions run as 2-D convolutions in channels-last layout,
-which oneDNN computes about 1.6 times faster than the 1-D layout on CPU; their
-max-pool runs in that layout too, so that only the pooled map is copied back.
+which oneDNN computes about 1.6 times faster than the 1-D layout on CPU; the
+sinc block writes its output in that layout, and the convolutions' max-pool
+runs in it, so that only pooled maps are copied. :func:`mlp_critic_grid`
+scores every pair of a batch with the paper's MLP critic without storing its
+(pairs x hidden) activations.
 """
 
 import torch

@@ -69,3 +69,17 @@ def test_benchmark_rounds_report_the_median_and_the_ratio_per_round(monkeypatch)
     assert by_name["base"]["chunks_per_s"] == 100.0 and by_name["fast"]["chunks_per_s"] == 300.0
     assert by_name["fast"]["speedup"] == 3.0  # median of 3.0, 2.0, 5.0
     assert by_name["fast"]["speedup_range"] == [2.0, 5.0]
+
+
+def _environment_variable(name):
+    return os.environ.get(name)
+
+
+def test_benchmark_allocator_setting_reaches_the_measuring_processes(monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import benchmark
+
+    for name, value in benchmark.KEEP_FREED_MEMORY.items():
+        monkeypatch.setenv(name, value)
+    seen = benchmark._in_child(_environment_variable, "MALLOC_TRIM_THRESHOLD_")
+    assert seen == benchmark.KEEP_FREED_MEMORY["MALLOC_TRIM_THRESHOLD_"]

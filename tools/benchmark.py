@@ -34,8 +34,15 @@ peak memory (max RSS) is its own; on a GPU, peak memory is ``torch.cuda.max_memo
 runs use all the process's threads (2 on the CI machine). Prints tables and
 writes JSON (``--out``).
 
+Each step and eval row also reports the minor page faults per step (per chunk):
+on a machine where they are expensive, fresh memory for large temporaries costs
+the straightforward implementation a large share of its time. ``--allocator
+keep`` runs the measurements with glibc's malloc keeping freed memory for
+reuse, which removes most of them: compare both runs before reading a ratio.
+
 Usage:
     python tools/benchmark.py --out benchmark.json
+    python tools/benchmark.py --sections step eval --allocator keep --out benchmark_keep.json
     python tools/benchmark.py --sections step eval --device cuda
 """
 
@@ -55,6 +62,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED_LIBRISPEECH = os.path.join(ROOT, "..", "shared", "data", "LibriSpeech_sample")
+# glibc malloc settings: serve large blocks from the heap and never return freed memory to the system.
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2**31), "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 TIMIT_ENCODER = dict(chunk_size=3200, sinc_filters=80, sinc_kernel=251, conv_channels=[60, 60],
                      conv_kernels=[5, 5], fc_sizes=[2048, 2048, 2048], norm_over="time")
 
@@ -68,19 +77,21 @@ def _peak_memory_mib(device):
 
 
 def _seconds_per_call(fn, device, repeats):
-    """Mean seconds of ``fn()`` after one warm-up call (GPU work included)."""
+    """Mean seconds and minor page faults of ``fn()`` after one warm-up call (GPU work included)."""
     import torch
 
     fn()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+    seconds = (time.perf_counter() - start) / repeats
+    return seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeats
 
 
 def _straightforward_encoder():
@@ -163,9 +174,9 @@ def _measure_step(kind, device, pairs=128, repeats=5, amp=False):
         return loss
 
     step()  # warm-up (allocator, oneDNN/cuDNN kernel choice)
-    seconds = _seconds_per_call(step, device, repeats)
+    seconds, faults = _seconds_per_call(step, device, repeats)
     return {"seconds_per_step": seconds, "chunks_per_s": 2 * pairs / seconds,
-            "peak_mib": _peak_memory_mib(device)}
+            "page_faults_per_step": faults, "peak_mib": _peak_memory_mib(device)}
 
 
 def _compare_outputs(device):
@@ -208,8 +219,9 @@ def _measure_eval(kind, device, sentences=16, seconds=3.0, repeats=3):
             return torch.stack(out)
         return utterance_embeddings(encoder, wavs, None, size, shift, max_chunks=256)
 
-    elapsed = _seconds_per_call(run, device, repeats)
-    return {"chunks": n_chunks, "chunks_per_s": n_chunks / elapsed, "peak_mib": _peak_memory_mib(device)}
+    elapsed, faults = _seconds_per_call(run, device, repeats)
+    return {"chunks": n_chunks, "chunks_per_s": n_chunks / elapsed, "page_faults_per_chunk": faults / n_chunks,
+            "peak_mib": _peak_memory_mib(device)}
 
 
 def _audio_manifest(data_folder, folder):
@@ -425,8 +437,14 @@ def main(argv=None):
     parser.add_argument("--data_workers", nargs="+", type=int, default=[0, 4])
     parser.add_argument("--trials", nargs="+", type=int, default=[1_000_000, 10_000_000])
     parser.add_argument("--speechbrain_trials", nargs="+", type=int, default=[2_000, 10_000])
+    parser.add_argument("--allocator", choices=["default", "keep"], default="default",
+                        help="glibc malloc in the measuring processes: its defaults, or 'keep' (freed "
+                             "memory kept for reuse, MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_), "
+                             "under which large temporary tensors stop costing page faults")
     parser.add_argument("--out", default="benchmark.json")
     args = parser.parse_args(argv)
+    if args.allocator == "keep":  # read by glibc when each child process starts
+        os.environ.update(KEEP_FREED_MEMORY)
 
     import torch
 
@@ -435,7 +453,8 @@ def main(argv=None):
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "processor": platform.processor() or platform.machine(),
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                    "python": sys.version.split()[0], "torch": torch.__version__},
+                    "python": sys.version.split()[0], "torch": torch.__version__,
+                    "allocator": args.allocator},
     }
     print(json.dumps(results["machine"]))
     if "step" in args.sections:
@@ -443,7 +462,7 @@ def main(argv=None):
         rows = step_section(devices, not args.no_amp, args.rounds)
         print_rows(rows, [("device", str, 6), ("implementation", str, 22), ("chunks_per_s", _f(0), 12),
                           ("chunks_per_s_range", _range(0), 12), ("speedup", _f(2), 8), ("speedup_range", _range(2), 12),
-                          ("peak_mib", _f(0), 9)])
+                          ("page_faults_per_step", _f(0), 20), ("peak_mib", _f(0), 9)])
         results["step"] = rows
         results["fast_vs_reference"] = {d: _in_child(_compare_outputs, d) for d in devices}
         print("fast vs reference encoder, same weights (relative L2 difference):",
@@ -453,7 +472,7 @@ def main(argv=None):
         rows = eval_section(devices, args.rounds)
         print_rows(rows, [("device", str, 6), ("implementation", str, 16), ("chunks_per_s", _f(0), 12),
                           ("chunks_per_s_range", _range(0), 12), ("speedup", _f(2), 8), ("speedup_range", _range(2), 12),
-                          ("peak_mib", _f(0), 9)])
+                          ("page_faults_per_chunk", _f(1), 21), ("peak_mib", _f(0), 9)])
         results["eval"] = rows
     if "data" in args.sections:
         print("== Data pipeline: random chunk pairs per second (batches of 128) ==")
