@@ -29,6 +29,17 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c
 FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-std=c99", "-shared", "-fPIC"]
 _TYPES = {torch.float32: "f32", torch.float64: "f64"}
 
+# Argument types of the exported functions (each has an _f32 and an _f64 version).
+_p, _i64, _f64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+_SIGNATURES = {
+    "abs_max_pool": [_p] + [_i64] * 4 + [_p] * 2 + [_int],
+    "abs_max_pool_backward": [_p] * 2 + [_i64] * 4 + [_p, _int],
+    "pool_norm_act": [_p] + [_i64] * 6 + [_p, _p, _f64, _f64] + [_p, _i64, _i64] + [_p] * 3 + [_int],
+    "pool_norm_act_backward": [_p, _i64, _i64] + [_p] * 5 + [_i64] * 6 + [_f64, _p, _p, _int],
+    "mlp_grid": [_p] * 3 + [_i64] * 3 + [_f64, _p, _int],
+    "mlp_grid_backward": [_p] * 4 + [_i64] * 3 + [_f64] + [_p] * 3 + [_int],
+}
+
 _library = None
 _loaded = False
 _lock = threading.Lock()
@@ -77,23 +88,9 @@ def _build(compiler):
             if os.path.exists(partial):
                 os.remove(partial)
     library = ctypes.CDLL(target)
-    for suffix in _TYPES.values():
-        forward = getattr(library, f"abs_max_pool_{suffix}")
-        forward.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
-        backward = getattr(library, f"abs_max_pool_backward_{suffix}")
-        backward.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int]
-    p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-    for suffix in _TYPES.values():
-        getattr(library, f"pool_norm_act_{suffix}").argtypes = (
-            [p] + [i64] * 6 + [p, p, f64, f64] + [p, i64, i64] + [p] * 3 + [ctypes.c_int]
-        )
-        getattr(library, f"pool_norm_act_backward_{suffix}").argtypes = (
-            [p, i64, i64] + [p] * 5 + [i64] * 6 + [f64, p, p, ctypes.c_int]
-        )
-        getattr(library, f"mlp_grid_{suffix}").argtypes = [p] * 3 + [i64] * 3 + [f64, p, ctypes.c_int]
-        getattr(library, f"mlp_grid_backward_{suffix}").argtypes = (
-            [p] * 4 + [i64] * 3 + [f64] + [p] * 3 + [ctypes.c_int]
-        )
+    for name, argtypes in _SIGNATURES.items():
+        for suffix in _TYPES.values():
+            getattr(library, f"{name}_{suffix}").argtypes = argtypes
     return library
 
 

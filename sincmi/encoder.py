@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sincmi.fast_ops import conv2d_channels_last, sinc_block
+from sincmi.fast_ops import conv2d_channels_last, norm_act, sinc_block
 
 IMPLEMENTATIONS = ("fast", "reference")
 CPU_CONV_MICRO_BATCH = 64
@@ -132,7 +132,7 @@ class ConvBlock(nn.Module):
         if norm_over not in ("time", "channel_time"):
             raise ValueError(f"norm_over must be 'time' or 'channel_time', got {norm_over!r}")
         self.fast = fast
-        self.norm_dims = 1 if norm_over == "time" else 2
+        self.norm_over = norm_over
         self.conv = conv
         self.pool = pool
         self.use_abs = use_abs
@@ -150,14 +150,14 @@ class ConvBlock(nn.Module):
             x = x.abs()
         if self.pool > 1:
             x = F.max_pool1d(x, self.pool)
-        x = F.layer_norm(x, x.shape[-self.norm_dims :]) * self.gain + self.bias
+        dims = 1 if self.norm_over == "time" else 2
+        x = F.layer_norm(x, x.shape[-dims:]) * self.gain + self.bias
         return F.leaky_relu(x, self.negative_slope)
 
     def _fast_forward(self, x):
         if isinstance(self.conv, SincConv) and self.use_abs:
-            norm_over = "time" if self.norm_dims == 1 else "channel_time"
             return sinc_block(x.squeeze(1), self.conv.filters(), self.pool, self.gain, self.bias,
-                              self.negative_slope, norm_over)
+                              self.negative_slope, self.norm_over)
         # Channels-last 2-D convolution; |.| and pooling stay in that layout,
         # so only the (3 times smaller) pooled map is copied back.
         x = conv2d_channels_last(x, self.conv.weight, self.conv.bias)
@@ -166,11 +166,7 @@ class ConvBlock(nn.Module):
         if self.pool > 1:
             x = F.max_pool2d(x, (1, self.pool))
         x = x.squeeze(2).contiguous()
-        if self.norm_dims == 2:  # one fused call: normalise, scale, shift
-            x = F.layer_norm(x, x.shape[-2:], self.gain.to(x.dtype), self.bias.to(x.dtype))
-        else:
-            x = torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:]), self.gain)
-        return F.leaky_relu(x, self.negative_slope, inplace=True)
+        return norm_act(x, self.gain, self.bias, self.negative_slope, self.norm_over)
 
 
 class SincNetEncoder(nn.Module):

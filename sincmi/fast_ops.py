@@ -206,18 +206,28 @@ def sinc_block(x, filters, pool, gain, bias, negative_slope, norm_over="time"):
     dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     x, filters = x.to(dtype), filters.reshape(filters.shape[0], -1).to(dtype)
     gain, bias = gain.to(dtype).contiguous(), bias.to(dtype).contiguous()
-    group_rows = 1 if norm_over == "time" else gain.shape[0]
     if not cpu_kernels.available(x):
-        y = sinc_abs_maxpool(x, filters, pool)
-        if group_rows == 1:
-            y = torch.addcmul(bias, F.layer_norm(y, y.shape[-1:]), gain)
-        else:
-            y = F.layer_norm(y, y.shape[-2:], gain, bias)
-        return F.leaky_relu(y, negative_slope, inplace=True)
+        return norm_act(sinc_abs_maxpool(x, filters, pool), gain, bias, negative_slope, norm_over)
+    group_rows = 1 if norm_over == "time" else gain.shape[0]
     x = x.contiguous()
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, filters, gain, bias)):
         return _SincBlock.apply(x, filters, gain, bias, pool, negative_slope, group_rows)
     return _sinc_block_inference(x, filters, pool, gain, bias, negative_slope, group_rows)
+
+
+def norm_act(x, gain, bias, negative_slope, norm_over="time"):
+    """``leaky_relu(layer_norm(x) * gain + bias)`` in PyTorch, for ``(batch, channels, time)`` maps.
+
+    LayerNorm over time per channel (``norm_over="time"``) or over the whole
+    map (``"channel_time"``); the affine part is one fused call, the
+    activation in place.
+    """
+    gain, bias = gain.to(x.dtype), bias.to(x.dtype)
+    if norm_over == "time":
+        x = torch.addcmul(bias, F.layer_norm(x, x.shape[-1:]), gain)
+    else:
+        x = F.layer_norm(x, x.shape[-2:], gain, bias)
+    return F.leaky_relu(x, negative_slope, inplace=True)
 
 
 def _sinc_block_inference(x, h, pool, gain, bias, slope, group_rows):

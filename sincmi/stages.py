@@ -68,6 +68,12 @@ def training_audio(hparams, rows):
     return data.preload_audio(rows) if hparams.get("audio_cache") else None
 
 
+def resample_rates(hparams):
+    """``(file_sample_rate, sample_rate)`` when the files have another rate than the model, else None."""
+    rates = (hparams.get("file_sample_rate") or hparams["sample_rate"], hparams["sample_rate"])
+    return None if rates[0] == rates[1] else rates
+
+
 def pretrain_and_identify(hparams, run_opts, manifests, labels, timings, audio=None):
     """LIM pretraining on the training sentences, then speaker id on them.
 
@@ -82,9 +88,7 @@ def pretrain_and_identify(hparams, run_opts, manifests, labels, timings, audio=N
     Returns ``(encoder, speaker-id test statistics)``.
     """
     chunk, gain = hparams["chunk_size"], hparams.get("random_gain")
-    rs = (hparams.get("file_sample_rate") or hparams["sample_rate"], hparams["sample_rate"])
-    rs = None if rs[0] == rs[1] else rs
-    rate = hparams["sample_rate"]
+    rs, rate = resample_rates(hparams), hparams["sample_rate"]
     start = time.time()
     if audio is None:
         audio = training_audio(hparams, manifests["train"])
@@ -139,8 +143,7 @@ def plot_embeddings(hparams, encoder, rows, device, max_speakers=20, name="test"
         return None
     speakers = set(sorted({row["spk_id"] for row in rows.values()})[:max_speakers])
     subset = {key: row for key, row in rows.items() if row["spk_id"] in speakers}
-    rs = (hparams.get("file_sample_rate") or hparams["sample_rate"], hparams["sample_rate"])
-    dataset = data.sentence_dataset(subset, resample=None if rs[0] == rs[1] else rs, sample_rate=rs[1])
+    dataset = data.sentence_dataset(subset, resample=resample_rates(hparams), sample_rate=hparams["sample_rate"])
     embeddings = embed_dataset(encoder, dataset, device, hparams["eval_batch_size"])
     path = os.path.join(hparams["output_folder"], f"embeddings_{name}.png")
     embedding_map(torch.stack(list(embeddings.values())).numpy(), [subset[k]["spk_id"] for k in embeddings], path,
