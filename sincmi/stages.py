@@ -5,6 +5,7 @@ it stopped and a finished stage is not run again. Recipes call these
 functions in order from their ``train.py``.
 """
 
+import atexit
 import json
 import logging
 import os
@@ -40,6 +41,11 @@ def start_experiment(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     # Under torchrun: join the process group (a no-op in a single process).
     sb.utils.distributed.ddp_init_group(run_opts)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Leave it while the interpreter is alive: a gloo group torn down during
+        # interpreter shutdown can abort the process ("terminate called without
+        # an active exception") after a successful run.
+        atexit.register(_leave_process_group)
     with open(hparams_file) as f:
         hparams = load_hyperpyyaml(f, overrides)
     check_hparams(hparams)
@@ -61,6 +67,11 @@ def load_speaker_id_data(hparams, data_root):
         manifests["train"], os.path.join(hparams["save_folder"], "label_encoder.txt")
     )
     return manifests, labels
+
+
+def _leave_process_group():
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def training_audio(hparams, rows):
