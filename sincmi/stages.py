@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 
 import speechbrain as sb
@@ -42,10 +43,7 @@ def start_experiment(argv):
     # Under torchrun: join the process group (a no-op in a single process).
     sb.utils.distributed.ddp_init_group(run_opts)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Leave it while the interpreter is alive: a gloo group torn down during
-        # interpreter shutdown can abort the process ("terminate called without
-        # an active exception") after a successful run.
-        atexit.register(_leave_process_group)
+        leave_process_group_at_exit()
     with open(hparams_file) as f:
         hparams = load_hyperpyyaml(f, overrides)
     check_hparams(hparams)
@@ -69,9 +67,37 @@ def load_speaker_id_data(hparams, data_root):
     return manifests, labels
 
 
-def _leave_process_group():
-    if torch.distributed.is_initialized():
+def leave_process_group_at_exit():
+    """Makes the processes of a DDP run leave their group together at exit.
+
+    Gloo's worker threads drop the tensors of a collective a moment after the
+    caller sees it finish. If this process is already shutting Python down by
+    then, dropping a tensor that Python created needs the GIL and aborts the
+    process ("terminate called without an active exception", SIGABRT) after a
+    successful run (pytorch/pytorch#190489). Destroying the group does not
+    stop those threads once DDP has used it (they outlive
+    ``destroy_process_group``, measured with torch 2.14), so a process that ends
+    normally first waits at a barrier for the others (a non-main process would
+    otherwise exit while the main one still writes the report), then destroys
+    the group. After an uncaught exception there is no barrier: the others may
+    never arrive.
+    """
+    failed = []
+    previous_hook = sys.excepthook
+
+    def note_failure(*exc_info):
+        failed.append(True)
+        previous_hook(*exc_info)
+
+    def leave():
+        if not torch.distributed.is_initialized():
+            return
+        if not failed:
+            sb.utils.distributed.ddp_barrier()
         torch.distributed.destroy_process_group()
+
+    sys.excepthook = note_failure
+    atexit.register(leave)
 
 
 def training_audio(hparams, rows):

@@ -66,3 +66,62 @@ def test_two_process_ddp_training_equals_single_process_evaluation(tmp_path):
     assert ddp["loss"] == pytest.approx(one["loss"], rel=1e-5)
     assert ddp["EER_threshold"] == pytest.approx(one["EER_threshold"], abs=1e-5)
     assert ddp["sentences"] == 4  # every test sentence counted once over the two processes
+
+
+
+EXIT_SCRIPT = """
+import atexit, os, time
+import torch, torch.distributed as dist
+from sincmi.stages import leave_process_group_at_exit
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+# atexit runs handlers last-in first-out: this one runs after the group was left.
+atexit.register(lambda: print("rank %d left at %.3f" % (rank, time.time()), flush=True))
+leave_process_group_at_exit()
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
+model(torch.randn(2, 4)).sum().backward()
+if os.environ.get("FAIL_RANK") == str(rank):  # while the other one gathers
+    raise RuntimeError("rank %d fails" % rank)
+parts = [None, None]
+dist.all_gather_object(parts, {"rank": rank})
+if rank == 0:
+    time.sleep(1.0)  # the main process still writes its report
+print("rank %d done at %.3f" % (rank, time.time()), flush=True)
+"""
+
+
+def run_exit_script(tmp_path, fail_rank=""):
+    script = tmp_path / "exit_script.py"
+    script.write_text(EXIT_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    # A process waiting for others that never arrive would hang (gloo's timeout is 30 min).
+    return subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, FAIL_RANK=str(fail_rank)))
+
+
+def event_times(output, event):
+    return {int(line.split()[1]): float(line.split()[-1]) for line in output.splitlines()
+            if line.startswith("rank ") and f" {event} at " in line}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_processes_leave_the_group_together_after_a_successful_run(tmp_path):
+    # A non-main process that exits while gloo's threads still release a
+    # collective's tensors can abort (SIGABRT) after a successful run: it
+    # waits at a barrier for the main process, which finishes a second later.
+    proc = run_exit_script(tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    done, left = event_times(proc.stdout, "done"), event_times(proc.stdout, "left")
+    assert sorted(done) == sorted(left) == [0, 1]
+    assert done[0] - done[1] > 0.5  # rank 1 finished its work first ...
+    assert left[1] >= done[0]  # ... and left only once rank 0 had finished too
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+@pytest.mark.parametrize("fail_rank", [0, 1])
+def test_a_failing_process_ends_the_run_without_waiting_for_the_others(tmp_path, fail_rank):
+    proc = run_exit_script(tmp_path, fail_rank)  # no wait for a barrier the others never reach
+    assert proc.returncode != 0
+    assert f"rank {fail_rank} fails" in proc.stdout + proc.stderr
+    assert fail_rank not in event_times(proc.stdout, "done")
