@@ -114,7 +114,7 @@ def test_processes_leave_the_group_together_after_a_successful_run(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     done, left = event_times(proc.stdout, "done"), event_times(proc.stdout, "left")
     assert sorted(done) == sorted(left) == [0, 1]
-    assert done[0] - done[1] > 0.5  # rank 1 finished its work first ...
+    assert done[1] < done[0]  # rank 1 finished its work first ...
     assert left[1] >= done[0]  # ... and left only once rank 0 had finished too
 
 
