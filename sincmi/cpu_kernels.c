@@ -19,6 +19,10 @@
 #include <stdlib.h>
 #include <omp.h>
 
+/* Rows (channels) produced together before a channels-last copy: 16 floats
+ * are one 64-byte cache line. */
+#define TILE_ROWS 16
+
 /* One row, forward. Windows of 3 (SincNet's) are written out so that the
  * compiler vectorises them; other sizes take the general loop. */
 #define POOL_ROW(T, SUFFIX)                                                              \
@@ -87,13 +91,12 @@ static void pool_backward_row_##SUFFIX(const int8_t *code, const T *grad_out,   
 
 /* Pool a group of rows (one row: norm over time; a whole chunk: over channels
  * and time), then LayerNorm over the group, per-position gain and bias, and
- * LeakyReLU. xhat (the normalised values) is row-major; `out` has element
- * strides out_cs (channel) and out_ms (time) within a chunk, so that it can be
- * written channels-last, the layout the next convolution reads. */
+ * LeakyReLU. xhat (the normalised values) is row-major; row r of the group's
+ * output starts at out + r * out_rs, with element stride out_ms. */
 #define POOL_NORM_GROUP(T, SUFFIX)                                                       \
 static void pool_norm_group_##SUFFIX(const T *y, int64_t first_row, int64_t group_rows, \
         int64_t channels, int64_t time, int64_t pooled, int64_t pool, const T *gain,    \
-        const T *bias, double slope, double eps, T *out, int64_t out_cs, int64_t out_ms,\
+        const T *bias, double slope, double eps, T *out, int64_t out_rs, int64_t out_ms,\
         T *xhat, T *rstd_out, int8_t *code) {                                            \
     int64_t n = group_rows * pooled;                                                     \
     T *x = xhat + first_row * pooled;                                                    \
@@ -113,7 +116,7 @@ static void pool_norm_group_##SUFFIX(const T *y, int64_t first_row, int64_t grou
         int64_t row = first_row + r, c = row % channels;                                 \
         const T *g = gain + c * pooled, *b = bias + c * pooled;                          \
         T *xr = x + r * pooled;                                                          \
-        T *o = out + (row / channels) * channels * pooled + c * out_cs;                  \
+        T *o = out + r * out_rs;                                                         \
         _Pragma("omp simd")                                                              \
         for (int64_t m = 0; m < pooled; m++) {                                           \
             T normed = (xr[m] - mu) * rstd;                                              \
@@ -187,15 +190,48 @@ void abs_max_pool_backward_##SUFFIX(const int8_t *code, const T *grad_out, int64
 #define POOL_NORM_KERNELS(T, SUFFIX)                                                     \
 POOL_NORM_GROUP(T, SUFFIX)                                                               \
 POOL_NORM_GROUP_BACKWARD(T, SUFFIX)                                                      \
+/* `out` has element strides out_cs (channel) and out_ms (time) within a chunk,  \
+ * chunks contiguous. Written channels-last (out_ms = channels), a row's outputs   \
+ * are channels apart: each store would touch its own cache line. The rows are    \
+ * then produced TILE_ROWS (or a group) at a time into a row-major buffer and     \
+ * copied out time step by time step, TILE_ROWS adjacent values per store. */    \
 void pool_norm_act_##SUFFIX(const T *y, int64_t groups, int64_t group_rows,            \
         int64_t channels, int64_t time, int64_t pooled, int64_t pool, const T *gain,    \
         const T *bias, double slope, double eps, T *out, int64_t out_cs, int64_t out_ms, \
         T *xhat, T *rstd, int8_t *code, int threads) {                                   \
-    _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
-    for (int64_t k = 0; k < groups; k++)                                                 \
-        pool_norm_group_##SUFFIX(y, k * group_rows, group_rows, channels, time, pooled, \
-                                 pool, gain, bias, slope, eps, out, out_cs, out_ms,      \
-                                 xhat, rstd + k, code);                                  \
+    if (out_ms == 1) {                                                                   \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")               \
+        for (int64_t k = 0; k < groups; k++) {                                           \
+            int64_t row = k * group_rows;                                                \
+            T *o = out + (row / channels) * channels * pooled + (row % channels) * out_cs; \
+            pool_norm_group_##SUFFIX(y, row, group_rows, channels, time, pooled, pool,   \
+                                     gain, bias, slope, eps, o, out_cs, 1, xhat,         \
+                                     rstd + k, code);                                    \
+        }                                                                                \
+        return;                                                                          \
+    }                                                                                    \
+    int64_t unit = group_rows > TILE_ROWS ? group_rows : TILE_ROWS;                      \
+    int64_t units = (channels + unit - 1) / unit, batch = groups * group_rows / channels; \
+    _Pragma("omp parallel num_threads(threads)")                                        \
+    {                                                                                    \
+        T *buffer = (T *)malloc(sizeof(T) * unit * pooled);                              \
+        _Pragma("omp for schedule(static)")                                             \
+        for (int64_t u = 0; u < batch * units; u++) {                                    \
+            int64_t b = u / units, c0 = (u % units) * unit;                              \
+            int64_t rows = channels - c0 < unit ? channels - c0 : unit;                  \
+            for (int64_t r = 0; r < rows; r += group_rows) {                             \
+                int64_t row = b * channels + c0 + r;                                     \
+                pool_norm_group_##SUFFIX(y, row, group_rows, channels, time, pooled,     \
+                                         pool, gain, bias, slope, eps, buffer + r * pooled,\
+                                         pooled, 1, xhat, rstd + row / group_rows, code); \
+            }                                                                            \
+            T *o = out + b * channels * pooled + c0 * out_cs;                            \
+            for (int64_t m = 0; m < pooled; m++)                                         \
+                for (int64_t r = 0; r < rows; r++)                                       \
+                    o[m * out_ms + r * out_cs] = buffer[r * pooled + m];                 \
+        }                                                                                \
+        free(buffer);                                                                    \
+    }                                                                                    \
 }                                                                                        \
 void pool_norm_act_backward_##SUFFIX(const T *grad_out, int64_t grad_cs, int64_t grad_ms,\
         const T *xhat, const T *rstd,                                                    \

@@ -127,6 +127,12 @@ def _pointer(tensor):
     return ctypes.c_void_p(tensor.data_ptr())
 
 
+def _call(name, dtype, *args):
+    """Runs kernel ``name`` for ``dtype``, labelled for ``torch.profiler`` as ``sincmi::name``."""
+    with torch.profiler.record_function(f"sincmi::{name}"):
+        getattr(_library_or_none(), f"{name}_{_TYPES[dtype]}")(*args)
+
+
 def abs_max_pool(y, pool, out, code):
     """Writes ``max_pool1d(|y|, pool)`` into ``out`` and the winners' codes into ``code``.
 
@@ -143,9 +149,8 @@ def abs_max_pool(y, pool, out, code):
         its window + 1) * sign of the winner, 0 where the output is 0.
     """
     pooled = out.shape[-1]
-    function = getattr(_library_or_none(), f"abs_max_pool_{_TYPES[y.dtype]}")
-    function(
-        _pointer(y), out.numel() // pooled, y.shape[-1], pooled, pool,
+    _call(
+        "abs_max_pool", y.dtype, _pointer(y), out.numel() // pooled, y.shape[-1], pooled, pool,
         _pointer(out), _pointer(code), torch.get_num_threads(),
     )
 
@@ -158,10 +163,9 @@ def abs_max_pool_backward(code, grad_out, time, pool):
     grad_out = grad_out.contiguous()
     pooled = code.shape[-1]
     grad_y = grad_out.new_empty(*code.shape[:-1], time)
-    function = getattr(_library_or_none(), f"abs_max_pool_backward_{_TYPES[grad_out.dtype]}")
-    function(
-        _pointer(code), _pointer(grad_out), code.numel() // pooled, time, pooled, pool,
-        _pointer(grad_y), torch.get_num_threads(),
+    _call(
+        "abs_max_pool_backward", grad_out.dtype, _pointer(code), _pointer(grad_out),
+        code.numel() // pooled, time, pooled, pool, _pointer(grad_y), torch.get_num_threads(),
     )
     return grad_y
 
@@ -197,8 +201,8 @@ def pool_norm_act(y, pool, gain, bias, slope, eps, group_rows, out, xhat, rstd, 
     pooled = out.shape[-1]
     if out.stride(0) != channels * pooled:
         raise ValueError("pool_norm_act: the chunks of `out` must be contiguous")
-    function = getattr(_library_or_none(), f"pool_norm_act_{_TYPES[y.dtype]}")
-    function(
+    _call(
+        "pool_norm_act", y.dtype,
         _pointer(y), batch * channels // group_rows, group_rows, channels, time, pooled, pool,
         _pointer(gain), _pointer(bias), slope, eps, _pointer(out), out.stride(1), out.stride(2),
         _pointer(xhat), _pointer(rstd), _pointer(code), torch.get_num_threads(),
@@ -223,11 +227,11 @@ def pool_norm_act_backward(grad_out, xhat, rstd, code, gain, bias, slope, group_
         grad_out = grad_out.contiguous()
     dz = torch.empty_like(xhat)
     grad_y = grad_out.new_empty(batch, channels, time)
-    function = getattr(_library_or_none(), f"pool_norm_act_backward_{_TYPES[grad_out.dtype]}")
-    function(
+    _call(
+        "pool_norm_act_backward", grad_out.dtype,
         _pointer(grad_out), grad_out.stride(1), grad_out.stride(2), _pointer(xhat), _pointer(rstd),
-        _pointer(code), _pointer(gain),
-        _pointer(bias), batch * channels // group_rows, group_rows, channels, time, pooled, pool,
+        _pointer(code), _pointer(gain), _pointer(bias),
+        batch * channels // group_rows, group_rows, channels, time, pooled, pool,
         slope, _pointer(dz), _pointer(grad_y), torch.get_num_threads(),
     )
     return dz, grad_y
@@ -241,9 +245,8 @@ def mlp_grid(p, q, w, slope):
     """
     rows, hidden = p.shape
     logits = p.new_empty(rows, q.shape[0])
-    function = getattr(_library_or_none(), f"mlp_grid_{_TYPES[p.dtype]}")
-    function(_pointer(p), _pointer(q), _pointer(w), rows, q.shape[0], hidden, slope, _pointer(logits),
-             torch.get_num_threads())
+    _call("mlp_grid", p.dtype, _pointer(p), _pointer(q), _pointer(w), rows, q.shape[0], hidden, slope,
+          _pointer(logits), torch.get_num_threads())
     return logits
 
 
@@ -254,7 +257,7 @@ def mlp_grid_backward(p, q, w, grad, slope):
     grad_p = torch.empty_like(p)
     grad_q_parts = p.new_empty(threads, cols, hidden)
     grad_w_parts = p.new_empty(threads, hidden)
-    function = getattr(_library_or_none(), f"mlp_grid_backward_{_TYPES[p.dtype]}")
-    function(_pointer(p), _pointer(q), _pointer(w), _pointer(grad.contiguous()), rows, cols, hidden, slope,
-             _pointer(grad_p), _pointer(grad_q_parts), _pointer(grad_w_parts), threads)
+    _call("mlp_grid_backward", p.dtype, _pointer(p), _pointer(q), _pointer(w), _pointer(grad.contiguous()),
+          rows, cols, hidden, slope, _pointer(grad_p), _pointer(grad_q_parts), _pointer(grad_w_parts),
+          threads)
     return grad_p, grad_q_parts.sum(0), grad_w_parts.sum(0)

@@ -121,6 +121,31 @@ def test_sinc_block_output_is_channels_last_for_the_next_convolution():
     assert out.unsqueeze(2).is_contiguous(memory_format=torch.channels_last)
 
 
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [5, 16, 37])  # fewer than, exactly, not a multiple of 16 rows per tile
+@pytest.mark.parametrize("group_rows", ["one", "all"])
+def test_pool_norm_act_writes_the_same_values_in_either_layout(dtype, channels, group_rows):
+    # Channels-last output goes through a row-major tile buffer; the values
+    # must be bit for bit those written directly row by row.
+    y = torch.randn(3, channels, 301, dtype=dtype)
+    gain, bias = torch.rand(channels, 100, dtype=dtype), torch.randn(channels, 100, dtype=dtype)
+    rows = 1 if group_rows == "one" else channels
+    results = []
+    for out in (torch.empty(3, channels, 100, dtype=dtype), fast_ops._channels_last(y, 3, channels, 100)):
+        out.fill_(float("nan"))  # an element left unwritten fails the comparison
+        xhat, code = torch.empty(3, channels, 100, dtype=dtype), torch.empty(3, channels, 100, dtype=torch.int8)
+        rstd = torch.empty(3 * channels // rows, dtype=dtype)
+        cpu_kernels.pool_norm_act(y, 3, gain, bias, 0.2, 1e-5, rows, out, xhat, rstd, code)
+        results.append((out, xhat, rstd, code))
+    assert results[1][0].stride()[1] == 1  # channels-last
+    for direct, tiled in zip(*results):
+        assert torch.equal(direct, tiled)
+    expected = F.leaky_relu(F.layer_norm(_plain_abs_max_pool(y, 3)[0], (100,) if rows == 1 else (channels, 100))
+                            * gain + bias, 0.2)
+    torch.testing.assert_close(results[1][0], expected)
+
 def _run_python(code, **env):
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -83,3 +83,20 @@ def test_benchmark_allocator_setting_reaches_the_measuring_processes(monkeypatch
         monkeypatch.setenv(name, value)
     seen = benchmark._in_child(_environment_variable, "MALLOC_TRIM_THRESHOLD_")
     assert seen == benchmark.KEEP_FREED_MEMORY["MALLOC_TRIM_THRESHOLD_"]
+
+
+def test_benchmark_profile_lists_the_step_operators_and_the_native_kernels():
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import benchmark
+    from sincmi import cpu_kernels
+
+    rows = benchmark._profile("step", "fast", top=1000, calls=1)
+    times = [row["ms_per_call"] for row in rows]
+    assert times == sorted(times, reverse=True) and times[0] > 0
+    assert sum(row["share"] for row in rows) == pytest.approx(1.0)
+    names = {row["operator"] for row in rows}
+    assert {"aten::convolution_backward", "aten::mm"} <= names  # the shared layers
+    if cpu_kernels.available(torch.zeros(1)):  # each native kernel is labelled, once per micro-batch
+        calls = {row["operator"]: row["calls"] for row in rows}
+        assert calls["sincmi::pool_norm_act"] == calls["sincmi::pool_norm_act_backward"] == 256 / 8
+        assert calls["sincmi::mlp_grid"] == calls["sincmi::mlp_grid_backward"] == 1

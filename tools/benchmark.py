@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks of sincmi against the straightforward implementations, in one process.
 
-Sections (``--sections``, all by default):
+Sections (``--sections``; the first four by default):
 
 * ``step``: one LIM training step (128 sentence pairs = 256 chunks of 200 ms,
   SincNet's TIMIT encoder, MLP critic, InfoNCE over the batch, RMSprop):
@@ -40,9 +40,16 @@ the straightforward implementation a large share of its time. ``--allocator
 keep`` runs the measurements with glibc's malloc keeping freed memory for
 reuse, which removes most of them: compare both runs before reading a ratio.
 
+* ``profile`` (not run by default): where a CPU training step and a CPU
+  evaluation spend their time, for the straightforward and the fast
+  implementation: the ``--profile_top`` operators by ``torch.profiler`` self
+  time, in ms per step (per evaluation of the 16 sentences); the native
+  kernels appear as ``sincmi::...``.
+
 Usage:
     python tools/benchmark.py --out benchmark.json
     python tools/benchmark.py --sections step eval --allocator keep --out benchmark_keep.json
+    python tools/benchmark.py --sections profile --allocator keep --out profile.json
     python tools/benchmark.py --sections step eval --device cuda
 """
 
@@ -146,8 +153,8 @@ def _encoder(kind):
     return SincNetEncoder(**TIMIT_ENCODER, implementation=kind)
 
 
-def _measure_step(kind, device, pairs=128, repeats=5, amp=False):
-    """Chunks/s of one LIM step (encoder + MLP critic + InfoNCE + RMSprop)."""
+def _step_fn(kind, device, pairs=128, amp=False):
+    """One LIM step (encoder + MLP critic + InfoNCE + RMSprop) as a callable, and its chunks."""
     import torch
     from sincmi.discriminator import make_discriminator
     from sincmi.objectives import LIMObjective
@@ -173,9 +180,15 @@ def _measure_step(kind, device, pairs=128, repeats=5, amp=False):
         optimizer.step()
         return loss
 
+    return step, 2 * pairs
+
+
+def _measure_step(kind, device, pairs=128, repeats=5, amp=False):
+    """Chunks/s of one LIM step (encoder + MLP critic + InfoNCE + RMSprop)."""
+    step, chunks = _step_fn(kind, device, pairs, amp)
     step()  # warm-up (allocator, oneDNN/cuDNN kernel choice)
     seconds, faults = _seconds_per_call(step, device, repeats)
-    return {"seconds_per_step": seconds, "chunks_per_s": 2 * pairs / seconds,
+    return {"seconds_per_step": seconds, "chunks_per_s": chunks / seconds,
             "page_faults_per_step": faults, "peak_mib": _peak_memory_mib(device)}
 
 
@@ -197,8 +210,8 @@ def _compare_outputs(device):
             "gradient_rel_diff": float((g1 - g2).norm() / g1.norm())}
 
 
-def _measure_eval(kind, device, sentences=16, seconds=3.0, repeats=3):
-    """Chunks/s of sentence-level evaluation (200 ms chunks, 10 ms shift)."""
+def _eval_fn(kind, device, sentences=16, seconds=3.0):
+    """Sentence-level evaluation (200 ms chunks, 10 ms shift) as a callable, and its chunks."""
     import torch
     from sincmi.encoder import utterance_embeddings
 
@@ -219,9 +232,34 @@ def _measure_eval(kind, device, sentences=16, seconds=3.0, repeats=3):
             return torch.stack(out)
         return utterance_embeddings(encoder, wavs, None, size, shift, max_chunks=256)
 
+    return run, n_chunks
+
+
+def _measure_eval(kind, device, sentences=16, seconds=3.0, repeats=3):
+    """Chunks/s of sentence-level evaluation (200 ms chunks, 10 ms shift)."""
+    run, n_chunks = _eval_fn(kind, device, sentences, seconds)
     elapsed, faults = _seconds_per_call(run, device, repeats)
     return {"chunks": n_chunks, "chunks_per_s": n_chunks / elapsed, "page_faults_per_chunk": faults / n_chunks,
             "peak_mib": _peak_memory_mib(device)}
+
+
+def _profile(section, kind, top, calls=2):
+    """Where a CPU step (or evaluation) spends its time: the ``top`` operators by self time.
+
+    Rows: operator (the native kernels appear as ``sincmi::...``), milliseconds
+    per call (a step, or one evaluation of all sentences), share of the total.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    fn, _ = (_step_fn if section == "step" else _eval_fn)(kind, "cpu")
+    fn()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"operator": e.key, "ms_per_call": e.self_cpu_time_total / 1000 / calls,
+             "share": e.self_cpu_time_total / total, "calls": e.count / calls} for e in events[:top]]
 
 
 def _audio_manifest(data_folder, folder):
@@ -327,6 +365,20 @@ def data_section(data_folder, workers):
     return rows
 
 
+def profile_section(sections, top):
+    """``{section: {implementation: rows}}`` of :func:`_profile`, printed side by side."""
+    results = {}
+    for section in sections:
+        results[section] = {kind: _in_child(_profile, section, kind, top) for kind in ("straightforward", "fast")}
+        unit = "step" if section == "step" else "evaluation"
+        print(f"== Where a CPU {unit} spends its time (self time, ms per {unit}) ==")
+        for kind, rows in results[section].items():
+            print(f"-- {kind}")
+            print_rows(rows, [("operator", str, 40), ("ms_per_call", _f(1), 11), ("share", _percent, 6),
+                              ("calls", _f(0), 6)])
+    return results
+
+
 def _random_scores(n_trials, seed=0):
     rng = np.random.default_rng(seed)
     n_target = max(1, n_trials // 100)  # VoxCeleb1-E/H-like ratio
@@ -420,6 +472,10 @@ def _f(digits):
     return lambda value: f"{value:.{digits}f}"
 
 
+def _percent(value):
+    return f"{100 * value:.1f}%"
+
+
 def _range(digits):
     return lambda pair: f"{pair[0]:.{digits}f}-{pair[1]:.{digits}f}"
 
@@ -427,7 +483,7 @@ def _range(digits):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sections = ["step", "eval", "data", "scoring"]
-    parser.add_argument("--sections", nargs="+", default=sections, choices=sections)
+    parser.add_argument("--sections", nargs="+", default=sections, choices=sections + ["profile"])
     parser.add_argument("--device", nargs="+", default=None,
                         help="devices for step/eval (default: cpu, and cuda when present)")
     parser.add_argument("--no_amp", action="store_true", help="skip the bf16 autocast row on GPU")
@@ -441,6 +497,8 @@ def main(argv=None):
                         help="glibc malloc in the measuring processes: its defaults, or 'keep' (freed "
                              "memory kept for reuse, MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_), "
                              "under which large temporary tensors stop costing page faults")
+    parser.add_argument("--profile_top", type=int, default=12,
+                        help="operators listed per implementation by the profile section")
     parser.add_argument("--out", default="benchmark.json")
     args = parser.parse_args(argv)
     if args.allocator == "keep":  # read by glibc when each child process starts
@@ -474,6 +532,8 @@ def main(argv=None):
                           ("chunks_per_s_range", _range(0), 12), ("speedup", _f(2), 8), ("speedup_range", _range(2), 12),
                           ("page_faults_per_chunk", _f(1), 21), ("peak_mib", _f(0), 9)])
         results["eval"] = rows
+    if "profile" in args.sections:
+        results["profile"] = profile_section(("step", "eval"), args.profile_top)
     if "data" in args.sections:
         print("== Data pipeline: random chunk pairs per second (batches of 128) ==")
         rows = data_section(args.data_folder, args.data_workers)
