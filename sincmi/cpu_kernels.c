@@ -256,6 +256,62 @@ POOL_KERNELS(double, f64)
 POOL_NORM_KERNELS(float, f32)
 POOL_NORM_KERNELS(double, f64)
 
+/* The sinc layer's gradients from the spectra (sincmi.fast_ops._SpectralGradients).
+ * The layer is y = x (*) h (a correlation), computed as irfft(X conj(H)); for
+ * the gradient spectra G (n x channels x bins) of y:
+ *   grad_x[b][f] = sum_c G[b][c][f] H[c][f]           (written, if grad_x)
+ *   grad_h[c][f] += sum_b conj(G[b][c][f]) X[b][f]    (accumulated, if grad_h)
+ * PyTorch forms both products as n x channels x bins temporaries and then sums
+ * them; here G is read once. Complex values are interleaved (re, im), H is
+ * given as its conjugate (what the forward pass keeps). Bins are split into
+ * blocks, one per thread at a time, so that no two threads write the same
+ * output. */
+#define SPECTRAL_BINS 64
+#define SPECTRAL_KERNELS(T, SUFFIX)                                                      \
+void spectral_gradients_##SUFFIX(const T *g, const T *h_conj, const T *x, int64_t n,    \
+        int64_t channels, int64_t bins, T *grad_x, T *grad_h, int threads) {             \
+    int64_t blocks = (bins + SPECTRAL_BINS - 1) / SPECTRAL_BINS;                         \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
+    for (int64_t k = 0; k < blocks; k++) {                                               \
+        int64_t f0 = k * SPECTRAL_BINS;                                                  \
+        int64_t f1 = f0 + SPECTRAL_BINS < bins ? f0 + SPECTRAL_BINS : bins;              \
+        for (int64_t b = 0; b < n; b++) {                                                \
+            T sum_re[SPECTRAL_BINS] = {0}, sum_im[SPECTRAL_BINS] = {0};                  \
+            const T *xb = x + 2 * b * bins;                                              \
+            for (int64_t c = 0; c < channels; c++) {                                     \
+                const T *gc = g + 2 * (b * channels + c) * bins, *hc = h_conj + 2 * c * bins; \
+                T *ghc = grad_h ? grad_h + 2 * c * bins : NULL;                          \
+                if (grad_x) {                                                            \
+                    _Pragma("omp simd")                                                  \
+                    for (int64_t f = f0; f < f1; f++) { /* G * H, H = conj(h_conj) */    \
+                        T gr = gc[2 * f], gi = gc[2 * f + 1];                            \
+                        T hr = hc[2 * f], hi = -hc[2 * f + 1];                           \
+                        sum_re[f - f0] += gr * hr - gi * hi;                             \
+                        sum_im[f - f0] += gr * hi + gi * hr;                             \
+                    }                                                                    \
+                }                                                                        \
+                if (ghc) {                                                               \
+                    _Pragma("omp simd")                                                  \
+                    for (int64_t f = f0; f < f1; f++) { /* conj(G) * X */                \
+                        T gr = gc[2 * f], gi = gc[2 * f + 1];                            \
+                        T xr = xb[2 * f], xi = xb[2 * f + 1];                            \
+                        ghc[2 * f] += gr * xr + gi * xi;                                 \
+                        ghc[2 * f + 1] += gr * xi - gi * xr;                             \
+                    }                                                                    \
+                }                                                                        \
+            }                                                                            \
+            if (grad_x)                                                                  \
+                for (int64_t f = f0; f < f1; f++) {                                      \
+                    grad_x[2 * (b * bins + f)] = sum_re[f - f0];                         \
+                    grad_x[2 * (b * bins + f) + 1] = sum_im[f - f0];                     \
+                }                                                                        \
+        }                                                                                \
+    }                                                                                    \
+}
+
+SPECTRAL_KERNELS(float, f32)
+SPECTRAL_KERNELS(double, f64)
+
 /* The MLP critic's grid (sincmi.fast_ops.mlp_critic_grid): for every anchor i
  * and candidate j, logit[i][j] = sum_h w[h] * leaky_relu(p[i][h] + q[j][h]),
  * where p and q are the two halves of the first layer applied to each

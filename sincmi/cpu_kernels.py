@@ -36,6 +36,7 @@ _SIGNATURES = {
     "abs_max_pool_backward": [_p] * 2 + [_i64] * 4 + [_p, _int],
     "pool_norm_act": [_p] + [_i64] * 6 + [_p, _p, _f64, _f64] + [_p, _i64, _i64] + [_p] * 3 + [_int],
     "pool_norm_act_backward": [_p, _i64, _i64] + [_p] * 5 + [_i64] * 6 + [_f64, _p, _p, _int],
+    "spectral_gradients": [_p] * 3 + [_i64] * 3 + [_p, _p, _int],
     "mlp_grid": [_p] * 3 + [_i64] * 3 + [_f64, _p, _int],
     "mlp_grid_backward": [_p] * 4 + [_i64] * 3 + [_f64] + [_p] * 3 + [_int],
 }
@@ -235,6 +236,25 @@ def pool_norm_act_backward(grad_out, xhat, rstd, code, gain, bias, slope, group_
         slope, _pointer(dz), _pointer(grad_y), torch.get_num_threads(),
     )
     return dz, grad_y
+
+
+def spectral_gradients(grad_spec, h_conj, x_spec, grad_x=None, grad_h=None):
+    """The sinc layer's input and filter gradients in the frequency domain, in one pass.
+
+    For ``y = irfft(X * conj(H))`` and the spectra ``grad_spec`` (n, channels,
+    bins) of dL/dy, writes ``grad_x = (grad_spec * H).sum(1)`` (n, bins) and
+    adds ``(conj(grad_spec) * X).sum(0)`` to ``grad_h`` (channels, bins), each
+    when given. ``h_conj`` is conj(H) (channels, bins), ``x_spec`` is X (n,
+    bins); all contiguous, complex64 or complex128.
+    """
+    n, channels, bins = grad_spec.shape
+    for tensor in (grad_spec, h_conj, x_spec, grad_x, grad_h):
+        if tensor is not None and (not tensor.is_contiguous() or tensor.is_conj()):
+            raise ValueError("spectral_gradients: tensors must be contiguous, without a lazy conjugate")
+    _call("spectral_gradients", torch.view_as_real(grad_spec).dtype,
+          _pointer(grad_spec), _pointer(h_conj), _pointer(x_spec), n, channels, bins,
+          _pointer(grad_x) if grad_x is not None else None,
+          _pointer(grad_h) if grad_h is not None else None, torch.get_num_threads())
 
 
 def mlp_grid(p, q, w, slope):

@@ -146,6 +146,26 @@ def test_pool_norm_act_writes_the_same_values_in_either_layout(dtype, channels, 
                             * gain + bias, 0.2)
     torch.testing.assert_close(results[1][0], expected)
 
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("wanted", ["both", "x", "h"])
+def test_spectral_gradients_match_the_pytorch_products(dtype, wanted):
+    gen = torch.Generator().manual_seed(0)
+    g, h, x = (torch.randn(*shape, dtype=dtype, generator=gen) for shape in [(5, 7, 131), (7, 131), (5, 131)])
+    h_conj = h.conj().resolve_conj()
+    grad_x = torch.full((5, 131), float("nan"), dtype=dtype) if wanted != "h" else None  # written
+    start = torch.randn(7, 131, dtype=dtype, generator=gen)
+    grad_h = start.clone() if wanted != "x" else None  # accumulated
+    cpu_kernels.spectral_gradients(g, h_conj, x, grad_x, grad_h)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.complex64 else dict(rtol=1e-12, atol=1e-12)
+    if grad_x is not None:
+        torch.testing.assert_close(grad_x, (g * h).sum(1), **tol)
+    if grad_h is not None:
+        torch.testing.assert_close(grad_h, start + (g.conj() * x[:, None]).sum(0), **tol)
+    with pytest.raises(ValueError, match="lazy conjugate"):
+        cpu_kernels.spectral_gradients(g, h.conj(), x, grad_x, grad_h)
+
 def _run_python(code, **env):
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
