@@ -166,6 +166,7 @@ def test_spectral_gradients_match_the_pytorch_products(dtype, wanted):
     with pytest.raises(ValueError, match="lazy conjugate"):
         cpu_kernels.spectral_gradients(g, h.conj(), x, grad_x, grad_h)
 
+
 def _run_python(code, **env):
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
