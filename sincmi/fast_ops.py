@@ -73,10 +73,9 @@ class _SpectralGradients:
 
     def __init__(self, spectra, need_x, need_h):
         self.spectra = spectra
-        self.h = spectra.h_conj.conj()
         x = spectra.x
         self.x = x.new_zeros(x.shape) if need_x else None
-        self.h_grad = x.new_zeros(self.h.shape) if need_h else None
+        self.h_grad = x.new_zeros(spectra.h_conj.shape) if need_h else None
 
     def add(self, start, grad_y):
         grad_spec = torch.fft.rfft(grad_y)
@@ -88,7 +87,7 @@ class _SpectralGradients:
             return
         # y = x (*) h (correlation): dL/dx = gy conv h, dL/dh = x corr gy.
         if self.x is not None:
-            self.x[start:stop] = (grad_spec * self.h).sum(1)
+            self.x[start:stop] = (grad_spec * self.spectra.h_conj.conj()).sum(1)
         if self.h_grad is not None:
             self.h_grad += (grad_spec.conj() * self.spectra.x[start:stop, None]).sum(0)
 
