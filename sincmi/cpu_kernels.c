@@ -372,3 +372,160 @@ void mlp_grid_backward_##SUFFIX(const T *p, const T *q, const T *w, const T *gra
 
 CRITIC_KERNELS(float, f32)
 CRITIC_KERNELS(double, f64)
+
+/* The ordinary convolution blocks' tail (sincmi.fast_ops.conv_block_tail):
+ * max-pool over time (no |.|), LayerNorm (each channel over time, or the whole
+ * chunk when `whole`), per-position gain and bias, LeakyReLU, on the
+ * channels-last output of a convolution. Everything is channels-last, so every
+ * loop runs over contiguous channels:
+ *   y, grad_y       chunks x time x channels
+ *   out, xhat, dz   chunks x pooled x channels (and gain_t, bias_t: pooled x channels)
+ *   code            chunks x pooled x channels int8: the winner's position in its window
+ *   rstd            chunks x channels (or chunks x 1 when `whole`)
+ * PyTorch does this as a max-pool with indices, a copy to the 1-D layout, a
+ * LayerNorm, a fused gain/bias, a LeakyReLU and a copy back to channels-last
+ * for the next convolution (and the same again backward). A window's first
+ * maximum wins, a NaN wins, as in max_pool2d. With xhat NULL (inference) the
+ * pooled values are kept in `out` and no codes are stored (code NULL). */
+#define CL_KERNELS(T, SUFFIX)                                                            \
+void cl_pool_norm_act_##SUFFIX(const T *y, int64_t batch, int64_t time, int64_t channels,\
+        int64_t pooled, int64_t pool, int whole, const T *gain_t, const T *bias_t,      \
+        double slope, double eps, T *out, T *xhat, T *rstd, int8_t *code, int threads) {  \
+    _Pragma("omp parallel num_threads(threads)")                                        \
+    {                                                                                    \
+        double *sums = (double *)malloc(sizeof(double) * channels * 2);                  \
+        double *squares = sums + channels;                                               \
+        T *mean = (T *)malloc(sizeof(T) * channels * 2), *scale = mean + channels;       \
+        int8_t *scratch = (int8_t *)malloc(channels);                                    \
+        int keep = xhat != NULL;                                                         \
+        _Pragma("omp for schedule(static)")                                             \
+        for (int64_t b = 0; b < batch; b++) {                                            \
+            const T *yb = y + b * time * channels;                                       \
+            T *xb = (xhat ? xhat : out) + b * pooled * channels;                         \
+            T *ob = out + b * pooled * channels;                                         \
+            for (int64_t c = 0; c < channels; c++) sums[c] = squares[c] = 0;             \
+            for (int64_t m = 0; m < pooled; m++) {                                       \
+                const T *w = yb + m * pool * channels;                                   \
+                T *x = xb + m * channels;                                                \
+                int8_t *k = code ? code + (b * pooled + m) * channels : scratch;        \
+                _Pragma("omp simd")                                                      \
+                for (int64_t c = 0; c < channels; c++) { x[c] = w[c]; k[c] = 0; }        \
+                for (int64_t p = 1; p < pool; p++) {                                     \
+                    const T *wp = w + p * channels;                                      \
+                    _Pragma("omp simd")                                                  \
+                    for (int64_t c = 0; c < channels; c++) {                             \
+                        T v = wp[c];                                                     \
+                        int take = (v > x[c]) | (v != v);                                \
+                        x[c] = take ? v : x[c];                                          \
+                        k[c] = take ? (int8_t)p : k[c];                                  \
+                    }                                                                    \
+                }                                                                        \
+                _Pragma("omp simd")                                                      \
+                for (int64_t c = 0; c < channels; c++) sums[c] += x[c];                  \
+            }                                                                            \
+            double n = whole ? (double)pooled * channels : (double)pooled, total = 0;    \
+            if (whole) { for (int64_t c = 0; c < channels; c++) total += sums[c]; }      \
+            for (int64_t c = 0; c < channels; c++)                                       \
+                mean[c] = (T)((whole ? total : sums[c]) / n);                            \
+            for (int64_t m = 0; m < pooled; m++) {                                       \
+                const T *x = xb + m * channels;                                          \
+                _Pragma("omp simd")                                                      \
+                for (int64_t c = 0; c < channels; c++) {                                 \
+                    double d = (double)x[c] - (double)mean[c];                           \
+                    squares[c] += d * d;                                                 \
+                }                                                                        \
+            }                                                                            \
+            total = 0;                                                                   \
+            if (whole) { for (int64_t c = 0; c < channels; c++) total += squares[c]; }   \
+            for (int64_t c = 0; c < channels; c++)                                       \
+                scale[c] = (T)(1.0 / __builtin_sqrt((whole ? total : squares[c]) / n + eps)); \
+            if (rstd) {                                                                  \
+                if (whole) rstd[b] = scale[0];                                           \
+                else for (int64_t c = 0; c < channels; c++) rstd[b * channels + c] = scale[c]; \
+            }                                                                            \
+            for (int64_t m = 0; m < pooled; m++) {                                       \
+                T *x = xb + m * channels, *o = ob + m * channels;                        \
+                const T *g = gain_t + m * channels, *bb = bias_t + m * channels;         \
+                _Pragma("omp simd")                                                      \
+                for (int64_t c = 0; c < channels; c++) {                                 \
+                    T normed = (x[c] - mean[c]) * scale[c];                              \
+                    T z = normed * g[c] + bb[c];                                         \
+                    if (keep) x[c] = normed;                                             \
+                    o[c] = z > 0 ? z : (T)slope * z;                                     \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+        free(sums);                                                                      \
+        free(mean);                                                                      \
+        free(scratch);                                                                   \
+    }                                                                                    \
+}                                                                                        \
+/* Backward: grad_out (chunks x pooled x channels) -> grad_y (chunks x time x   \
+ * channels), and one partial gain and bias gradient per thread (threads x      \
+ * pooled x channels each; the caller adds them up). */                          \
+void cl_pool_norm_act_backward_##SUFFIX(const T *grad_out, const T *xhat, const T *rstd,\
+        const int8_t *code, const T *gain_t, const T *bias_t, int64_t batch, int64_t time,\
+        int64_t channels, int64_t pooled, int64_t pool, int whole, double slope,         \
+        T *grad_y, T *grad_gain_parts, T *grad_bias_parts, int threads) {                \
+    int64_t size = pooled * channels;                                                    \
+    _Pragma("omp parallel num_threads(threads)")                                        \
+    {                                                                                    \
+        T *gg = grad_gain_parts + (int64_t)omp_get_thread_num() * size;                  \
+        T *gb = grad_bias_parts + (int64_t)omp_get_thread_num() * size;                  \
+        for (int64_t i = 0; i < size; i++) gg[i] = gb[i] = 0;                            \
+        double *s1 = (double *)malloc(sizeof(double) * channels * 2), *s2 = s1 + channels; \
+        T *m1 = (T *)malloc(sizeof(T) * channels * 3), *m2 = m1 + channels, *r = m2 + channels; \
+        T *dx = (T *)malloc(sizeof(T) * size);                                           \
+        _Pragma("omp for schedule(static)")                                             \
+        for (int64_t b = 0; b < batch; b++) {                                            \
+            const T *go = grad_out + b * size, *xb = xhat + b * size;                    \
+            for (int64_t c = 0; c < channels; c++) s1[c] = s2[c] = 0;                    \
+            for (int64_t m = 0; m < pooled; m++) {                                       \
+                const T *g = gain_t + m * channels, *bb = bias_t + m * channels;         \
+                const T *x = xb + m * channels, *gom = go + m * channels;                \
+                T *d = dx + m * channels, *ggm = gg + m * channels, *gbm = gb + m * channels; \
+                _Pragma("omp simd")                                                      \
+                for (int64_t c = 0; c < channels; c++) {                                 \
+                    T z = x[c] * g[c] + bb[c];                                           \
+                    T dz = z > 0 ? gom[c] : (T)slope * gom[c];                           \
+                    T dxhat = dz * g[c];                                                 \
+                    ggm[c] += dz * x[c];                                                 \
+                    gbm[c] += dz;                                                        \
+                    d[c] = dxhat;                                                        \
+                    s1[c] += dxhat;                                                      \
+                    s2[c] += dxhat * x[c];                                               \
+                }                                                                        \
+            }                                                                            \
+            double n = whole ? (double)size : (double)pooled, t1 = 0, t2 = 0;            \
+            if (whole) for (int64_t c = 0; c < channels; c++) { t1 += s1[c]; t2 += s2[c]; } \
+            for (int64_t c = 0; c < channels; c++) {                                     \
+                m1[c] = (T)((whole ? t1 : s1[c]) / n);                                   \
+                m2[c] = (T)((whole ? t2 : s2[c]) / n);                                   \
+                r[c] = whole ? rstd[b] : rstd[b * channels + c];                         \
+            }                                                                            \
+            T *gyb = grad_y + b * time * channels;                                       \
+            for (int64_t m = 0; m < pooled; m++) {                                       \
+                const T *x = xb + m * channels;                                          \
+                const int8_t *k = code + (b * pooled + m) * channels;                    \
+                T *d = dx + m * channels;                                                \
+                _Pragma("omp simd")                                                      \
+                for (int64_t c = 0; c < channels; c++)                                   \
+                    d[c] = r[c] * (d[c] - m1[c] - x[c] * m2[c]);                         \
+                for (int64_t p = 0; p < pool; p++) {                                     \
+                    T *gy = gyb + (m * pool + p) * channels;                             \
+                    _Pragma("omp simd")                                                  \
+                    for (int64_t c = 0; c < channels; c++)                               \
+                        gy[c] = k[c] == p ? d[c] : (T)0;                                 \
+                }                                                                        \
+            }                                                                            \
+            for (int64_t i = pooled * pool * channels; i < time * channels; i++)         \
+                gyb[i] = 0;                                                              \
+        }                                                                                \
+        free(s1);                                                                        \
+        free(m1);                                                                        \
+        free(dx);                                                                        \
+    }                                                                                    \
+}
+
+CL_KERNELS(float, f32)
+CL_KERNELS(double, f64)

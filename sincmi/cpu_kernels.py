@@ -1,12 +1,14 @@
-"""Native CPU kernels for the sinc layer's |.| + max-pool, compiled on first use.
+"""Native CPU kernels for the SincNet encoder and the MLP critic, compiled on first use.
 
-``cpu_kernels.c`` holds two loops (forward: |.|, max-pool and the winners'
-codes in one pass; backward: the winners' gradients scattered into the
-layer's output shape in one pass) that PyTorch can only express as five or six
-passes over the network's largest tensor. They are compiled with the system's
-C compiler (``$CC``, else ``cc``) for this CPU the first time they are needed,
-and cached under ``$SINCMI_CACHE`` (default ``~/.cache/sincmi``), keyed by the
-source, the compiler flags and the CPU's instruction sets.
+``cpu_kernels.c`` holds the loops that PyTorch can only express as several
+passes over large tensors: the sinc block's |.|, max-pool, LayerNorm, gain,
+bias and LeakyReLU (forward and backward), the same tail for the ordinary
+convolutions on their channels-last output, the sinc layer's spectral
+gradient products, and the MLP critic's grid of pair scores. They are
+compiled with the system's C compiler (``$CC``, else ``cc``) for this CPU the
+first time they are needed, and cached under ``$SINCMI_CACHE`` (default
+``~/.cache/sincmi``), keyed by the source, the compiler flags and the CPU's
+instruction sets.
 
 Without a compiler, or with ``SINCMI_NATIVE=0``, :func:`available` is False and
 :mod:`sincmi.fast_ops` uses its PyTorch code instead: same results, slower.
@@ -39,6 +41,8 @@ _SIGNATURES = {
     "spectral_gradients": [_p] * 3 + [_i64] * 3 + [_p, _p, _int],
     "mlp_grid": [_p] * 3 + [_i64] * 3 + [_f64, _p, _int],
     "mlp_grid_backward": [_p] * 4 + [_i64] * 3 + [_f64] + [_p] * 3 + [_int],
+    "cl_pool_norm_act": [_p] + [_i64] * 5 + [_int, _p, _p, _f64, _f64] + [_p] * 4 + [_int],
+    "cl_pool_norm_act_backward": [_p] * 6 + [_i64] * 5 + [_int, _f64] + [_p] * 3 + [_int],
 }
 
 _library = None
@@ -281,3 +285,55 @@ def mlp_grid_backward(p, q, w, grad, slope):
           rows, cols, hidden, slope, _pointer(grad_p), _pointer(grad_q_parts), _pointer(grad_w_parts),
           threads)
     return grad_p, grad_q_parts.sum(0), grad_w_parts.sum(0)
+
+
+def channels_last_pool_norm_act(y, pool, gain_t, bias_t, slope, eps, whole, out, xhat=None, rstd=None,
+                                code=None):
+    """Max-pool over time, LayerNorm, gain and bias, LeakyReLU on a channels-last map, in one pass.
+
+    The tail of an ordinary convolution block (no |.|), see :func:`sincmi.fast_ops.conv_block_tail`.
+
+    Arguments
+    ---------
+    y : torch.Tensor
+        ``(batch, time, channels)`` contiguous convolution output.
+    pool : int
+        Max-pool window (= stride), at most 127.
+    gain_t, bias_t : torch.Tensor
+        ``(pooled, channels)`` contiguous: the block's gain and bias, transposed.
+    slope, eps : float
+        LeakyReLU slope, LayerNorm epsilon.
+    whole : bool
+        False to normalise each channel over time, True to normalise each
+        chunk over channels and time.
+    out : torch.Tensor
+        ``(batch, pooled, channels)`` contiguous, written with the block's output.
+    xhat, rstd, code : torch.Tensor or None
+        For a backward pass: ``(batch, pooled, channels)`` normalised values,
+        ``(batch, channels)`` (``(batch, 1)`` when ``whole``) 1 / standard
+        deviations, ``(batch, pooled, channels)`` int8 winners' positions in
+        their windows. All three or none (inference).
+    """
+    batch, time, channels = y.shape
+    _call("cl_pool_norm_act", y.dtype, _pointer(y), batch, time, channels, out.shape[1], pool, int(whole),
+          _pointer(gain_t), _pointer(bias_t), slope, eps, _pointer(out),
+          *[_pointer(t) if t is not None else None for t in (xhat, rstd, code)], torch.get_num_threads())
+
+
+def channels_last_pool_norm_act_backward(grad_out, xhat, rstd, code, gain_t, bias_t, slope, whole, time, pool):
+    """Backward of :func:`channels_last_pool_norm_act`.
+
+    ``grad_out`` is ``(batch, pooled, channels)`` contiguous. Returns the
+    ``(batch, time, channels)`` gradient of the convolution output and the
+    ``(pooled, channels)`` gradients of ``gain_t`` and ``bias_t``.
+    """
+    batch, pooled, channels = xhat.shape
+    threads = torch.get_num_threads()
+    grad_y = grad_out.new_empty(batch, time, channels)
+    grad_gain_parts = grad_out.new_empty(threads, pooled, channels)
+    grad_bias_parts = grad_out.new_empty(threads, pooled, channels)
+    _call("cl_pool_norm_act_backward", grad_out.dtype, _pointer(grad_out), _pointer(xhat), _pointer(rstd),
+          _pointer(code), _pointer(gain_t), _pointer(bias_t), batch, time, channels, pooled, pool,
+          int(whole), slope, _pointer(grad_y), _pointer(grad_gain_parts), _pointer(grad_bias_parts),
+          threads)
+    return grad_y, grad_gain_parts.sum(0), grad_bias_parts.sum(0)

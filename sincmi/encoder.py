@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sincmi.fast_ops import conv2d_channels_last, norm_act, sinc_block
+from sincmi.fast_ops import conv2d_channels_last, conv_block_tail, norm_act, sinc_block
 
 IMPLEMENTATIONS = ("fast", "reference")
 CPU_CONV_MICRO_BATCH = 64
@@ -158,15 +158,12 @@ class ConvBlock(nn.Module):
         if isinstance(self.conv, SincConv) and self.use_abs:
             return sinc_block(x.squeeze(1), self.conv.filters(), self.pool, self.gain, self.bias,
                               self.negative_slope, self.norm_over)
-        # Channels-last 2-D convolution; |.| and pooling stay in that layout,
-        # so only the (3 times smaller) pooled map is copied back.
+        # Channels-last 2-D convolution; on CPU its max-pool, LayerNorm and
+        # activation are one native pass, and the output stays channels-last.
         x = conv2d_channels_last(x, self.conv.weight, self.conv.bias)
         if self.use_abs:
             x = x.abs()
-        if self.pool > 1:
-            x = F.max_pool2d(x, (1, self.pool))
-        x = x.squeeze(2).contiguous()
-        return norm_act(x, self.gain, self.bias, self.negative_slope, self.norm_over)
+        return conv_block_tail(x, self.pool, self.gain, self.bias, self.negative_slope, self.norm_over)
 
 
 class SincNetEncoder(nn.Module):

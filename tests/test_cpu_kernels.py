@@ -121,7 +121,6 @@ def test_sinc_block_output_is_channels_last_for_the_next_convolution():
     assert out.unsqueeze(2).is_contiguous(memory_format=torch.channels_last)
 
 
-
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("channels", [5, 16, 37])  # fewer than, exactly, not a multiple of 16 rows per tile
@@ -145,6 +144,73 @@ def test_pool_norm_act_writes_the_same_values_in_either_layout(dtype, channels, 
     expected = F.leaky_relu(F.layer_norm(_plain_abs_max_pool(y, 3)[0], (100,) if rows == 1 else (channels, 100))
                             * gain + bias, 0.2)
     torch.testing.assert_close(results[1][0], expected)
+
+
+def _plain_conv_block(x, w, gain, bias, norm_over, pool, slope=0.2):
+    y = F.max_pool1d(F.conv1d(x, w), pool)
+    dims = y.shape[-1:] if norm_over == "time" else y.shape[-2:]
+    return F.leaky_relu(F.layer_norm(y, dims) * gain + bias, slope)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "pytorch"])
+@pytest.mark.parametrize("norm_over", ["time", "channel_time"])
+@pytest.mark.parametrize("pool", [3, 4])
+def test_conv_block_tail_matches_plain_layers_in_float64(native, norm_over, pool, monkeypatch):
+    if native and not cpu_kernels.available(torch.zeros(1)):
+        pytest.skip("native kernels not built")
+    if not native:
+        monkeypatch.setattr(cpu_kernels, "available", lambda tensor: False)
+    torch.manual_seed(pool)
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    x, w = torch.randn(5, 7, 62, **f64), torch.randn(9, 7, 5, **f64)  # 58 outputs: a tail the pool drops
+    pooled = 58 // pool
+    gain = (1 + 0.5 * torch.randn(9, pooled, dtype=torch.float64)).requires_grad_()
+    bias = torch.randn(9, pooled, **f64)
+    g = torch.randn(5, 9, pooled, dtype=torch.float64)
+    inputs = (x, w, gain, bias)
+    ref = _plain_conv_block(x, w, gain, bias, norm_over, pool)
+    ref_grads = torch.autograd.grad((ref * g).sum(), inputs)
+    out = fast_ops.conv_block_tail(fast_ops.conv2d_channels_last(x, w), pool, gain, bias, 0.2, norm_over)
+    grads = torch.autograd.grad((out * g).sum(), inputs)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for name, grad, expected in zip("x w gain bias".split(), grads, ref_grads):
+        torch.testing.assert_close(grad, expected, rtol=1e-11, atol=1e-12, msg=name)
+    with torch.no_grad():  # the forward-only path
+        out = fast_ops.conv_block_tail(fast_ops.conv2d_channels_last(x, w), pool, gain, bias, 0.2, norm_over)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    if native:  # channels-last, the layout the next convolution reads
+        assert out.unsqueeze(2).is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channels_last_pool_follows_max_pool_on_ties_and_nan(dtype):
+    # Channel 0: ties (the first sample of a window wins, as in max_pool2d);
+    # channel 1: a NaN (its window outputs NaN); channel 2: random values.
+    y = torch.randn(1, 3, 12, dtype=dtype)
+    y[0, 0] = torch.tensor([1.0, 1.0, 0.0, -2.0, 3.0, 3.0, 5.0, 5.0, 5.0, 0.0, 0.0, 0.0])
+    y[0, 1, 4] = float("nan")
+    y = y.requires_grad_()
+    gain, bias = torch.ones(3, 4, dtype=dtype), torch.zeros(3, 4, dtype=dtype)
+    g = torch.randn(1, 3, 4, dtype=dtype)
+    y_cl = y.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    pooled_ref = F.max_pool1d(y, 3)
+    out = fast_ops.conv_block_tail(y_cl, 3, gain, bias, 0.2)
+    assert torch.equal(out.isnan(), F.leaky_relu(F.layer_norm(pooled_ref, (4,)), 0.2).isnan())
+    assert out[0, 1].isnan().all()  # the NaN spreads through its channel's LayerNorm, as in PyTorch
+    # Gradients of the channels without a NaN go to the same winners as max_pool1d's.
+    finite = [0, 2]
+    (grad,) = torch.autograd.grad((out[:, finite] * g[:, finite]).sum(), y)
+    ref = F.leaky_relu(F.layer_norm(pooled_ref[:, finite], (4,)), 0.2)
+    (expected,) = torch.autograd.grad((ref * g[:, finite]).sum(), y)
+    torch.testing.assert_close(grad[:, finite], expected[:, finite])
+    assert torch.equal(grad[0, 0] != 0, expected[0, 0] != 0)
+
+
+def test_conv_block_tail_rejects_a_gain_of_the_wrong_length():
+    y = torch.randn(2, 4, 1, 30).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match=r"gain and bias must be \(4, 10\)"):
+        fast_ops.conv_block_tail(y, 3, torch.ones(4, 9), torch.zeros(4, 9), 0.2)
 
 
 @needs_kernels
