@@ -247,7 +247,6 @@ void pool_norm_act_backward_##SUFFIX(const T *grad_out, int64_t grad_cs, int64_t
                 code, gain, bias,                                                        \
                 k * group_rows, group_rows, channels, time, pooled, pool, slope, dz,     \
                 grad_y, scratch);                                                        \
-        free(scratch);                                                                   \
     }                                                                                    \
 }
 
@@ -395,8 +394,8 @@ void cl_pool_norm_act_##SUFFIX(const T *y, int64_t batch, int64_t time, int64_t 
     {                                                                                    \
         double *sums = (double *)malloc(sizeof(double) * channels * 2);                  \
         double *squares = sums + channels;                                               \
-        T *mean = (T *)malloc(sizeof(T) * channels * 2), *scale = mean + channels;       \
-        int8_t *scratch = (int8_t *)malloc(channels);                                    \
+        T *mean = (T *)malloc(sizeof(T) * channels * 3), *scale = mean + channels;       \
+        T *position = scale + channels;                                                  \
         int keep = xhat != NULL;                                                         \
         _Pragma("omp for schedule(static)")                                             \
         for (int64_t b = 0; b < batch; b++) {                                            \
@@ -407,17 +406,31 @@ void cl_pool_norm_act_##SUFFIX(const T *y, int64_t batch, int64_t time, int64_t 
             for (int64_t m = 0; m < pooled; m++) {                                       \
                 const T *w = yb + m * pool * channels;                                   \
                 T *x = xb + m * channels;                                                \
-                int8_t *k = code ? code + (b * pooled + m) * channels : scratch;        \
                 _Pragma("omp simd")                                                      \
-                for (int64_t c = 0; c < channels; c++) { x[c] = w[c]; k[c] = 0; }        \
-                for (int64_t p = 1; p < pool; p++) {                                     \
-                    const T *wp = w + p * channels;                                      \
-                    _Pragma("omp simd")                                                  \
-                    for (int64_t c = 0; c < channels; c++) {                             \
-                        T v = wp[c];                                                     \
-                        int take = (v > x[c]) | (v != v);                                \
-                        x[c] = take ? v : x[c];                                          \
-                        k[c] = take ? (int8_t)p : k[c];                                  \
+                for (int64_t c = 0; c < channels; c++) x[c] = w[c];                      \
+                if (code) {                                                              \
+                    /* Positions tracked as T (int8 lanes would stop the vectorising). */ \
+                    int8_t *k = code + (b * pooled + m) * channels;                      \
+                    for (int64_t c = 0; c < channels; c++) position[c] = 0;              \
+                    for (int64_t p = 1; p < pool; p++) {                                 \
+                        const T *wp = w + p * channels;                                  \
+                        _Pragma("omp simd")                                              \
+                        for (int64_t c = 0; c < channels; c++) {                         \
+                            T v = wp[c];                                                 \
+                            int take = (v > x[c]) | (v != v);                            \
+                            x[c] = take ? v : x[c];                                      \
+                            position[c] = take ? (T)p : position[c];                     \
+                        }                                                                \
+                    }                                                                    \
+                    for (int64_t c = 0; c < channels; c++) k[c] = (int8_t)position[c];   \
+                } else {                                                                 \
+                    for (int64_t p = 1; p < pool; p++) {                                 \
+                        const T *wp = w + p * channels;                                  \
+                        _Pragma("omp simd")                                              \
+                        for (int64_t c = 0; c < channels; c++) {                         \
+                            T v = wp[c];                                                 \
+                            x[c] = (v > x[c]) | (v != v) ? v : x[c];                     \
+                        }                                                                \
                     }                                                                    \
                 }                                                                        \
                 _Pragma("omp simd")                                                      \
@@ -457,7 +470,6 @@ void cl_pool_norm_act_##SUFFIX(const T *y, int64_t batch, int64_t time, int64_t 
         }                                                                                \
         free(sums);                                                                      \
         free(mean);                                                                      \
-        free(scratch);                                                                   \
     }                                                                                    \
 }                                                                                        \
 /* Backward: grad_out (chunks x pooled x channels) -> grad_y (chunks x time x   \
@@ -474,7 +486,8 @@ void cl_pool_norm_act_backward_##SUFFIX(const T *grad_out, const T *xhat, const 
         T *gb = grad_bias_parts + (int64_t)omp_get_thread_num() * size;                  \
         for (int64_t i = 0; i < size; i++) gg[i] = gb[i] = 0;                            \
         double *s1 = (double *)malloc(sizeof(double) * channels * 2), *s2 = s1 + channels; \
-        T *m1 = (T *)malloc(sizeof(T) * channels * 3), *m2 = m1 + channels, *r = m2 + channels; \
+        T *m1 = (T *)malloc(sizeof(T) * channels * 4), *m2 = m1 + channels, *r = m2 + channels; \
+        T *position = r + channels;                                                      \
         T *dx = (T *)malloc(sizeof(T) * size);                                           \
         _Pragma("omp for schedule(static)")                                             \
         for (int64_t b = 0; b < batch; b++) {                                            \
@@ -509,13 +522,15 @@ void cl_pool_norm_act_backward_##SUFFIX(const T *grad_out, const T *xhat, const 
                 const int8_t *k = code + (b * pooled + m) * channels;                    \
                 T *d = dx + m * channels;                                                \
                 _Pragma("omp simd")                                                      \
-                for (int64_t c = 0; c < channels; c++)                                   \
+                for (int64_t c = 0; c < channels; c++) {                                 \
                     d[c] = r[c] * (d[c] - m1[c] - x[c] * m2[c]);                         \
+                    position[c] = (T)k[c];                                               \
+                }                                                                        \
                 for (int64_t p = 0; p < pool; p++) {                                     \
                     T *gy = gyb + (m * pool + p) * channels;                             \
                     _Pragma("omp simd")                                                  \
                     for (int64_t c = 0; c < channels; c++)                               \
-                        gy[c] = k[c] == p ? d[c] : (T)0;                                 \
+                        gy[c] = position[c] == (T)p ? d[c] : (T)0;                       \
                 }                                                                        \
             }                                                                            \
             for (int64_t i = pooled * pool * channels; i < time * channels; i++)         \
