@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sincmi.fast_ops import conv2d_channels_last, conv_block_tail, norm_act, sinc_block
+from sincmi.fast_ops import conv2d_channels_last, conv_block_tail, sinc_block
 
 IMPLEMENTATIONS = ("fast", "reference")
 CPU_CONV_MICRO_BATCH = 64
