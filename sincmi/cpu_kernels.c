@@ -23,12 +23,76 @@
  * are one 64-byte cache line. */
 #define TILE_ROWS 16
 
+/* Copies a rows x cols row-major block (src, row stride src_rs) transposed:
+ * dst[j * dst_rs + i] = src[i * src_rs + j]. With AVX-512, 16 x 16 tiles are
+ * transposed in registers (a scalar copy would make each of the 16 loads per
+ * stored line a separate gather). */
+#define TRANSPOSE_SCALAR(T, SUFFIX)                                                      \
+static void transpose_scalar_##SUFFIX(const T *src, int64_t src_rs, int64_t rows,       \
+                                      int64_t cols, T *dst, int64_t dst_rs) {          \
+    for (int64_t j = 0; j < cols; j++)                                                 \
+        for (int64_t i = 0; i < rows; i++)                                             \
+            dst[j * dst_rs + i] = src[i * src_rs + j];                                 \
+}
+TRANSPOSE_SCALAR(float, f32)
+TRANSPOSE_SCALAR(double, f64)
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static void transpose_tile_16(const float *src, int64_t src_rs, float *dst, int64_t dst_rs) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * src_rs);
+    /* Pairs of rows interleaved, then quartets: u[4k + c] holds, in 128-bit
+     * lane l, column 4l + c of rows 4k..4k+3. */
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int k = 0; k < 4; k++) {
+        __m512d a = _mm512_castps_pd(t[4 * k]), b = _mm512_castps_pd(t[4 * k + 2]);
+        __m512d c = _mm512_castps_pd(t[4 * k + 1]), d = _mm512_castps_pd(t[4 * k + 3]);
+        r[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    /* Then a 4 x 4 transpose of 128-bit lanes for each c. */
+    for (int c = 0; c < 4; c++) {
+        __m512 p = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44);
+        __m512 q = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
+        __m512 s = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
+        __m512 u = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
+        _mm512_storeu_ps(dst + (0 + c) * dst_rs, _mm512_shuffle_f32x4(p, s, 0x88));
+        _mm512_storeu_ps(dst + (4 + c) * dst_rs, _mm512_shuffle_f32x4(p, s, 0xDD));
+        _mm512_storeu_ps(dst + (8 + c) * dst_rs, _mm512_shuffle_f32x4(q, u, 0x88));
+        _mm512_storeu_ps(dst + (12 + c) * dst_rs, _mm512_shuffle_f32x4(q, u, 0xDD));
+    }
+}
+static void transpose_f32(const float *src, int64_t src_rs, int64_t rows, int64_t cols,
+                          float *dst, int64_t dst_rs) {
+    int64_t full_rows = rows / 16 * 16, full_cols = cols / 16 * 16;
+    for (int64_t i = 0; i < full_rows; i += 16)
+        for (int64_t j = 0; j < full_cols; j += 16)
+            transpose_tile_16(src + i * src_rs + j, src_rs, dst + j * dst_rs + i, dst_rs);
+    if (full_cols < cols)
+        transpose_scalar_f32(src + full_cols, src_rs, full_rows, cols - full_cols,
+                             dst + full_cols * dst_rs, dst_rs);
+    if (full_rows < rows)
+        transpose_scalar_f32(src + full_rows * src_rs, src_rs, rows - full_rows, cols,
+                             dst + full_rows, dst_rs);
+}
+#else
+#define transpose_f32 transpose_scalar_f32
+#endif
+#define transpose_f64 transpose_scalar_f64
+
 /* One row, forward. Windows of 3 (SincNet's) are written out so that the
  * compiler vectorises them; other sizes take the general loop. */
 #define POOL_ROW(T, SUFFIX)                                                              \
 static void pool_row_##SUFFIX(const T *y, int64_t pooled, int64_t pool, T *out,        \
                               int8_t *code) {                                          \
     if (pool == 3) {                                                                   \
+        T signed_position[pooled];                                                     \
         _Pragma("omp simd")                                                            \
         for (int64_t m = 0; m < pooled; m++) {                                         \
             T v0 = y[3 * m], v1 = y[3 * m + 1], v2 = y[3 * m + 2];                     \
@@ -41,8 +105,10 @@ static void pool_row_##SUFFIX(const T *y, int64_t pooled, int64_t pool, T *out, 
             value = take2 ? v2 : value;                                                \
             int nan = (a0 != a0) | (a1 != a1) | (a2 != a2);                            \
             out[m] = nan ? a0 + a1 + a2 : best;                                        \
-            code[m] = (int8_t)(((value > 0) - (value < 0)) * position);                \
+            signed_position[m] = (T)(((value > 0) - (value < 0)) * position);          \
         }                                                                              \
+        if (code)                                                                      \
+            for (int64_t m = 0; m < pooled; m++) code[m] = (int8_t)signed_position[m]; \
         return;                                                                        \
     }                                                                                  \
     for (int64_t m = 0; m < pooled; m++) {                                             \
@@ -58,7 +124,7 @@ static void pool_row_##SUFFIX(const T *y, int64_t pooled, int64_t pool, T *out, 
             }                                                                          \
         }                                                                              \
         out[m] = best;                                                                 \
-        code[m] = (int8_t)(((value > 0) - (value < 0)) * position);                    \
+        if (code) code[m] = (int8_t)(((value > 0) - (value < 0)) * position);          \
     }                                                                                  \
 }
 
@@ -92,37 +158,45 @@ static void pool_backward_row_##SUFFIX(const int8_t *code, const T *grad_out,   
 /* Pool a group of rows (one row: norm over time; a whole chunk: over channels
  * and time), then LayerNorm over the group, per-position gain and bias, and
  * LeakyReLU. xhat (the normalised values) is row-major; row r of the group's
- * output starts at out + r * out_rs, with element stride out_ms. */
+ * output starts at out + r * out_rs, its elements contiguous. */
 #define POOL_NORM_GROUP(T, SUFFIX)                                                       \
 static void pool_norm_group_##SUFFIX(const T *y, int64_t first_row, int64_t group_rows, \
         int64_t channels, int64_t time, int64_t pooled, int64_t pool, const T *gain,    \
-        const T *bias, double slope, double eps, T *out, int64_t out_rs, int64_t out_ms,\
-        T *xhat, T *rstd_out, int8_t *code) {                                            \
+        const T *bias, double slope, double eps, T *out, int64_t out_rs, T *xhat,       \
+        T *rstd_out, int8_t *code) {                                                     \
     int64_t n = group_rows * pooled;                                                     \
-    T *x = xhat + first_row * pooled;                                                    \
+    /* Inference (xhat NULL): the pooled values are normalised in `out` itself. */     \
+    T *x = xhat ? xhat + first_row * pooled : out;                                       \
+    int64_t x_rs = xhat ? pooled : out_rs;                                               \
     for (int64_t r = 0; r < group_rows; r++)                                             \
-        pool_row_##SUFFIX(y + (first_row + r) * time, pooled, pool, x + r * pooled,     \
-                          code + (first_row + r) * pooled);                             \
+        pool_row_##SUFFIX(y + (first_row + r) * time, pooled, pool, x + r * x_rs,       \
+                          code ? code + (first_row + r) * pooled : NULL);               \
     double sum = 0, squares = 0;                                                         \
-    _Pragma("omp simd reduction(+:sum)")                                                 \
-    for (int64_t i = 0; i < n; i++) sum += x[i];                                         \
+    for (int64_t r = 0; r < group_rows; r++) {                                           \
+        const T *xr = x + r * x_rs;                                                      \
+        _Pragma("omp simd reduction(+:sum)")                                             \
+        for (int64_t m = 0; m < pooled; m++) sum += xr[m];                               \
+    }                                                                                    \
     double mean = sum / n;                                                               \
-    _Pragma("omp simd reduction(+:squares)")                                             \
-    for (int64_t i = 0; i < n; i++) squares += (x[i] - mean) * (x[i] - mean);           \
+    for (int64_t r = 0; r < group_rows; r++) {                                           \
+        const T *xr = x + r * x_rs;                                                      \
+        _Pragma("omp simd reduction(+:squares)")                                         \
+        for (int64_t m = 0; m < pooled; m++) squares += (xr[m] - mean) * (xr[m] - mean); \
+    }                                                                                    \
     T rstd = (T)(1.0 / __builtin_sqrt(squares / n + eps));                               \
     T mu = (T)mean;                                                                      \
     *rstd_out = rstd;                                                                    \
     for (int64_t r = 0; r < group_rows; r++) {                                           \
         int64_t row = first_row + r, c = row % channels;                                 \
         const T *g = gain + c * pooled, *b = bias + c * pooled;                          \
-        T *xr = x + r * pooled;                                                          \
+        T *xr = x + r * x_rs;                                                            \
         T *o = out + r * out_rs;                                                         \
         _Pragma("omp simd")                                                              \
         for (int64_t m = 0; m < pooled; m++) {                                           \
             T normed = (xr[m] - mu) * rstd;                                              \
             T z = normed * g[m] + b[m];                                                  \
-            xr[m] = normed;                                                              \
-            o[m * out_ms] = z > 0 ? z : (T)slope * z;                                    \
+            if (xhat) xr[m] = normed;                                                    \
+            o[m] = z > 0 ? z : (T)slope * z;                                             \
         }                                                                                \
     }                                                                                    \
 }
@@ -130,8 +204,8 @@ static void pool_norm_group_##SUFFIX(const T *y, int64_t first_row, int64_t grou
 /* Backward of pool_norm_group: grad_out -> dz (pre-activation gradient, for the
  * gain and bias gradients) and grad_y (the gradient of the sinc output). */
 #define POOL_NORM_GROUP_BACKWARD(T, SUFFIX)                                              \
-static void pool_norm_group_backward_##SUFFIX(const T *grad_out, int64_t grad_cs,      \
-        int64_t grad_ms, const T *xhat,                                                  \
+static void pool_norm_group_backward_##SUFFIX(const T *grad_group, int64_t grad_rs,    \
+        const T *xhat,                                                                   \
         T rstd, const int8_t *code, const T *gain, const T *bias, int64_t first_row,    \
         int64_t group_rows, int64_t channels, int64_t time, int64_t pooled,             \
         int64_t pool, double slope, T *dz, T *grad_y, T *scratch) {                      \
@@ -140,14 +214,14 @@ static void pool_norm_group_backward_##SUFFIX(const T *grad_out, int64_t grad_cs
     for (int64_t r = 0; r < group_rows; r++) {                                           \
         int64_t row = first_row + r, c = row % channels;                                 \
         const T *g = gain + c * pooled, *b = bias + c * pooled;                          \
-        const T *go = grad_out + (row / channels) * channels * pooled + c * grad_cs;     \
+        const T *go = grad_group + r * grad_rs;                                          \
         const T *xr = xhat + row * pooled;                                               \
         T *d = dz + row * pooled;                                                        \
         T t1 = 0, t2 = 0;                                                                \
         _Pragma("omp simd reduction(+:t1,t2)")                                           \
         for (int64_t m = 0; m < pooled; m++) {                                           \
             T z = xr[m] * g[m] + b[m];                                                   \
-            T dzm = z > 0 ? go[m * grad_ms] : (T)slope * go[m * grad_ms];                \
+            T dzm = z > 0 ? go[m] : (T)slope * go[m];                                    \
             T dx = dzm * g[m];                                                           \
             d[m] = dzm;                                                                  \
             t1 += dx;                                                                    \
@@ -194,7 +268,8 @@ POOL_NORM_GROUP_BACKWARD(T, SUFFIX)                                             
  * chunks contiguous. Written channels-last (out_ms = channels), a row's outputs   \
  * are channels apart: each store would touch its own cache line. The rows are    \
  * then produced TILE_ROWS (or a group) at a time into a row-major buffer and     \
- * copied out time step by time step, TILE_ROWS adjacent values per store. */    \
+ * transposed out (transpose_f32). For inference, xhat and code may be NULL:     \
+ * nothing is kept for a backward pass. */                                         \
 void pool_norm_act_##SUFFIX(const T *y, int64_t groups, int64_t group_rows,            \
         int64_t channels, int64_t time, int64_t pooled, int64_t pool, const T *gain,    \
         const T *bias, double slope, double eps, T *out, int64_t out_cs, int64_t out_ms, \
@@ -205,7 +280,7 @@ void pool_norm_act_##SUFFIX(const T *y, int64_t groups, int64_t group_rows,     
             int64_t row = k * group_rows;                                                \
             T *o = out + (row / channels) * channels * pooled + (row % channels) * out_cs; \
             pool_norm_group_##SUFFIX(y, row, group_rows, channels, time, pooled, pool,   \
-                                     gain, bias, slope, eps, o, out_cs, 1, xhat,         \
+                                     gain, bias, slope, eps, o, out_cs, xhat,            \
                                      rstd + k, code);                                    \
         }                                                                                \
         return;                                                                          \
@@ -223,12 +298,15 @@ void pool_norm_act_##SUFFIX(const T *y, int64_t groups, int64_t group_rows,     
                 int64_t row = b * channels + c0 + r;                                     \
                 pool_norm_group_##SUFFIX(y, row, group_rows, channels, time, pooled,     \
                                          pool, gain, bias, slope, eps, buffer + r * pooled,\
-                                         pooled, 1, xhat, rstd + row / group_rows, code); \
+                                         pooled, xhat, rstd + row / group_rows, code);   \
             }                                                                            \
             T *o = out + b * channels * pooled + c0 * out_cs;                            \
-            for (int64_t m = 0; m < pooled; m++)                                         \
-                for (int64_t r = 0; r < rows; r++)                                       \
-                    o[m * out_ms + r * out_cs] = buffer[r * pooled + m];                 \
+            if (out_cs == 1)                                                             \
+                transpose_##SUFFIX(buffer, pooled, rows, pooled, o, out_ms);             \
+            else                                                                         \
+                for (int64_t m = 0; m < pooled; m++)                                     \
+                    for (int64_t r = 0; r < rows; r++)                                   \
+                        o[m * out_ms + r * out_cs] = buffer[r * pooled + m];             \
         }                                                                                \
         free(buffer);                                                                    \
     }                                                                                    \
@@ -238,15 +316,33 @@ void pool_norm_act_backward_##SUFFIX(const T *grad_out, int64_t grad_cs, int64_t
         const int8_t *code, const T *gain, const T *bias, int64_t groups,               \
         int64_t group_rows, int64_t channels, int64_t time, int64_t pooled,             \
         int64_t pool, double slope, T *dz, T *grad_y, int threads) {                     \
+    /* TILE_ROWS channels (or a group) at a time. A channels-last grad_out       \
+     * (grad_cs == 1) is first transposed into a row-major tile, so that every     \
+     * row is read contiguously; a row-major one (grad_ms == 1) is read in place. */\
+    int64_t unit = group_rows > TILE_ROWS ? group_rows : TILE_ROWS;                      \
+    int64_t units = (channels + unit - 1) / unit, batch = groups * group_rows / channels; \
     _Pragma("omp parallel num_threads(threads)")                                        \
     {                                                                                    \
-        T *scratch = (T *)malloc(sizeof(T) * pooled);                                    \
+        T *scratch = (T *)malloc(sizeof(T) * pooled * (unit + 1)), *tile = scratch + pooled; \
         _Pragma("omp for schedule(static)")                                             \
-        for (int64_t k = 0; k < groups; k++)                                             \
-            pool_norm_group_backward_##SUFFIX(grad_out, grad_cs, grad_ms, xhat, rstd[k],  \
-                code, gain, bias,                                                        \
-                k * group_rows, group_rows, channels, time, pooled, pool, slope, dz,     \
-                grad_y, scratch);                                                        \
+        for (int64_t u = 0; u < batch * units; u++) {                                    \
+            int64_t b = u / units, c0 = (u % units) * unit;                              \
+            int64_t rows = channels - c0 < unit ? channels - c0 : unit;                  \
+            const T *go = grad_out + b * channels * pooled + c0 * grad_cs;               \
+            int64_t go_rs = grad_cs;                                                     \
+            if (grad_ms != 1) {                                                          \
+                transpose_##SUFFIX(go, grad_ms, pooled, rows, tile, pooled);             \
+                go = tile;                                                               \
+                go_rs = pooled;                                                          \
+            }                                                                            \
+            for (int64_t r = 0; r < rows; r += group_rows) {                             \
+                int64_t row = b * channels + c0 + r;                                     \
+                pool_norm_group_backward_##SUFFIX(go + r * go_rs, go_rs, xhat,           \
+                    rstd[row / group_rows], code, gain, bias, row, group_rows, channels, \
+                    time, pooled, pool, slope, dz, grad_y, scratch);                     \
+            }                                                                            \
+        }                                                                                \
+        free(scratch);                                                                   \
     }                                                                                    \
 }
 

@@ -175,7 +175,7 @@ def abs_max_pool_backward(code, grad_out, time, pool):
     return grad_y
 
 
-def pool_norm_act(y, pool, gain, bias, slope, eps, group_rows, out, xhat, rstd, code):
+def pool_norm_act(y, pool, gain, bias, slope, eps, group_rows, out, rstd, xhat=None, code=None):
     """|.| + max-pool, LayerNorm, gain and bias, LeakyReLU, in one pass over ``y``.
 
     Arguments
@@ -195,12 +195,14 @@ def pool_norm_act(y, pool, gain, bias, slope, eps, group_rows, out, xhat, rstd, 
         ``(batch, channels, pooled)``, written with the block's output; any
         channel and time strides (channels-last suits the next convolution),
         chunks contiguous.
-    xhat : torch.Tensor
-        ``(batch, channels, pooled)`` contiguous, written with the normalised values.
     rstd : torch.Tensor
         ``(batch * channels // group_rows,)``: 1 / standard deviation per group.
-    code : torch.Tensor
-        ``(batch, channels, pooled)`` int8: winners, as in :func:`abs_max_pool`.
+    xhat : torch.Tensor or None
+        ``(batch, channels, pooled)`` contiguous, written with the normalised
+        values (for the backward pass; None in inference).
+    code : torch.Tensor or None
+        ``(batch, channels, pooled)`` int8: winners, as in :func:`abs_max_pool`
+        (for the backward pass; None in inference).
     """
     batch, channels, time = y.shape
     pooled = out.shape[-1]
@@ -210,14 +212,17 @@ def pool_norm_act(y, pool, gain, bias, slope, eps, group_rows, out, xhat, rstd, 
         "pool_norm_act", y.dtype,
         _pointer(y), batch * channels // group_rows, group_rows, channels, time, pooled, pool,
         _pointer(gain), _pointer(bias), slope, eps, _pointer(out), out.stride(1), out.stride(2),
-        _pointer(xhat), _pointer(rstd), _pointer(code), torch.get_num_threads(),
+        *[_pointer(t) if t is not None else None for t in (xhat, rstd, code)], torch.get_num_threads(),
     )
 
 
-def pool_norm_act_backward(grad_out, xhat, rstd, code, gain, bias, slope, group_rows, time, pool):
+def pool_norm_act_backward(grad_out, xhat, rstd, code, gain, bias, slope, group_rows, time, pool,
+                           dz=None, grad_y=None):
     """Backward of :func:`pool_norm_act`.
 
     ``grad_out`` may have any channel and time strides (chunks contiguous).
+    ``dz`` and ``grad_y``, when given (contiguous, of the shapes below), are
+    written in place of new tensors.
 
     Returns
     -------
@@ -228,10 +233,11 @@ def pool_norm_act_backward(grad_out, xhat, rstd, code, gain, bias, slope, group_
         ``(batch, channels, time)`` gradient of the sinc-layer output.
     """
     batch, channels, pooled = code.shape
-    if grad_out.stride(0) != channels * pooled:
+    row_major, channels_last = grad_out.stride(2) == 1, grad_out.stride(1) == 1
+    if grad_out.stride(0) != channels * pooled or not (row_major or channels_last):
         grad_out = grad_out.contiguous()
-    dz = torch.empty_like(xhat)
-    grad_y = grad_out.new_empty(batch, channels, time)
+    dz = torch.empty_like(xhat) if dz is None else dz
+    grad_y = grad_out.new_empty(batch, channels, time) if grad_y is None else grad_y
     _call(
         "pool_norm_act_backward", grad_out.dtype,
         _pointer(grad_out), grad_out.stride(1), grad_out.stride(2), _pointer(xhat), _pointer(rstd),

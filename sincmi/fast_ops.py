@@ -58,16 +58,30 @@ class _Spectra:
         self.time, self.taps = x.shape[-1], h.shape[-1]
         self.x = torch.fft.rfft(x, n=self.time)
         self.h_conj = torch.fft.rfft(h, n=self.time).conj().resolve_conj()
-        self._product = None
+        self._buffers = {}
+
+    def buffer(self, kind, n):
+        """A ``(n, channels, bins)`` complex (``"spectrum"``) or ``(n, channels, time)``
+        real (``"signal"``) work buffer, shared by every micro-batch (fresh ones
+        cost page faults) and by the backward pass."""
+        buffer = self._buffers.get(kind)
+        if buffer is None or buffer.shape[0] < n:
+            h = self.h_conj
+            if kind == "spectrum":
+                buffer = torch.empty(n, *h.shape, dtype=h.dtype, device=h.device)
+            else:
+                buffer = torch.empty(n, h.shape[0], self.time, dtype=h.real.dtype, device=h.device)
+            self._buffers[kind] = buffer
+        return buffer[:n]
 
     def output(self, start, stop):
-        """``(n, channels, time)`` sinc-layer output of chunks start..stop."""
+        """``(n, channels, time)`` sinc-layer output of chunks start..stop.
+
+        It is written into the ``"signal"`` buffer, which the next call overwrites.
+        """
         x = self.x[start:stop, None]
-        # One product buffer for every micro-batch: a fresh one costs page faults.
-        if self._product is None or self._product.shape[0] < x.shape[0]:
-            self._product = torch.empty(x.shape[0], *self.h_conj.shape, dtype=x.dtype, device=x.device)
-        product = torch.mul(x, self.h_conj, out=self._product[: x.shape[0]])
-        return torch.fft.irfft(product, n=self.time)
+        product = torch.mul(x, self.h_conj, out=self.buffer("spectrum", x.shape[0]))
+        return torch.fft.irfft(product, n=self.time, out=self.buffer("signal", x.shape[0]))
 
 
 class _SpectralGradients:
@@ -80,7 +94,7 @@ class _SpectralGradients:
         self.h_grad = x.new_zeros(spectra.h_conj.shape) if need_h else None
 
     def add(self, start, grad_y):
-        grad_spec = torch.fft.rfft(grad_y)
+        grad_spec = torch.fft.rfft(grad_y, out=self.spectra.buffer("spectrum", grad_y.shape[0]))
         stop = start + grad_y.shape[0]
         if cpu_kernels.available(grad_y):  # both products in one pass over grad_spec
             cpu_kernels.spectral_gradients(
@@ -171,7 +185,7 @@ class _SincBlock(torch.autograd.Function):
             n = min(CPU_MICRO_BATCH, batch - i)
             part = slice(i, i + n)
             cpu_kernels.pool_norm_act(spectra.output(i, i + n), pool, gain, bias, slope, LAYER_NORM_EPS,
-                                      group_rows, out[part], xhat[part], rstd[part], code[part])
+                                      group_rows, out[part], rstd[part], xhat[part], code[part])
         ctx.spectra = spectra
         ctx.save_for_backward(gain, bias, xhat, rstd, code)
         ctx.options = (pool, slope, group_rows)
@@ -183,11 +197,13 @@ class _SincBlock(torch.autograd.Function):
         spectra, (pool, slope, group_rows) = ctx.spectra, ctx.options
         gradients = _SpectralGradients(spectra, *ctx.needs_input_grad[:2])
         grad_gain, grad_bias = torch.zeros_like(gain), torch.zeros_like(bias)
+        dz_buffer = torch.empty_like(xhat[:CPU_MICRO_BATCH])
         for i in range(0, code.shape[0], CPU_MICRO_BATCH):
             part = slice(i, i + CPU_MICRO_BATCH)
+            n = code[part].shape[0]
             dz, grad_y = cpu_kernels.pool_norm_act_backward(
                 grad_out[part], xhat[part], rstd[part], code[part], gain, bias, slope, group_rows,
-                spectra.time, pool)
+                spectra.time, pool, dz=dz_buffer[:n], grad_y=spectra.buffer("signal", n))
             grad_gain += (dz * xhat[part]).sum(0)
             grad_bias += dz.sum(0)
             gradients.add(i, grad_y)
@@ -245,14 +261,11 @@ def _sinc_block_inference(x, h, pool, gain, bias, slope, group_rows):
     spectra = _Spectra(x, h)
     out = _channels_last(x, batch, channels, pooled)
     step = min(CPU_MICRO_BATCH, batch)
-    # Scratch space, reused by every micro-batch.
-    xhat = x.new_empty(step, channels, pooled)
-    code = torch.empty(step, channels, pooled, dtype=torch.int8)
-    rstd = x.new_empty(step, channels // group_rows)
+    rstd = x.new_empty(step, channels // group_rows)  # scratch, reused by every micro-batch
     for i in range(0, batch, step):
         n = min(step, batch - i)
         cpu_kernels.pool_norm_act(spectra.output(i, i + n), pool, gain, bias, slope, LAYER_NORM_EPS,
-                                  group_rows, out[i : i + n], xhat[:n], rstd[:n], code[:n])
+                                  group_rows, out[i : i + n], rstd[:n])
     return out
 
 

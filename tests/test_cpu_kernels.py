@@ -136,14 +136,74 @@ def test_pool_norm_act_writes_the_same_values_in_either_layout(dtype, channels, 
         out.fill_(float("nan"))  # an element left unwritten fails the comparison
         xhat, code = torch.empty(3, channels, 100, dtype=dtype), torch.empty(3, channels, 100, dtype=torch.int8)
         rstd = torch.empty(3 * channels // rows, dtype=dtype)
-        cpu_kernels.pool_norm_act(y, 3, gain, bias, 0.2, 1e-5, rows, out, xhat, rstd, code)
+        cpu_kernels.pool_norm_act(y, 3, gain, bias, 0.2, 1e-5, rows, out, rstd, xhat, code)
         results.append((out, xhat, rstd, code))
     assert results[1][0].stride()[1] == 1  # channels-last
     for direct, tiled in zip(*results):
         assert torch.equal(direct, tiled)
+    # Inference (nothing kept for a backward pass) writes the same outputs.
+    for out in (torch.empty(3, channels, 100, dtype=dtype), fast_ops._channels_last(y, 3, channels, 100)):
+        out.fill_(float("nan"))
+        cpu_kernels.pool_norm_act(y, 3, gain, bias, 0.2, 1e-5, rows, out, torch.empty_like(results[0][2]))
+        assert torch.equal(out, results[0][0])
     expected = F.leaky_relu(F.layer_norm(_plain_abs_max_pool(y, 3)[0], (100,) if rows == 1 else (channels, 100))
                             * gain + bias, 0.2)
     torch.testing.assert_close(results[1][0], expected)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [5, 16, 37])
+@pytest.mark.parametrize("group_rows", ["one", "all"])
+def test_pool_norm_act_backward_reads_either_gradient_layout(dtype, channels, group_rows):
+    # A channels-last gradient (what the next convolution's backward returns)
+    # is transposed into row-major tiles first: the results must be bit for
+    # bit those of the same values given row-major, and equal autograd's.
+    torch.manual_seed(channels)
+    y = torch.randn(3, channels, 301, dtype=dtype, requires_grad=True)
+    gain, bias = torch.rand(channels, 100, dtype=dtype) + 0.5, torch.randn(channels, 100, dtype=dtype)
+    rows = 1 if group_rows == "one" else channels
+    out, xhat = torch.empty(3, channels, 100, dtype=dtype), torch.empty(3, channels, 100, dtype=dtype)
+    code, rstd = torch.empty(3, channels, 100, dtype=torch.int8), torch.empty(3 * channels // rows, dtype=dtype)
+    cpu_kernels.pool_norm_act(y.detach(), 3, gain, bias, 0.2, 1e-5, rows, out, rstd, xhat, code)
+    grad_row_major = torch.randn(3, channels, 100, dtype=dtype)
+    grad_channels_last = fast_ops._channels_last(y, 3, channels, 100).copy_(grad_row_major)
+    assert grad_channels_last.stride()[1] == 1
+    results = [cpu_kernels.pool_norm_act_backward(g, xhat, rstd, code, gain, bias, 0.2, rows, 301, 3)
+               for g in (grad_row_major, grad_channels_last)]
+    for direct, tiled in zip(*results):
+        assert torch.equal(direct, tiled)
+    dims = (100,) if rows == 1 else (channels, 100)
+    plain = F.leaky_relu(F.layer_norm(F.max_pool1d(y.abs(), 3), dims) * gain + bias, 0.2)
+    (expected,) = torch.autograd.grad(plain, y, grad_row_major)
+    tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(results[1][1], expected, **tolerance)
+
+
+def _resident_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@needs_kernels
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_pool_norm_act_backward_frees_its_scratch_memory():
+    # Each call allocates per-thread scratch rows; a version that never freed
+    # them leaked pooled * 8 bytes per thread per call (here >= 400 kB, so
+    # >= 40 MB over 100 calls).
+    pooled = 50_000
+    y = torch.randn(1, 1, 3 * pooled, dtype=torch.float64)
+    gain, bias = torch.ones(1, pooled, dtype=torch.float64), torch.zeros(1, pooled, dtype=torch.float64)
+    out, xhat = torch.empty(1, 1, pooled, dtype=torch.float64), torch.empty(1, 1, pooled, dtype=torch.float64)
+    code, rstd = torch.empty(1, 1, pooled, dtype=torch.int8), torch.empty(1, dtype=torch.float64)
+    cpu_kernels.pool_norm_act(y, 3, gain, bias, 0.2, 1e-5, 1, out, rstd, xhat, code)
+    grad = torch.randn(1, 1, pooled, dtype=torch.float64)
+    for _ in range(5):  # warm up the allocator
+        cpu_kernels.pool_norm_act_backward(grad, xhat, rstd, code, gain, bias, 0.2, 1, 3 * pooled, 3)
+    before = _resident_bytes()
+    for _ in range(100):
+        cpu_kernels.pool_norm_act_backward(grad, xhat, rstd, code, gain, bias, 0.2, 1, 3 * pooled, 3)
+    assert _resident_bytes() - before < 10 * 2**20
 
 
 def _plain_conv_block(x, w, gain, bias, norm_over, pool, slope=0.2):
