@@ -268,8 +268,8 @@ POOL_NORM_GROUP_BACKWARD(T, SUFFIX)                                             
  * chunks contiguous. Written channels-last (out_ms = channels), a row's outputs   \
  * are channels apart: each store would touch its own cache line. The rows are    \
  * then produced TILE_ROWS (or a group) at a time into a row-major buffer and     \
- * transposed out (transpose_f32). For inference, xhat and code may be NULL:     \
- * nothing is kept for a backward pass. */                                         \
+ * transposed out (in registers with AVX-512). For inference, xhat and code may \
+ * be NULL: nothing is kept for a backward pass. */                                \
 void pool_norm_act_##SUFFIX(const T *y, int64_t groups, int64_t group_rows,            \
         int64_t channels, int64_t time, int64_t pooled, int64_t pool, const T *gain,    \
         const T *bias, double slope, double eps, T *out, int64_t out_cs, int64_t out_ms, \

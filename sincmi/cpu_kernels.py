@@ -129,7 +129,8 @@ def available(tensor):
 
 
 def _pointer(tensor):
-    return ctypes.c_void_p(tensor.data_ptr())
+    """The tensor's data address, or NULL for None (an optional output)."""
+    return ctypes.c_void_p(tensor.data_ptr()) if tensor is not None else None
 
 
 def _call(name, dtype, *args):
@@ -212,7 +213,7 @@ def pool_norm_act(y, pool, gain, bias, slope, eps, group_rows, out, rstd, xhat=N
         "pool_norm_act", y.dtype,
         _pointer(y), batch * channels // group_rows, group_rows, channels, time, pooled, pool,
         _pointer(gain), _pointer(bias), slope, eps, _pointer(out), out.stride(1), out.stride(2),
-        *[_pointer(t) if t is not None else None for t in (xhat, rstd, code)], torch.get_num_threads(),
+        _pointer(xhat), _pointer(rstd), _pointer(code), torch.get_num_threads(),
     )
 
 
@@ -323,7 +324,7 @@ def channels_last_pool_norm_act(y, pool, gain_t, bias_t, slope, eps, whole, out,
     batch, time, channels = y.shape
     _call("cl_pool_norm_act", y.dtype, _pointer(y), batch, time, channels, out.shape[1], pool, int(whole),
           _pointer(gain_t), _pointer(bias_t), slope, eps, _pointer(out),
-          *[_pointer(t) if t is not None else None for t in (xhat, rstd, code)], torch.get_num_threads())
+          _pointer(xhat), _pointer(rstd), _pointer(code), torch.get_num_threads())
 
 
 def channels_last_pool_norm_act_backward(grad_out, xhat, rstd, code, gain_t, bias_t, slope, whole, time, pool):
