@@ -75,13 +75,12 @@ class _Spectra:
         return buffer[:n]
 
     def output(self, start, stop):
-        """``(n, channels, time)`` sinc-layer output of chunks start..stop.
-
-        It is written into the ``"signal"`` buffer, which the next call overwrites.
-        """
+        """``(n, channels, time)`` sinc-layer output of chunks start..stop."""
         x = self.x[start:stop, None]
         product = torch.mul(x, self.h_conj, out=self.buffer("spectrum", x.shape[0]))
-        return torch.fft.irfft(product, n=self.time, out=self.buffer("signal", x.shape[0]))
+        # No out=: PyTorch's FFTs compute into a new tensor and copy it into
+        # `out`, which costs more than the allocation it saves.
+        return torch.fft.irfft(product, n=self.time)
 
 
 class _SpectralGradients:
@@ -94,7 +93,7 @@ class _SpectralGradients:
         self.h_grad = x.new_zeros(spectra.h_conj.shape) if need_h else None
 
     def add(self, start, grad_y):
-        grad_spec = torch.fft.rfft(grad_y, out=self.spectra.buffer("spectrum", grad_y.shape[0]))
+        grad_spec = torch.fft.rfft(grad_y)
         stop = start + grad_y.shape[0]
         if cpu_kernels.available(grad_y):  # both products in one pass over grad_spec
             cpu_kernels.spectral_gradients(
