@@ -1,17 +1,18 @@
-"""Native CPU kernels for the SincNet encoder and the MLP critic, compiled on first use.
+"""Native CPU kernels for the SincNet encoder, the MLP critic and RMSprop, compiled on first use.
 
 ``cpu_kernels.c`` holds the loops that PyTorch can only express as several
 passes over large tensors: the sinc block's |.|, max-pool, LayerNorm, gain,
 bias and LeakyReLU (forward and backward), the same tail for the ordinary
 convolutions on their channels-last output, the sinc layer's spectral
-gradient products, and the MLP critic's grid of pair scores. They are
-compiled with the system's C compiler (``$CC``, else ``cc``) for this CPU the
-first time they are needed, and cached under ``$SINCMI_CACHE`` (default
-``~/.cache/sincmi``), keyed by the source, the compiler flags and the CPU's
-instruction sets.
+gradient products, the MLP critic's grid of pair scores, and the RMSprop
+update (:mod:`sincmi.optim`). They are compiled with the system's C compiler
+(``$CC``, else ``cc``) for this CPU the first time they are needed, and cached
+under ``$SINCMI_CACHE`` (default ``~/.cache/sincmi``), keyed by the source,
+the compiler flags and the CPU's instruction sets.
 
 Without a compiler, or with ``SINCMI_NATIVE=0``, :func:`available` is False and
-:mod:`sincmi.fast_ops` uses its PyTorch code instead: same results, slower.
+:mod:`sincmi.fast_ops` and :mod:`sincmi.optim` use PyTorch's code instead: same
+results, slower.
 """
 
 import ctypes
@@ -27,8 +28,10 @@ import warnings
 import torch
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
-# -fno-trapping-math lets the compiler vectorise comparisons (results unchanged).
-FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-std=c99", "-shared", "-fPIC"]
+# -fno-trapping-math lets the compiler vectorise comparisons, -fno-math-errno
+# square roots (results unchanged: no kernel takes the root of a negative).
+FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-fopenmp", "-std=c99", "-shared",
+         "-fPIC"]
 _TYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 # Argument types of the exported functions (each has an _f32 and an _f64 version).
@@ -43,6 +46,7 @@ _SIGNATURES = {
     "mlp_grid_backward": [_p] * 4 + [_i64] * 3 + [_f64] + [_p] * 3 + [_int],
     "cl_pool_norm_act": [_p] + [_i64] * 5 + [_int, _p, _p, _f64, _f64] + [_p] * 4 + [_int],
     "cl_pool_norm_act_backward": [_p] * 6 + [_i64] * 5 + [_int, _f64] + [_p] * 3 + [_int],
+    "rmsprop_step": [_p] * 3 + [_i64] + [_f64] * 4 + [_int],
 }
 
 _library = None
@@ -358,3 +362,17 @@ def channels_last_pool_norm_act_backward(grad_out, xhat, rstd, code, gain_t, bia
           int(whole), slope, _pointer(grad_y), _pointer(grad_gain_parts), _pointer(grad_bias_parts),
           threads)
     return grad_y, grad_gain_parts.sum(0), grad_bias_parts.sum(0)
+
+
+def rmsprop_step(param, grad, square_avg, lr, alpha, eps, weight_decay=0.0):
+    """One in-place RMSprop update (no momentum, not centered) of a contiguous parameter.
+
+    ``square_avg = square_avg * alpha + (1 - alpha) * g * g`` and ``param +=
+    -lr * g / (sqrt(square_avg) + eps)`` with ``g = grad + weight_decay *
+    param``, in one pass: what :class:`torch.optim.RMSprop` computes in five.
+    """
+    for tensor in (param, grad, square_avg):
+        if not tensor.is_contiguous() or tensor.dtype != param.dtype or tensor.shape != param.shape:
+            raise ValueError("rmsprop_step: param, grad and square_avg must be contiguous, of one dtype and shape")
+    _call("rmsprop_step", param.dtype, _pointer(param), _pointer(grad), _pointer(square_avg), param.numel(),
+          lr, alpha, eps, weight_decay, torch.get_num_threads())
