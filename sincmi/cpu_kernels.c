@@ -201,16 +201,14 @@ static void pool_norm_group_##SUFFIX(const T *y, int64_t first_row, int64_t grou
     }                                                                                    \
 }
 
-/* Backward of pool_norm_group: grad_out -> dz (pre-activation gradient) and
- * grad_y (the gradient of the sinc output); when gg/gb are given, dz * xhat
- * and dz are added to them (the gain and bias gradients, one channel x pooled
- * array per thread, summed by the caller). */
+/* Backward of pool_norm_group: grad_out -> dz (pre-activation gradient, for the
+ * gain and bias gradients) and grad_y (the gradient of the sinc output). */
 #define POOL_NORM_GROUP_BACKWARD(T, SUFFIX)                                              \
 static void pool_norm_group_backward_##SUFFIX(const T *grad_group, int64_t grad_rs,    \
         const T *xhat,                                                                   \
         T rstd, const int8_t *code, const T *gain, const T *bias, int64_t first_row,    \
         int64_t group_rows, int64_t channels, int64_t time, int64_t pooled,             \
-        int64_t pool, double slope, T *dz, T *grad_y, T *scratch, T *gg, T *gb) {        \
+        int64_t pool, double slope, T *dz, T *grad_y, T *scratch) {                      \
     int64_t n = group_rows * pooled;                                                     \
     double s1 = 0, s2 = 0;                                                               \
     for (int64_t r = 0; r < group_rows; r++) {                                           \
@@ -228,14 +226,6 @@ static void pool_norm_group_backward_##SUFFIX(const T *grad_group, int64_t grad_
             d[m] = dzm;                                                                  \
             t1 += dx;                                                                    \
             t2 += dx * xr[m];                                                            \
-        }                                                                                \
-        if (gg) {  /* this thread's share of the gain and bias gradients */              \
-            T *ggr = gg + c * pooled, *gbr = gb + c * pooled;                            \
-            _Pragma("omp simd")                                                          \
-            for (int64_t m = 0; m < pooled; m++) {                                       \
-                ggr[m] += d[m] * xr[m];                                                  \
-                gbr[m] += d[m];                                                          \
-            }                                                                            \
         }                                                                                \
         s1 += t1;                                                                        \
         s2 += t2;                                                                        \
@@ -325,8 +315,7 @@ void pool_norm_act_backward_##SUFFIX(const T *grad_out, int64_t grad_cs, int64_t
         const T *xhat, const T *rstd,                                                    \
         const int8_t *code, const T *gain, const T *bias, int64_t groups,               \
         int64_t group_rows, int64_t channels, int64_t time, int64_t pooled,             \
-        int64_t pool, double slope, T *dz, T *grad_y, T *grad_gain_parts,                \
-        T *grad_bias_parts, int threads) {                                               \
+        int64_t pool, double slope, T *dz, T *grad_y, int threads) {                     \
     /* TILE_ROWS channels (or a group) at a time. A channels-last grad_out       \
      * (grad_cs == 1) is first transposed into a row-major tile, so that every     \
      * row is read contiguously; a row-major one (grad_ms == 1) is read in place. */\
@@ -335,9 +324,6 @@ void pool_norm_act_backward_##SUFFIX(const T *grad_out, int64_t grad_cs, int64_t
     _Pragma("omp parallel num_threads(threads)")                                        \
     {                                                                                    \
         T *scratch = (T *)malloc(sizeof(T) * pooled * (unit + 1)), *tile = scratch + pooled; \
-        int64_t part = (int64_t)omp_get_thread_num() * channels * pooled;                \
-        T *gg = grad_gain_parts ? grad_gain_parts + part : NULL;                         \
-        T *gb = grad_bias_parts ? grad_bias_parts + part : NULL;                         \
         _Pragma("omp for schedule(static)")                                             \
         for (int64_t u = 0; u < batch * units; u++) {                                    \
             int64_t b = u / units, c0 = (u % units) * unit;                              \
@@ -353,7 +339,7 @@ void pool_norm_act_backward_##SUFFIX(const T *grad_out, int64_t grad_cs, int64_t
                 int64_t row = b * channels + c0 + r;                                     \
                 pool_norm_group_backward_##SUFFIX(go + r * go_rs, go_rs, xhat,           \
                     rstd[row / group_rows], code, gain, bias, row, group_rows, channels, \
-                    time, pooled, pool, slope, dz, grad_y, scratch, gg, gb);             \
+                    time, pooled, pool, slope, dz, grad_y, scratch);                     \
             }                                                                            \
         }                                                                                \
         free(scratch);                                                                   \

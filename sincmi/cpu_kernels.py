@@ -40,7 +40,7 @@ _SIGNATURES = {
     "abs_max_pool": [_p] + [_i64] * 4 + [_p] * 2 + [_int],
     "abs_max_pool_backward": [_p] * 2 + [_i64] * 4 + [_p, _int],
     "pool_norm_act": [_p] + [_i64] * 6 + [_p, _p, _f64, _f64] + [_p, _i64, _i64] + [_p] * 3 + [_int],
-    "pool_norm_act_backward": [_p, _i64, _i64] + [_p] * 5 + [_i64] * 6 + [_f64] + [_p] * 4 + [_int],
+    "pool_norm_act_backward": [_p, _i64, _i64] + [_p] * 5 + [_i64] * 6 + [_f64, _p, _p, _int],
     "spectral_gradients": [_p] * 3 + [_i64] * 3 + [_p, _p, _int],
     "mlp_grid": [_p] * 3 + [_i64] * 3 + [_f64, _p, _int],
     "mlp_grid_backward": [_p] * 4 + [_i64] * 3 + [_f64] + [_p] * 3 + [_int],
@@ -222,17 +222,12 @@ def pool_norm_act(y, pool, gain, bias, slope, eps, group_rows, out, rstd, xhat=N
 
 
 def pool_norm_act_backward(grad_out, xhat, rstd, code, gain, bias, slope, group_rows, time, pool,
-                           dz=None, grad_y=None, grad_gain_parts=None, grad_bias_parts=None):
+                           dz=None, grad_y=None):
     """Backward of :func:`pool_norm_act`.
 
     ``grad_out`` may have any channel and time strides (chunks contiguous).
     ``dz`` and ``grad_y``, when given (contiguous, of the shapes below), are
-    written in place of new tensors. ``grad_gain_parts`` and
-    ``grad_bias_parts``, when given, are ``(torch.get_num_threads(), channels,
-    pooled)`` contiguous accumulators: each thread adds its chunks' ``dz *
-    xhat`` and ``dz`` to its own slice, so their sums over the first dimension
-    grow by the gain's and the bias's gradients (one reduction per backward
-    pass instead of one per call).
+    written in place of new tensors.
 
     Returns
     -------
@@ -246,15 +241,6 @@ def pool_norm_act_backward(grad_out, xhat, rstd, code, gain, bias, slope, group_
     row_major, channels_last = grad_out.stride(2) == 1, grad_out.stride(1) == 1
     if grad_out.stride(0) != channels * pooled or not (row_major or channels_last):
         grad_out = grad_out.contiguous()
-    threads = torch.get_num_threads()
-    if (grad_gain_parts is None) != (grad_bias_parts is None):
-        raise ValueError("pool_norm_act_backward: give both grad_gain_parts and grad_bias_parts, or neither")
-    for parts in (grad_gain_parts, grad_bias_parts):
-        if parts is not None and (parts.shape != (threads, channels, pooled) or not parts.is_contiguous()
-                                  or parts.dtype != grad_out.dtype):
-            raise ValueError(f"pool_norm_act_backward: gradient parts must be contiguous {grad_out.dtype} of "
-                             f"shape {(threads, channels, pooled)} (threads, channels, pooled), "
-                             f"got {parts.dtype} {tuple(parts.shape)}")
     dz = torch.empty_like(xhat) if dz is None else dz
     grad_y = grad_out.new_empty(batch, channels, time) if grad_y is None else grad_y
     _call(
@@ -262,7 +248,7 @@ def pool_norm_act_backward(grad_out, xhat, rstd, code, gain, bias, slope, group_
         _pointer(grad_out), grad_out.stride(1), grad_out.stride(2), _pointer(xhat), _pointer(rstd),
         _pointer(code), _pointer(gain), _pointer(bias),
         batch * channels // group_rows, group_rows, channels, time, pooled, pool,
-        slope, _pointer(dz), _pointer(grad_y), _pointer(grad_gain_parts), _pointer(grad_bias_parts), threads,
+        slope, _pointer(dz), _pointer(grad_y), torch.get_num_threads(),
     )
     return dz, grad_y
 

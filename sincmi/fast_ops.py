@@ -195,19 +195,18 @@ class _SincBlock(torch.autograd.Function):
         gain, bias, xhat, rstd, code = ctx.saved_tensors
         spectra, (pool, slope, group_rows) = ctx.spectra, ctx.options
         gradients = _SpectralGradients(spectra, *ctx.needs_input_grad[:2])
-        # The kernel adds the gain and bias gradients into one slice per thread.
-        gain_parts = gain.new_zeros(torch.get_num_threads(), *gain.shape)
-        bias_parts = torch.zeros_like(gain_parts)
+        grad_gain, grad_bias = torch.zeros_like(gain), torch.zeros_like(bias)
         dz_buffer = torch.empty_like(xhat[:CPU_MICRO_BATCH])
         for i in range(0, code.shape[0], CPU_MICRO_BATCH):
             part = slice(i, i + CPU_MICRO_BATCH)
             n = code[part].shape[0]
-            _, grad_y = cpu_kernels.pool_norm_act_backward(
+            dz, grad_y = cpu_kernels.pool_norm_act_backward(
                 grad_out[part], xhat[part], rstd[part], code[part], gain, bias, slope, group_rows,
-                spectra.time, pool, dz=dz_buffer[:n], grad_y=spectra.buffer("signal", n),
-                grad_gain_parts=gain_parts, grad_bias_parts=bias_parts)
+                spectra.time, pool, dz=dz_buffer[:n], grad_y=spectra.buffer("signal", n))
+            grad_gain += (dz * xhat[part]).sum(0)
+            grad_bias += dz.sum(0)
             gradients.add(i, grad_y)
-        return (*gradients.result(), gain_parts.sum(0), bias_parts.sum(0), None, None, None)
+        return (*gradients.result(), grad_gain, grad_bias, None, None, None)
 
 
 def sinc_block(x, filters, pool, gain, bias, negative_slope, norm_over="time"):

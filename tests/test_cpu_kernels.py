@@ -180,46 +180,6 @@ def test_pool_norm_act_backward_reads_either_gradient_layout(dtype, channels, gr
     torch.testing.assert_close(results[1][1], expected, **tolerance)
 
 
-@needs_kernels
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("group_rows", ["one", "all"])
-def test_pool_norm_act_backward_accumulates_gain_and_bias_gradients(threads, group_rows):
-    # Two calls (two micro-batches) add into per-thread slices; their sum must
-    # be the gain's and the bias's gradients over both, and dz and grad_y must
-    # not change when the accumulators are given.
-    torch.manual_seed(threads)
-    channels, dtype = 37, torch.float64
-    gain, bias = torch.rand(channels, 100, dtype=dtype) + 0.5, torch.randn(channels, 100, dtype=dtype)
-    rows = 1 if group_rows == "one" else channels
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        gain_parts = torch.zeros(threads, channels, 100, dtype=dtype)
-        bias_parts = torch.zeros_like(gain_parts)
-        expected_gain, expected_bias = torch.zeros_like(gain), torch.zeros_like(bias)
-        for batch in (5, 3):
-            y = torch.randn(batch, channels, 301, dtype=dtype)
-            out, xhat = torch.empty(batch, channels, 100, dtype=dtype), torch.empty(batch, channels, 100, dtype=dtype)
-            code = torch.empty(batch, channels, 100, dtype=torch.int8)
-            rstd = torch.empty(batch * channels // rows, dtype=dtype)
-            cpu_kernels.pool_norm_act(y, 3, gain, bias, 0.2, 1e-5, rows, out, rstd, xhat, code)
-            grad = fast_ops._channels_last(y, batch, channels, 100).copy_(torch.randn(batch, channels, 100))
-            args = (grad, xhat, rstd, code, gain, bias, 0.2, rows, 301, 3)
-            dz, grad_y = cpu_kernels.pool_norm_act_backward(*args)
-            dz_acc, grad_y_acc = cpu_kernels.pool_norm_act_backward(
-                *args, grad_gain_parts=gain_parts, grad_bias_parts=bias_parts)
-            assert torch.equal(dz, dz_acc) and torch.equal(grad_y, grad_y_acc)
-            expected_gain += (dz * xhat).sum(0)
-            expected_bias += dz.sum(0)
-        torch.testing.assert_close(gain_parts.sum(0), expected_gain, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(bias_parts.sum(0), expected_bias, rtol=1e-12, atol=1e-12)
-        with pytest.raises(ValueError, match="threads, channels, pooled"):
-            cpu_kernels.pool_norm_act_backward(*args, grad_gain_parts=gain_parts[:, :5],
-                                               grad_bias_parts=bias_parts[:, :5])
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _resident_bytes():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
