@@ -60,7 +60,8 @@ class RMSprop(torch.optim.RMSprop):
                 loss = closure()
         for group in self.param_groups:
             params, grads, square_avgs, steps = [], [], [], []
-            # PyTorch's own state initialisation, so that the state is PyTorch's.
+            # PyTorch's own state initialisation, so that the state is PyTorch's
+            # (a private method: setup.py pins the torch version it was checked with).
             self._init_group(group, params, grads, square_avgs, [], [], steps)
             for p, grad, square_avg, step in zip(params, grads, square_avgs, steps):
                 step += 1
