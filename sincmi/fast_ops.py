@@ -61,9 +61,9 @@ class _Spectra:
         self._buffers = {}
 
     def buffer(self, kind, n):
-        """A ``(n, channels, bins)`` complex (``"spectrum"``) or ``(n, channels, time)``
-        real (``"signal"``) work buffer, shared by every micro-batch (fresh ones
-        cost page faults) and by the backward pass."""
+        """A ``(n, channels, bins)`` complex (``"spectrum"``: the forward product) or
+        ``(n, channels, time)`` real (``"signal"``: the backward's ``grad_y``) work
+        buffer, reused by every micro-batch (fresh ones cost page faults)."""
         buffer = self._buffers.get(kind)
         if buffer is None or buffer.shape[0] < n:
             h = self.h_conj

@@ -42,7 +42,7 @@ class RMSprop(torch.optim.RMSprop):
                 grad = p.grad
                 if grad is None:
                     continue
-                square_avg = self.state[p].get("square_avg") if p in self.state else None
+                square_avg = self.state.get(p, {}).get("square_avg")
                 if (not cpu_kernels.available(p) or grad.is_sparse or grad.dtype != p.dtype
                         or not p.is_contiguous() or not grad.is_contiguous()
                         or (square_avg is not None and not square_avg.is_contiguous())):
