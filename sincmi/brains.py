@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from sincmi.encoder import chunk_waveforms
+from sincmi.encoder import iter_chunks
 from sincmi.metrics import SpeakerIdErrorStats
 from sincmi.pairs import pair_logits
 
@@ -176,12 +176,12 @@ class SpeakerIdBrain(DistributedBrain):
         shift = self.hparams.eval_shift
         if stage == sb.Stage.VALID:  # checkpoint selection may use a coarser hop
             shift = getattr(self.hparams, "valid_shift", None) or shift
-        chunks, owner = chunk_waveforms(wavs, lens, chunk_size, shift)
         step = getattr(self.hparams, "eval_chunks_per_batch", 64)
-        log_probs = torch.cat(
-            [self.modules.classifier(self.embed(chunks[i : i + step])) for i in range(0, len(chunks), step)]
-        )
-        return log_probs, owner
+        log_probs, owners = [], []
+        for chunks, owner in iter_chunks(wavs, lens, chunk_size, shift, step):
+            log_probs.append(self.modules.classifier(self.embed(chunks)))
+            owners.append(owner)
+        return torch.cat(log_probs), torch.cat(owners)
 
     def compute_objectives(self, predictions, batch, stage):
         """Training: the classifier's loss. Evaluation: NLL of the chunk labels."""

@@ -141,10 +141,15 @@ class ConvBlock(nn.Module):
         self.gain = nn.Parameter(torch.ones(channels, out_length))
         self.bias = nn.Parameter(torch.zeros(channels, out_length))
 
-    def forward(self, x):
-        """Maps ``(batch, in_channels, time)`` to ``(batch, channels, time')``."""
+    def forward(self, x, scratch_output=False):
+        """Maps ``(batch, in_channels, time)`` to ``(batch, channels, time')``.
+
+        ``scratch_output=True`` (fast sinc block, CPU, forward only) writes the
+        output into a per-thread buffer that the next such call overwrites:
+        for a caller that consumes it first (see :func:`sincmi.fast_ops.sinc_block`).
+        """
         if self.fast:
-            return self._fast_forward(x)
+            return self._fast_forward(x, scratch_output)
         x = self.conv(x)
         if self.use_abs:
             x = x.abs()
@@ -154,10 +159,10 @@ class ConvBlock(nn.Module):
         x = F.layer_norm(x, x.shape[-dims:]) * self.gain + self.bias
         return F.leaky_relu(x, self.negative_slope)
 
-    def _fast_forward(self, x):
+    def _fast_forward(self, x, scratch_output=False):
         if isinstance(self.conv, SincConv) and self.use_abs:
             return sinc_block(x.squeeze(1), self.conv.filters(), self.pool, self.gain, self.bias,
-                              self.negative_slope, self.norm_over)
+                              self.negative_slope, self.norm_over, scratch_output)
         # Channels-last 2-D convolution; on CPU its max-pool, LayerNorm and
         # activation are one native pass, and the output stays channels-last.
         x = conv2d_channels_last(x, self.conv.weight, self.conv.bias)
@@ -282,8 +287,11 @@ class SincNetEncoder(nn.Module):
         return torch.cat([self._conv_stack(part) for part in x.split(CPU_CONV_MICRO_BATCH)])
 
     def _conv_stack(self, x):
-        for block in self.conv_blocks:
-            x = block(x)
+        last = len(self.conv_blocks) - 1
+        for i, block in enumerate(self.conv_blocks):
+            # Each output but the last is read once, by the next block, before
+            # this loop's next call: it may live in a reused buffer.
+            x = block(x, scratch_output=i < last)
         return x
 
     def forward(self, chunks, lens=None):
@@ -307,6 +315,24 @@ class SincNetEncoder(nn.Module):
         return utterance_embeddings(self, wavs, lens, self.chunk_size, shift, max_chunks)
 
 
+def _chunk_windows(wavs, lens, chunk_size, shift):
+    """The ``(batch, frames, chunk_size)`` window view of ``wavs`` and the
+    (waveform, frame) indices of the chunks that lie inside their signal."""
+    batch, time = wavs.shape
+    if lens is None:
+        samples = torch.full((batch,), time, device=wavs.device)
+    else:
+        samples = torch.round(lens.to(wavs.device) * time).long()
+    if time < chunk_size:
+        wavs = F.pad(wavs, (0, chunk_size - time))
+    windows = wavs.unfold(1, chunk_size, shift)  # (batch, frames, chunk): a view, nothing copied
+    starts = torch.arange(windows.shape[1], device=wavs.device) * shift
+    valid = starts.unsqueeze(0) + chunk_size <= samples.unsqueeze(1)
+    valid[:, 0] = True
+    owner, frame = valid.nonzero(as_tuple=True)
+    return windows, owner, frame
+
+
 def chunk_waveforms(wavs, lens, chunk_size, shift):
     """Cuts padded waveforms into overlapping chunks, without Python loops.
 
@@ -327,7 +353,8 @@ def chunk_waveforms(wavs, lens, chunk_size, shift):
         ``(num_chunks,)`` index of the waveform each chunk comes from.
 
     A waveform shorter than ``chunk_size`` is zero-padded to one chunk so that
-    every waveform owns at least one chunk.
+    every waveform owns at least one chunk. :func:`iter_chunks` gives the
+    same chunks a batch at a time, without copying them all at once.
 
     Example
     -------
@@ -335,19 +362,26 @@ def chunk_waveforms(wavs, lens, chunk_size, shift):
     >>> owner.tolist()
     [0, 0, 0, 0, 1, 1]
     """
-    batch, time = wavs.shape
-    if lens is None:
-        samples = torch.full((batch,), time, device=wavs.device)
-    else:
-        samples = torch.round(lens.to(wavs.device) * time).long()
-    if time < chunk_size:
-        wavs = F.pad(wavs, (0, chunk_size - time))
-    windows = wavs.unfold(1, chunk_size, shift)  # (batch, frames, chunk)
-    starts = torch.arange(windows.shape[1], device=wavs.device) * shift
-    valid = starts.unsqueeze(0) + chunk_size <= samples.unsqueeze(1)
-    valid[:, 0] = True
-    owner = torch.arange(batch, device=wavs.device).unsqueeze(1).expand_as(valid)
-    return windows[valid], owner[valid]
+    windows, owner, frame = _chunk_windows(wavs, lens, chunk_size, shift)
+    return windows[owner, frame], owner
+
+
+def iter_chunks(wavs, lens, chunk_size, shift, max_chunks):
+    """The chunks and owners of :func:`chunk_waveforms`, ``max_chunks`` at a time.
+
+    Only the chunks of one batch are copied out of the waveforms at a time
+    (all the chunks of a batch of sentences with a 10 ms hop are 20 times
+    the size of the audio).
+
+    Example
+    -------
+    >>> [owner.tolist() for _, owner in iter_chunks(torch.ones(2, 10), torch.tensor([1.0, 0.6]), 4, 2, 4)]
+    [[0, 0, 0, 0], [1, 1]]
+    """
+    windows, owner, frame = _chunk_windows(wavs, lens, chunk_size, shift)
+    for i in range(0, len(owner), max_chunks):
+        part = slice(i, i + max_chunks)
+        yield windows[owner[part], frame[part]], owner[part]
 
 
 def utterance_embeddings(encoder, wavs, lens=None, chunk_size=3200, shift=None, max_chunks=64):
@@ -374,9 +408,11 @@ def utterance_embeddings(encoder, wavs, lens=None, chunk_size=3200, shift=None, 
         ``(batch, D)`` utterance embeddings (not re-normalised).
     """
     shift = shift or chunk_size // 2
-    chunks, owner = chunk_waveforms(wavs, lens, chunk_size, shift)
-    pieces = [encoder(chunks[i : i + max_chunks]) for i in range(0, len(chunks), max_chunks)]
-    emb = F.normalize(torch.cat(pieces), dim=-1)
+    pieces, owners = [], []
+    for chunks, owner in iter_chunks(wavs, lens, chunk_size, shift, max_chunks):
+        pieces.append(encoder(chunks))
+        owners.append(owner)
+    emb, owner = F.normalize(torch.cat(pieces), dim=-1), torch.cat(owners)
     total = torch.zeros(wavs.shape[0], emb.shape[1], device=emb.device, dtype=emb.dtype)
     total.index_add_(0, owner, emb)
     counts = torch.bincount(owner, minlength=wavs.shape[0]).clamp(min=1)

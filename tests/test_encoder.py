@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sincmi.encoder import SincConv, SincNetEncoder, chunk_waveforms, utterance_embeddings
+from sincmi.encoder import SincConv, SincNetEncoder, chunk_waveforms, iter_chunks, utterance_embeddings
 
 
 def test_reference_configuration_shapes():
@@ -58,6 +58,16 @@ def test_chunking_covers_only_complete_chunks():
     # shorter than one chunk: one zero-padded chunk
     chunks, owner = chunk_waveforms(torch.ones(1, 5), None, chunk_size=8, shift=4)
     assert chunks.shape == (1, 8) and chunks[0, 5:].abs().sum() == 0
+
+
+def test_iter_chunks_gives_the_chunks_of_chunk_waveforms_in_batches():
+    wavs = torch.randn(3, 50)
+    lens = torch.tensor([1.0, 0.4, 0.7])
+    chunks, owner = chunk_waveforms(wavs, lens, chunk_size=8, shift=3)
+    pieces = list(iter_chunks(wavs, lens, chunk_size=8, shift=3, max_chunks=4))
+    assert [len(c) for c, _ in pieces[:-1]] == [4] * (len(pieces) - 1)
+    assert torch.equal(torch.cat([c for c, _ in pieces]), chunks)
+    assert torch.equal(torch.cat([o for _, o in pieces]), owner)
 
 
 def test_utterance_embedding_is_mean_of_normalised_chunks():

@@ -68,6 +68,57 @@ def test_fast_encoder_eval_mode_and_no_grad_path():
         torch.testing.assert_close(fast(chunks), ref(chunks), rtol=1e-10, atol=1e-10)
 
 
+def test_inference_with_the_reused_sinc_buffer_equals_fresh_memory():
+    """In inference the sinc block writes into a per-thread buffer that later calls
+    overwrite; results already returned must not change, and must equal those
+    computed with fresh memory."""
+    torch.manual_seed(0)
+    fast = SincNetEncoder(**SMALL, implementation="fast").eval()
+    first, second = torch.randn(70, 800), torch.randn(5, 800)  # 70: two conv micro-batches
+    with torch.no_grad():
+        out_first = fast(first)
+        kept = out_first.clone()
+        out_second = fast(second)
+        assert torch.equal(out_first, kept)
+        x = fast.input_norm(first).unsqueeze(1)
+        block = fast.conv_blocks[0]
+        fresh = block(x, scratch_output=False)
+        reused = block(x, scratch_output=True)
+        assert torch.equal(reused, fresh)
+        block(fast.input_norm(second).unsqueeze(1), scratch_output=True)
+        assert not torch.equal(reused[:5], fresh[:5])  # the buffer was overwritten, as documented
+        expected = torch.cat([fast.fc(fast._conv_stack(c[None]).flatten(1)) for c in fast.input_norm(second)])
+    torch.testing.assert_close(out_second, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sinc_output_is_not_a_reused_buffer_when_it_is_the_encoder_output():
+    """With no convolution after the sinc block its output leaves the encoder: fresh memory."""
+    fast = SincNetEncoder(chunk_size=800, sinc_filters=8, sinc_kernel=51, conv_channels=[], conv_kernels=[],
+                          fc_sizes=[16], implementation="fast").eval()
+    with torch.no_grad():
+        a = fast.conv_features(torch.randn(3, 800))
+        kept = a.clone()
+        fast.conv_features(torch.randn(3, 800))
+    assert torch.equal(a, kept)
+
+
+def test_scratch_buffers_are_per_thread():
+    import threading
+
+    pointers = {}
+
+    def grab(name):
+        pointers[name] = fast_ops.scratch_channels_last(torch.empty(0), 4, 3, 5).data_ptr()
+
+    threads = [threading.Thread(target=grab, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    grab("main")
+    assert len(set(pointers.values())) == 3
+
+
 @pytest.mark.parametrize("batch", [1, 8, 13])
 def test_sinc_abs_maxpool_matches_plain_layers(batch):
     torch.manual_seed(batch)
