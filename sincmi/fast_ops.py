@@ -306,7 +306,7 @@ def scratch_channels_last(like, batch, channels, length):
     size = batch * channels * length
     buffer = getattr(_SCRATCH, "buffer", None)
     if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype or buffer.device != like.device:
-        buffer = _SCRATCH.buffer = like.new_empty(max(size, buffer.numel() if buffer is not None else 0))
+        buffer = _SCRATCH.buffer = like.new_empty(size)
     return buffer[:size].view(batch, length, channels).transpose(1, 2)
 
 
