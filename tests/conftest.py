@@ -25,7 +25,7 @@ def write_tone_corpus(folder, speakers=4, utterances=3, seconds=0.5, sample_rate
 
 @pytest.fixture
 def tone_corpus(tmp_path):
-    return write_tone_corpus(str(tmp_path / "corpus"))
+    return write_tone_corpus(str(tmp_path / "corpus"), utterances=4)
 
 
 def python_executable():

@@ -11,6 +11,7 @@ Outputs in ``save_folder``: ``train.csv``, ``valid.csv``, ``test.csv``,
 
 import itertools
 import logging
+import math
 import os
 import random
 
@@ -57,6 +58,33 @@ def find_speaker_files(data_folder):
     return speakers
 
 
+def held_out_counts(num_files, test_per_speaker, valid_per_speaker, max_held_out_share=0.5):
+    """How many of a speaker's files go to test and to validation.
+
+    At most ``floor(max_held_out_share * num_files)`` files are held out, so a
+    speaker always keeps at least one training file; they are given to test
+    and validation in turn (test first), up to what each asks for.
+
+    Example
+    -------
+    >>> held_out_counts(4, 4, 2)  # 2 of 4 files held out: one each
+    (1, 1)
+    >>> held_out_counts(20, 4, 2)
+    (4, 2)
+    >>> held_out_counts(1, 4, 2), held_out_counts(3, 4, 2)
+    ((0, 0), (1, 0))
+    """
+    budget = min(int(max_held_out_share * num_files), num_files - 1)
+    n_test = n_valid = 0
+    while budget > 0 and (n_test < test_per_speaker or n_valid < valid_per_speaker):
+        if n_test < test_per_speaker and (n_test <= n_valid or n_valid >= valid_per_speaker):
+            n_test += 1
+        else:
+            n_valid += 1
+        budget -= 1
+    return n_test, n_valid
+
+
 def prepare_folder(
     data_folder,
     save_folder,
@@ -68,6 +96,7 @@ def prepare_folder(
     max_trials=200000,
     seed=1234,
     resample=False,
+    max_held_out_share=0.5,
 ):
     """Writes the manifests of a speaker folder; skipped if already done.
 
@@ -91,6 +120,11 @@ def prepare_folder(
     valid_per_speaker, test_per_speaker : int
         Sentences of each training speaker held out for validation and for the
         sentence-level speaker-id test.
+    max_held_out_share : float
+        At most this share of a speaker's files is held out (test first, then
+        validation, one at a time), so that every training speaker keeps
+        training audio; speakers with too few files get fewer held-out files,
+        and the log says which.
     max_trials : int
         Verification uses every pair of held-out utterances, subsampled to at
         most this many trials.
@@ -107,6 +141,7 @@ def prepare_folder(
         "max_trials": max_trials,
         "seed": seed,
         "resample": resample,
+        "max_held_out_share": max_held_out_share,
     }
     if already_prepared(save_folder, opts, OUTPUTS):
         logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
@@ -151,16 +186,34 @@ def prepare_folder(
     training_speakers = sorted(names[num_verification_speakers:])
 
     splits = {"train": [], "valid": [], "test": []}
+    fell_back = []
     for spk in training_speakers:
         utts = list(rows[spk])
         rng.shuffle(utts)
-        held = min(valid_per_speaker + test_per_speaker, len(utts) - 1)
-        n_test = min(test_per_speaker, held)
+        n_test, n_valid = held_out_counts(len(utts), test_per_speaker, valid_per_speaker, max_held_out_share)
         splits["test"] += utts[:n_test]
-        splits["valid"] += utts[n_test:held]
-        splits["train"] += utts[held:]
-        if held < valid_per_speaker + test_per_speaker:
-            logger.warning(f"speaker {spk} has only {len(utts)} usable file(s); fewer held out")
+        splits["valid"] += utts[n_test : n_test + n_valid]
+        splits["train"] += utts[n_test + n_valid :]
+        if (n_test, n_valid) != (test_per_speaker, valid_per_speaker):
+            fell_back.append(f"{spk} ({len(utts)} files: {n_test} test, {n_valid} valid)")
+    if fell_back:
+        logger.warning(
+            f"{len(fell_back)} training speaker(s) have too few files for test_per_speaker={test_per_speaker} "
+            f"and valid_per_speaker={valid_per_speaker} with at most {max_held_out_share:.0%} of a speaker's "
+            f"files held out; fewer were held out: {', '.join(fell_back[:5])}{' ...' if len(fell_back) > 5 else ''}"
+        )
+    for split, option, value in (("valid", "valid_per_speaker", valid_per_speaker),
+                                 ("test", "test_per_speaker", test_per_speaker)):
+        if not splits[split]:
+            needed = next((n for n in range(1, 1000) if held_out_counts(
+                n, test_per_speaker, valid_per_speaker, max_held_out_share)[split == "valid"]), None)
+            raise ValueError(
+                f"{data_folder}: the {split} split is empty: {option}={value} with max_held_out_share="
+                f"{max_held_out_share} leaves no {split} file for any of the {len(training_speakers)} training "
+                f"speakers (each keeps at least half of its files for training). "
+                + (f"This needs speakers with at least {needed} usable files; " if needed else "")
+                + f"raise {option} or max_held_out_share, or add files."
+            )
     for name, split_rows in splits.items():
         write_manifest(os.path.join(save_folder, f"{name}.csv"), sorted(split_rows, key=lambda r: r["ID"]))
 

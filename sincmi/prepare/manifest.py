@@ -157,14 +157,32 @@ def read_manifest(path):
 
 
 def already_prepared(save_folder, opts, outputs):
-    """True if ``outputs`` exist in ``save_folder`` and were made with ``opts``."""
+    """True if ``outputs`` exist in ``save_folder`` and were made with ``opts``.
+
+    Raises ``ValueError`` when the folder was prepared with other options
+    (another data folder, split or seed) and already holds trained stages:
+    re-preparing would make a rerun resume models trained on other data.
+    """
     opts_file = os.path.join(save_folder, OPTS_FILE)
-    if not all(os.path.isfile(os.path.join(save_folder, name)) for name in outputs):
-        return False
     if not os.path.isfile(opts_file):
         return False
     with open(opts_file) as f:
-        return json.load(f) == opts
+        stored = json.load(f)
+    if stored != opts:
+        changed = sorted(k for k in set(stored) | set(opts) if stored.get(k) != opts.get(k))
+        trained = sorted(
+            name for name in os.listdir(save_folder)
+            if os.path.isdir(os.path.join(save_folder, name))
+            and any(entry.startswith("CKPT+") for entry in os.listdir(os.path.join(save_folder, name)))
+        )
+        if trained:
+            raise ValueError(
+                f"{save_folder} holds a run prepared with other settings ({', '.join(f'{k}: {stored.get(k)!r} -> {opts.get(k)!r}' for k in changed)}) "
+                f"and trained stages ({', '.join(trained)}). Pass another --output_folder for this data, "
+                "or delete that folder to start over."
+            )
+        return False
+    return all(os.path.isfile(os.path.join(save_folder, name)) for name in outputs)
 
 
 def mark_prepared(save_folder, opts):
