@@ -8,7 +8,11 @@ All three are losses to *minimise*, shared by encoder and discriminator
 * ``valid``: optional ``(B, K)`` boolean mask of the negatives to use.
 
 They are written with ``logsigmoid`` and ``logsumexp`` so that logits of any
-magnitude give finite values and gradients.
+magnitude give finite values and gradients. A row whose negatives are all
+masked out (every other item of the batch is from its own sentence, as a
+sequential loader over segments of one recording can produce) has nothing to
+contrast: it is left out of every objective, and a batch with no negative at
+all gives a loss of 0 (with a zero gradient).
 """
 
 import math
@@ -28,6 +32,19 @@ def _mask(neg, valid):
     return valid
 
 
+def _rows_with_negatives(pos, neg, valid):
+    """``pos``, ``neg`` and ``valid`` restricted to the rows that have a valid negative."""
+    rows = valid.any(dim=1)
+    if bool(rows.all()):
+        return pos, neg, valid
+    return pos[rows], neg[rows], valid[rows]
+
+
+def _zero(pos, neg):
+    """A zero loss that still depends on the logits (so backward works)."""
+    return (pos.sum() + neg.sum()) * 0.0
+
+
 def bce_loss(pos, neg, valid=None):
     """Binary cross-entropy (Jensen-Shannon bound).
 
@@ -38,7 +55,9 @@ def bce_loss(pos, neg, valid=None):
     >>> round(bce_loss(torch.zeros(2), torch.zeros(2, 1)).item(), 4)  # 2 log 2
     1.3863
     """
-    valid = _mask(neg, valid)
+    pos, neg, valid = _rows_with_negatives(pos, neg, _mask(neg, valid))
+    if pos.numel() == 0:
+        return _zero(pos, neg)
     neg_term = F.logsigmoid(-neg)[valid].mean()
     return -(F.logsigmoid(pos).mean() + neg_term)
 
@@ -53,7 +72,9 @@ def mine_loss(pos, neg, valid=None):
     >>> round(mine_loss(torch.ones(2), torch.zeros(2, 3)).item(), 4)
     -1.0
     """
-    valid = _mask(neg, valid)
+    pos, neg, valid = _rows_with_negatives(pos, neg, _mask(neg, valid))
+    if pos.numel() == 0:
+        return _zero(pos, neg)
     values = neg[valid]
     log_mean_exp = torch.logsumexp(values, dim=0) - math.log(values.numel())
     return -(pos.mean() - log_mean_exp)
@@ -67,7 +88,9 @@ def nce_loss(pos, neg, valid=None):
     >>> round(nce_loss(torch.zeros(2), torch.zeros(2, 3)).item(), 4)  # log 4
     1.3863
     """
-    valid = _mask(neg, valid)
+    pos, neg, valid = _rows_with_negatives(pos, neg, _mask(neg, valid))
+    if pos.numel() == 0:
+        return _zero(pos, neg)
     neg = neg.masked_fill(~valid, float("-inf"))
     logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
     return -(pos - torch.logsumexp(logits, dim=1)).mean()
@@ -102,15 +125,18 @@ class LIMObjective(nn.Module):
         self.name = name
         self.mine_ema_decay = mine_ema_decay
         self.register_buffer("log_ema", torch.tensor(float("nan")))
+        self.rows_without_negatives = 0  # counted since the last reset (see LIMBrain)
 
     def forward(self, pos, neg, valid=None):
         """Returns the loss for one batch."""
+        if valid is not None:
+            self.rows_without_negatives += int((~valid.any(dim=1)).sum())
         if self.name == "bce":
             return bce_loss(pos, neg, valid)
         if self.name == "nce":
             return nce_loss(pos, neg, valid)
         loss = mine_loss(pos, neg, valid)
-        if self.mine_ema_decay > 0 and self.training:
+        if self.mine_ema_decay > 0 and self.training and bool(_mask(neg, valid).any()):
             values = neg[_mask(neg, valid)]
             lme = torch.logsumexp(values, dim=0) - math.log(values.numel())
             with torch.no_grad():

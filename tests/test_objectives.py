@@ -100,3 +100,29 @@ def test_mine_moving_average_keeps_value_and_rescales_gradient():
     # d loss / d s-_k = exp(s-_k) / (n * ema)  (bias-corrected gradient)
     expected = torch.exp(neg.detach()) / (4 * new_ema)
     assert torch.allclose(neg.grad, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["bce", "mine", "nce"])
+def test_rows_without_negatives_are_left_out_and_counted(name):
+    # Row 1's negatives are all masked (every other item is from its sentence):
+    # the loss is that of the other rows alone, finite, and the row is counted.
+    torch.manual_seed(0)
+    pos, neg = torch.randn(3, requires_grad=True), torch.randn(3, 2, requires_grad=True)
+    valid = torch.tensor([[True, True], [False, False], [True, False]])
+    objective = LIMObjective(name)
+    loss = objective(pos, neg, valid)
+    rows = torch.tensor([0, 2])
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(LIMObjective(name)(pos[rows], neg[rows], valid[rows]).item(), abs=1e-6)
+    assert objective.rows_without_negatives == 1
+    loss.backward()
+    assert torch.isfinite(pos.grad).all() and pos.grad[1] == 0
+
+
+@pytest.mark.parametrize("name", ["bce", "mine", "nce"])
+def test_a_batch_without_any_negative_gives_zero_loss(name):
+    pos, neg = torch.randn(2, requires_grad=True), torch.randn(2, 1, requires_grad=True)
+    loss = LIMObjective(name, mine_ema_decay=0.9 if name == "mine" else 0.0)(pos, neg, torch.zeros(2, 1, dtype=torch.bool))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert (pos.grad == 0).all() and (neg.grad == 0).all()
