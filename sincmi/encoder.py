@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from sincmi.fast_ops import conv2d_channels_last, conv_block_tail, sinc_block
 
 IMPLEMENTATIONS = ("fast", "reference")
+POOLINGS = ("flatten", "stats")
 CPU_CONV_MICRO_BATCH = 64
 
 
@@ -200,6 +201,19 @@ class SincNetEncoder(nn.Module):
         channels-last convolutions, see :mod:`sincmi.fast_ops`) or
         ``"reference"`` (plain ``conv1d``/``max_pool1d``). Same parameters,
         same function: checkpoints load into either.
+    pooling : str
+        How the convolutional feature map ``(channels, frames)`` enters the
+        fully connected layers: ``"flatten"`` (SincNet: every frame's
+        position has its own weights) or ``"stats"`` (each channel's mean and
+        standard deviation over the frames, as x-vectors pool: the same
+        function of the sound wherever it lies in the chunk).
+    fc_input_norm : bool
+        LayerNorm on the fully connected layers' input (SincNet's
+        ``fc_use_laynorm_inp=True``).
+    linear_embedding : bool
+        The last fully connected layer is linear (no BatchNorm and no
+        activation), as contrastive and x-vector embeddings are taken; False
+        is SincNet, whose every layer ends in BatchNorm and LeakyReLU.
 
     Example
     -------
@@ -224,8 +238,13 @@ class SincNetEncoder(nn.Module):
         min_band_hz=50.0,
         norm_over="time",
         implementation="fast",
+        pooling="flatten",
+        fc_input_norm=True,
+        linear_embedding=False,
     ):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
                 f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
@@ -238,7 +257,8 @@ class SincNetEncoder(nn.Module):
             "sinc_kernel": sinc_kernel, "conv_channels": list(conv_channels),
             "conv_kernels": list(conv_kernels), "pool": pool, "fc_sizes": list(fc_sizes),
             "negative_slope": negative_slope, "min_low_hz": min_low_hz, "min_band_hz": min_band_hz,
-            "norm_over": norm_over, "implementation": implementation,
+            "norm_over": norm_over, "implementation": implementation, "pooling": pooling,
+            "fc_input_norm": fc_input_norm, "linear_embedding": linear_embedding,
         }
         if len(conv_channels) != len(conv_kernels):
             raise ValueError(
@@ -266,14 +286,13 @@ class SincNetEncoder(nn.Module):
         self.conv_blocks = nn.ModuleList(blocks)
         self.conv_output_shape = (in_channels, length)
 
-        layers = []
-        in_features = in_channels * length
-        for size in fc_sizes:
-            layers += [
-                nn.Linear(in_features, size),
-                nn.BatchNorm1d(size, momentum=0.05),
-                nn.LeakyReLU(negative_slope),
-            ]
+        self.pooling = pooling
+        in_features = in_channels * length if pooling == "flatten" else 2 * in_channels
+        layers = [nn.LayerNorm(in_features)] if fc_input_norm else []
+        for i, size in enumerate(fc_sizes):
+            layers.append(nn.Linear(in_features, size))
+            if not (linear_embedding and i == len(fc_sizes) - 1):
+                layers += [nn.BatchNorm1d(size, momentum=0.05), nn.LeakyReLU(negative_slope)]
             in_features = size
         self.fc = nn.Sequential(*layers)
         self.embedding_size = in_features
@@ -305,7 +324,10 @@ class SincNetEncoder(nn.Module):
                 f"expected chunks of shape (batch, {self.chunk_size}), "
                 f"got {tuple(chunks.shape)}"
             )
-        return self.fc(self.conv_features(chunks).flatten(1))
+        features = self.conv_features(chunks)
+        if self.pooling == "stats":
+            return self.fc(torch.cat([features.mean(dim=2), features.std(dim=2)], dim=1))
+        return self.fc(features.flatten(1))
 
     def embed_utterances(self, wavs, lens=None, shift=None, max_chunks=64):
         """Utterance embeddings: mean of L2-normalised chunk embeddings.
