@@ -82,9 +82,19 @@ class LIMBrain(DistributedBrain):
     """
 
     def compute_forward(self, batch, stage):
-        """Encodes both chunks of every sentence and scores all pairs."""
+        """Encodes both chunks of every sentence and scores all pairs.
+
+        In training with ``augment_pairs: True``, ``pair_augmentation`` (a
+        SpeechBrain ``Augmenter``) is applied to the anchors and to the
+        positives separately, with independent random draws.
+        """
         batch = batch.to(self.device)
         anchors, positives = batch.anchor.data, batch.positive.data
+        augmentation = getattr(self.hparams, "pair_augmentation", None)
+        if stage == sb.Stage.TRAIN and getattr(self.hparams, "augment_pairs", False):
+            full = torch.ones(anchors.shape[0], device=anchors.device)
+            anchors = augmentation(anchors, full)[0]
+            positives = augmentation(positives, full)[0]
         z = self.modules.encoder(torch.cat([anchors, positives]))
         z_anchor, z_positive = z.split(anchors.shape[0])
         return pair_logits(
@@ -107,10 +117,15 @@ class LIMBrain(DistributedBrain):
     def on_stage_start(self, stage, epoch=None):
         """Resets the evaluation statistics."""
         self.pair_accuracy = []
+        self.modules.objective.rows_without_negatives = 0
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs the epoch and checkpoints at the end of validation."""
         stats = {"loss": stage_loss}
+        left_out = self.modules.objective.rows_without_negatives
+        if left_out:
+            logger.warning(f"{stage.name.lower()}: {left_out} pair(s) had no negative in their batch "
+                           "(all other items from their own sentence) and were left out of the loss")
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             return

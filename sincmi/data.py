@@ -59,27 +59,63 @@ def resampled(wav, resample):
     return AF.resample(wav, resample[0], resample[1])
 
 
-def random_chunk(path, start, stop, chunk_size, gain_range=None, gain=1.0, resample=None, audio=None):
+def random_chunk(path, start, stop, chunk_size, gain_range=None, gain=1.0, resample=None, audio=None, offset=None):
     """Reads one chunk at a uniformly random offset inside ``[start, stop)``.
 
     ``gain`` scales the samples (the manifest's per-sentence gain);
     ``gain_range`` draws a further random gain (augmentation); ``resample``
     ``(file_rate, model_rate)`` reads the file span that covers ``chunk_size``
     samples at the model's rate and resamples it; ``audio`` is the optional
-    in-memory cache of :func:`preload_audio`.
+    in-memory cache of :func:`preload_audio`; ``offset`` (from ``start``, in
+    file samples) replaces the random one.
     """
-    span = stop - start
-    frames = chunk_size
-    if resample is not None and resample[0] != resample[1]:
-        frames = math.ceil(chunk_size * resample[0] / resample[1])
-    offset = start + int(torch.randint(0, max(span - frames, 0) + 1, (1,)))
-    chunk = resampled(read_segment(path, offset, frames, audio), resample)[:chunk_size]
+    frames = file_frames(chunk_size, resample)
+    if offset is None:
+        offset = int(torch.randint(0, max(stop - start - frames, 0) + 1, (1,)))
+    chunk = resampled(read_segment(path, start + offset, frames, audio), resample)[:chunk_size]
     if chunk.shape[0] < chunk_size:  # segment shorter than a chunk: zero-pad
         chunk = torch.nn.functional.pad(chunk, (0, chunk_size - chunk.shape[0]))
     if gain_range is not None:
         low, high = gain_range
         gain = gain * (low + (high - low) * float(torch.rand(())))
     return chunk * gain if gain != 1.0 else chunk
+
+
+def file_frames(chunk_size, resample=None):
+    """File samples that hold ``chunk_size`` samples at the model's rate."""
+    if resample is not None and resample[0] != resample[1]:
+        return math.ceil(chunk_size * resample[0] / resample[1])
+    return chunk_size
+
+
+def pair_offsets(span, frames, min_distance=0):
+    """Random offsets of two chunks of ``frames`` samples in a segment of ``span``.
+
+    The two offsets are at least ``min_distance`` apart when the segment
+    allows it (0: independent uniform draws, the paper's sampling); in a
+    segment too short for that, they are as far apart as it allows. Both are
+    uniform over the offsets that satisfy the distance.
+
+    Example
+    -------
+    >>> _ = torch.manual_seed(0)
+    >>> all(abs(a - b) >= 3200 for a, b in (pair_offsets(16000, 3200, 3200) for _ in range(200)))
+    True
+    >>> sorted(pair_offsets(4000, 3200, 3200))  # too short: the two ends
+    [0, 800]
+    """
+    last = max(span - frames, 0)
+    first = int(torch.randint(0, last + 1, (1,)))
+    distance = min(min_distance, last)
+    if distance <= 0:
+        return first, int(torch.randint(0, last + 1, (1,)))
+    # Offsets at least `distance` from `first`: [0, first - distance] and [first + distance, last].
+    below = max(first - distance + 1, 0)
+    above = max(last - (first + distance) + 1, 0)
+    if below + above == 0:  # `first` is near the middle of a short segment: use the ends
+        return (0, last) if first - 0 < last - first else (last, 0)
+    pick = int(torch.randint(0, below + above, (1,)))
+    return first, pick if pick < below else first + distance + (pick - below)
 
 
 def load_manifest(csv_path, data_root):
@@ -112,7 +148,8 @@ def _row_resample(rate, resample, sample_rate):
     return resample
 
 
-def pair_dataset(data, chunk_size, gain_range=None, resample=None, audio=None, sample_rate=16000):
+def pair_dataset(data, chunk_size, gain_range=None, resample=None, audio=None, sample_rate=16000,
+                 min_pair_distance=0):
     """Dataset of ``(anchor, positive)`` chunk pairs, one pair per sentence.
 
     Arguments
@@ -130,6 +167,10 @@ def pair_dataset(data, chunk_size, gain_range=None, resample=None, audio=None, s
     sample_rate : int
         The model's rate, for rows whose ``rate`` column says their file has
         another one (resampled when read).
+    min_pair_distance : int
+        Least distance between the starts of the two chunks of a pair, in
+        samples of the model's rate (:func:`pair_offsets`); 0 draws them
+        independently (the paper), so they may overlap.
 
     Output keys: ``id``, ``sentence``, ``anchor``, ``positive``. ``sentence``
     is the row's ``sentence`` column when the manifest has one (segments of one
@@ -142,8 +183,10 @@ def pair_dataset(data, chunk_size, gain_range=None, resample=None, audio=None, s
     @sb.utils.data_pipeline.provides("anchor", "positive")
     def pair_pipeline(wav, start, stop, gain, rate):
         rs = _row_resample(rate, resample, sample_rate)
-        yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, rs, audio)
-        yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, rs, audio)
+        distance = file_frames(min_pair_distance, rs) if min_pair_distance else 0
+        first, second = pair_offsets(stop - start, file_frames(chunk_size, rs), distance)
+        yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, rs, audio, offset=first)
+        yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, rs, audio, offset=second)
 
     dataset.add_dynamic_item(pair_pipeline)
     dataset.set_output_keys(["id", "sentence", "anchor", "positive"])
@@ -188,6 +231,47 @@ def sentence_dataset(data, label_encoder=None, resample=None, sample_rate=16000)
     return dataset
 
 
+class RecipeDatasets:
+    """Every dataset of a recipe, built from its hparams in one place.
+
+    So that no recipe can leave a setting out, the recipes build their
+    datasets only through this: ``chunk_size``, ``sample_rate``,
+    ``file_sample_rate`` (optional: the files' rate, resampled when it
+    differs), ``random_gain`` (optional: training chunks only),
+    ``min_pair_distance`` (optional) and the in-memory ``audio`` cache.
+
+    Example
+    -------
+    >>> sets = RecipeDatasets({"chunk_size": 800, "sample_rate": 8000, "file_sample_rate": 16000})
+    >>> sets.resample, sets.file_frames
+    ((16000, 8000), 1600)
+    """
+
+    def __init__(self, hparams, audio=None):
+        self.chunk_size = hparams["chunk_size"]
+        self.sample_rate = hparams["sample_rate"]
+        self.gain = hparams.get("random_gain")
+        self.min_pair_distance = hparams.get("min_pair_distance") or 0
+        rates = (hparams.get("file_sample_rate") or self.sample_rate, self.sample_rate)
+        self.resample = None if rates[0] == rates[1] else rates
+        self.file_frames = file_frames(self.chunk_size, self.resample)
+        self.audio = audio
+
+    def pairs(self, rows, train=True):
+        """LIM's chunk pairs (:func:`pair_dataset`); random gain in training only."""
+        return pair_dataset(rows, self.chunk_size, self.gain if train else None, self.resample, self.audio,
+                            self.sample_rate, self.min_pair_distance)
+
+    def chunks(self, rows, label_encoder):
+        """Random labelled training chunks (:func:`chunk_dataset`), with the random gain."""
+        return chunk_dataset(rows, self.chunk_size, label_encoder, self.gain, self.resample, self.audio,
+                             self.sample_rate)
+
+    def sentences(self, rows, label_encoder=None):
+        """Whole sentences for evaluation (:func:`sentence_dataset`)."""
+        return sentence_dataset(rows, label_encoder, self.resample, self.sample_rate)
+
+
 def _add_label_pipeline(dataset, label_encoder):
     @sb.utils.data_pipeline.takes("spk_id")
     @sb.utils.data_pipeline.provides("spk_id_encoded")
@@ -204,18 +288,25 @@ def speaker_label_encoder(data, path):
     return encoder
 
 
-def label_subset(data, fraction, seed=1234):
-    """Keeps a fraction of the labelled sentences of every speaker.
+def label_subset(data, fraction, seed=1234, min_samples=1):
+    """Keeps the labels of a fraction of every speaker's training audio.
 
-    Each speaker keeps ``ceil(fraction * n)`` of its n sentences (at least
-    one), chosen with a fixed seed, so every class stays represented.
+    The share is of each speaker's samples, not of its sentences, so that it
+    holds whatever the number of sentences (a speaker with 2 sentences and
+    ``fraction=0.2`` keeps a fifth of its audio, not one of its 2 sentences).
+    Each speaker's sentences are taken in a random order fixed by ``seed``:
+    whole while they fit, then the first part of the next one, cut to the
+    remaining budget (``stop`` moves); a remainder shorter than
+    ``min_samples`` (one chunk) is left out. Every speaker keeps at least
+    ``min_samples`` samples, so every class stays represented.
 
     Example
     -------
-    >>> data = {f"u{i}": {"spk_id": "ab"[i % 2]} for i in range(10)}
-    >>> kept = label_subset(data, 0.4)  # ceil(0.4 * 5) = 2 of each speaker's 5
-    >>> sorted(row["spk_id"] for row in kept.values())
-    ['a', 'a', 'b', 'b']
+    >>> rows = {f"u{i}": {"spk_id": "ab"[i % 2], "start": 0, "stop": 1000, "duration": 0.0625}
+    ...         for i in range(6)}
+    >>> kept = label_subset(rows, 0.5)  # each speaker: 1,500 of its 3,000 samples
+    >>> sorted((row["spk_id"], row["stop"] - row["start"]) for row in kept.values())
+    [('a', 500), ('a', 1000), ('b', 500), ('b', 1000)]
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
@@ -225,8 +316,24 @@ def label_subset(data, fraction, seed=1234):
     for utt_id in sorted(data):
         by_speaker.setdefault(data[utt_id]["spk_id"], []).append(utt_id)
     rng = random.Random(seed)
-    keep = set()
+    kept = {}
     for spk in sorted(by_speaker):
         ids = by_speaker[spk]
-        keep.update(rng.sample(ids, max(1, math.ceil(fraction * len(ids)))))
-    return {utt_id: data[utt_id] for utt_id in sorted(keep)}
+        rng.shuffle(ids)
+        total = sum(data[i]["stop"] - data[i]["start"] for i in ids)
+        budget, taken = max(round(fraction * total), min_samples), 0
+        for utt_id in ids:
+            row = data[utt_id]
+            length = row["stop"] - row["start"]
+            if budget < min(min_samples, length) and taken:
+                break  # what is left is shorter than a chunk
+            if length > budget:
+                cut = min(max(budget, min_samples), length)
+                row = {**row, "stop": row["start"] + cut}
+                if "duration" in row:
+                    row["duration"] = round(float(row["duration"]) * cut / length, 4)
+            kept[utt_id] = row
+            taken += 1
+            budget -= row["stop"] - row["start"]
+    return {utt_id: kept[utt_id] for utt_id in sorted(kept)}
+

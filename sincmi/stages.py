@@ -22,6 +22,7 @@ from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.epoch_loop import EpochCounter
 
 from sincmi import data
+from sincmi.backend import BACKEND_LABELS, Backend
 from sincmi.brains import LIMBrain, ShardSampler, SpeakerIdBrain
 from sincmi.checkpoints import make_checkpointer
 from sincmi.config import check_hparams
@@ -111,18 +112,12 @@ def training_audio(hparams, rows):
     return data.preload_audio(rows) if hparams.get("audio_cache") else None
 
 
-def resample_rates(hparams):
-    """``(file_sample_rate, sample_rate)`` when the files have another rate than the model, else None."""
-    rates = (hparams.get("file_sample_rate") or hparams["sample_rate"], hparams["sample_rate"])
-    return None if rates[0] == rates[1] else rates
-
-
 def pretrain_and_identify(hparams, run_opts, manifests, labels, timings, audio=None):
     """LIM pretraining on the training sentences, then speaker id on them.
 
-    Uses ``chunk_size``, ``random_gain`` (optional augmentation range),
-    ``file_sample_rate`` (optional: the files' rate, resampled to
-    ``sample_rate`` when they differ), ``audio_cache`` (optional: training
+    Datasets come from :class:`sincmi.data.RecipeDatasets` (chunk size,
+    rates, gain, pair distance). Uses ``pretrain_data`` (optional,
+    :func:`pretraining_rows`), ``audio_cache`` (optional: training
     waveforms held in RAM), ``label_fraction``, ``freeze_encoder``
     and the hparams of :func:`pretrain` and :func:`train_speaker_id`. Stage
     durations are added to ``timings``. ``audio``: the training waveforms if
@@ -130,33 +125,47 @@ def pretrain_and_identify(hparams, run_opts, manifests, labels, timings, audio=N
 
     Returns ``(encoder, speaker-id test statistics)``.
     """
-    chunk, gain = hparams["chunk_size"], hparams.get("random_gain")
-    rs, rate = resample_rates(hparams), hparams["sample_rate"]
     start = time.time()
     if audio is None:
         audio = training_audio(hparams, manifests["train"])
-    encoder = pretrain(
-        hparams,
-        run_opts,
-        data.pair_dataset(manifests["train"], chunk, gain, rs, audio, rate),
-        data.pair_dataset(manifests["valid"], chunk, resample=rs, sample_rate=rate),
-    )
+    sets = data.RecipeDatasets(hparams, audio)
+    encoder = pretrain(hparams, run_opts, sets.pairs(pretraining_rows(hparams, manifests)),
+                       sets.pairs(manifests["valid"], train=False))
     timings["pretrain"] = time.time() - start
     start = time.time()
-    labelled = data.label_subset(manifests["train"], hparams["label_fraction"], hparams["seed"])
+    labelled = data.label_subset(manifests["train"], hparams["label_fraction"], hparams["seed"], hparams["chunk_size"])
     stats = train_speaker_id(
         hparams,
         run_opts,
         "speaker_id",
         encoder,
         len(labels),
-        data.chunk_dataset(labelled, chunk, labels, gain, rs, audio, rate),
-        data.sentence_dataset(manifests["valid"], labels, rs, rate),
-        data.sentence_dataset(manifests["test"], labels, rs, rate),
+        sets.chunks(labelled, labels),
+        sets.sentences(manifests["valid"], labels),
+        sets.sentences(manifests["test"], labels),
         freeze_encoder=hparams["freeze_encoder"],
     )
     timings["speaker_id"] = time.time() - start
     return encoder, stats
+
+
+PRETRAIN_DATA = ("train", "all")
+
+
+def pretraining_rows(hparams, manifests):
+    """The sentences LIM pretrains on, without their labels (``pretrain_data``).
+
+    ``train`` (default): the training split. ``all``: every file of the
+    training speakers, their validation and test files too (unlabelled, so
+    the speaker-id test then scores sentences the encoder has heard, never
+    their labels); verification speakers are never used.
+    """
+    choice = hparams.get("pretrain_data", "train")
+    if choice not in PRETRAIN_DATA:
+        raise ValueError(f"pretrain_data={choice!r} is invalid: choose one of {list(PRETRAIN_DATA)}")
+    if choice == "train":
+        return manifests["train"]
+    return {**manifests["train"], **manifests["valid"], **manifests["test"]}
 
 
 def report(hparams, systems, timings):
@@ -186,7 +195,7 @@ def plot_embeddings(hparams, encoder, rows, device, max_speakers=20, name="test"
         return None
     speakers = set(sorted({row["spk_id"] for row in rows.values()})[:max_speakers])
     subset = {key: row for key, row in rows.items() if row["spk_id"] in speakers}
-    dataset = data.sentence_dataset(subset, resample=resample_rates(hparams), sample_rate=hparams["sample_rate"])
+    dataset = data.RecipeDatasets(hparams).sentences(subset)
     embeddings = embed_dataset(encoder, dataset, device, hparams["eval_batch_size"])
     path = os.path.join(hparams["output_folder"], f"embeddings_{name}.png")
     embedding_map(torch.stack(list(embeddings.values())).numpy(), [subset[k]["spk_id"] for k in embeddings], path,
@@ -326,8 +335,9 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
 
 
 def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, cohort_set=None,
-           score_norm=None, top_k=None, out_folder=None, name="system", speakers=None):
-    """Scores a trial list by cosine on utterance embeddings; returns EER/minDCF.
+           score_norm=None, top_k=None, out_folder=None, name="system", speakers=None,
+           backends=("none",), backend_set=None):
+    """Scores a trial list by cosine on utterance embeddings, after each back end.
 
     Arguments
     ---------
@@ -338,32 +348,68 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
         Utterances whose embeddings form the score-normalisation cohort.
     score_norm, top_k : see :func:`sincmi.metrics.score_trials`.
     out_folder : str, optional
-        Where ``scores_<name>.txt`` and ``det_<name>.png`` are written.
+        Where ``scores_<name>.txt`` and ``det_<name>.png`` are written (one
+        pair per back end other than ``none``: ``scores_<name>_<back end>.txt``).
     speakers : dict, optional
         ``{utterance id: speaker}``: also draws ``embeddings_<name>.png``, a
         2-D map of the utterance embeddings (with ``out_folder``).
+    backends : sequence of str
+        Back ends (:mod:`sincmi.backend`) applied before scoring, each scored.
+    backend_set : dataset, optional
+        Training speakers' utterances that the back ends are fitted on (no
+        labels used); needed by every back end but ``none``.
+
+    Returns
+    -------
+    dict
+        ``{back end: metrics}`` (EER, minDCF, trial counts).
     """
     embeddings = embed_all_processes(encoder, dataset, device, batch_size, shift)
-    cohort = None
+    cohort_emb = training = None
     if score_norm is not None:
         if cohort_set is None:
             raise ValueError(f"score_norm={score_norm!r} needs a cohort")
         cohort_emb = embed_all_processes(encoder, cohort_set, device, batch_size, shift)
-        cohort = torch.stack([cohort_emb[key] for key in sorted(cohort_emb)])
+    if any(b != "none" for b in backends):
+        if backend_set is None:
+            raise ValueError(f"verification back ends {list(backends)} need the training utterances (backend_set)")
+        training = torch.stack(list(embed_all_processes(encoder, backend_set, device, batch_size, shift).values()))
     trials = read_trials(trials_file)
-    scores, labels = score_trials(embeddings, trials, cohort, score_norm, top_k)
-    metrics = verification_metrics(scores[labels], scores[~labels])
-    if out_folder is not None and if_main_process():
+    results = {}
+    for backend_name in backends:
+        backend = Backend(backend_name, training)
+        cohort = None
+        if cohort_emb is not None:
+            cohort = backend(torch.stack([cohort_emb[key] for key in sorted(cohort_emb)]))
+        scores, labels = score_trials(backend.apply(embeddings), trials, cohort, score_norm, top_k)
+        results[backend_name] = {**verification_metrics(scores[labels], scores[~labels]), "backend": backend_name}
+        if out_folder is not None and if_main_process():
+            slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+            slug += "" if backend_name == "none" else f"_{backend_name}"
+            with open(os.path.join(out_folder, f"scores_{slug}.txt"), "w") as f:
+                for (label, enrol, test), score in zip(trials, scores.tolist()):
+                    f.write(f"{enrol} {test} {score:.6f} {label}\n")
+            det_curve({name: (scores[labels], scores[~labels])}, os.path.join(out_folder, f"det_{slug}.png"))
+    if out_folder is not None and speakers and if_main_process():
         slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-        with open(os.path.join(out_folder, f"scores_{slug}.txt"), "w") as f:
-            for (label, enrol, test), score in zip(trials, scores.tolist()):
-                f.write(f"{enrol} {test} {score:.6f} {label}\n")
-        det_curve({name: (scores[labels], scores[~labels])}, os.path.join(out_folder, f"det_{slug}.png"))
-        if speakers:
-            ids = [key for key in embeddings if key in speakers]
-            embedding_map(torch.stack([embeddings[key] for key in ids]).numpy(), [speakers[key] for key in ids],
-                          os.path.join(out_folder, f"embeddings_{slug}.png"), title=f"{name}: embeddings (PCA)")
-    return metrics
+        ids = [key for key in embeddings if key in speakers]
+        embedding_map(torch.stack([embeddings[key] for key in ids]).numpy(), [speakers[key] for key in ids],
+                      os.path.join(out_folder, f"embeddings_{slug}.png"), title=f"{name}: embeddings (PCA)")
+    return results
+
+
+def result_rows(system, by_backend, stats=None):
+    """One results row per back end: ``{row name: metrics + stats}``.
+
+    The row of the ``none`` back end is named after the system, the others
+    add the back end (``"MFCC statistics, standardised"``).
+
+    Example
+    -------
+    >>> sorted(result_rows("LIM", {"none": {"EER": 0.1}, "standardize": {"EER": 0.2}}))
+    ['LIM', 'LIM, standardised']
+    """
+    return {system + BACKEND_LABELS[name]: {**metrics, **(stats or {})} for name, metrics in by_backend.items()}
 
 
 def embed_all_processes(encoder, dataset, device, batch_size, shift):
@@ -403,10 +449,12 @@ def write_results(path, results):
     columns = [("EER", "EER %"), ("minDCF_0.01", "minDCF"), ("sentence_error", "CER %"), ("chunk_error", "chunk err %")]
     columns = [c for c in columns if any(c[0] in v for v in results["systems"].values())]
     width = max([24] + [len(name) + 2 for name in results["systems"]])
-    header = f"{'system':<{width}}" + "".join(f"{title:>14}" for _, title in columns)
+    with_backend = any("backend" in v for v in results["systems"].values())
+    header = f"{'system':<{width}}" + (f"{'back end':>13}" if with_backend else "")
+    header += "".join(f"{title:>14}" for _, title in columns)
     lines = [header, "-" * len(header)]
     for system, values in results["systems"].items():
-        cells = ""
+        cells = f"{values.get('backend', '-'):>13}" if with_backend else ""
         for key, _ in columns:
             if key not in values:
                 cells += f"{'-':>14}"

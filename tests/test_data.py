@@ -17,8 +17,8 @@ def manifests(tmp_path):
     root = tmp_path / "corpus"
     for s in range(4):
         os.makedirs(root / f"spk{s}")
-        for u in range(3):
-            ramp = (np.arange(6000) + 10000 * (3 * s + u)) / 2**20
+        for u in range(4):
+            ramp = (np.arange(6000) + 10000 * (4 * s + u)) / 2**20
             sf.write(root / f"spk{s}" / f"u{u}.wav", ramp.astype(np.float32), 16000, subtype="FLOAT")
     save = tmp_path / "save"
     prepare_folder(str(root), str(save), min_samples=800, num_verification_speakers=2,
@@ -73,16 +73,29 @@ def test_random_gain_stays_in_range(manifests):
         assert 0.8 <= ratio <= 1.2
 
 
-def test_label_subset_keeps_every_speaker():
-    rows = {f"u{i}": {"spk_id": f"s{i % 3}"} for i in range(30)}
-    kept = data.label_subset(rows, 0.25, seed=0)
-    per_speaker = {}
-    for row in kept.values():
-        per_speaker[row["spk_id"]] = per_speaker.get(row["spk_id"], 0) + 1
-    assert per_speaker == {"s0": 3, "s1": 3, "s2": 3}  # ceil(0.25 * 10)
+def test_label_subset_keeps_a_share_of_every_speakers_audio():
+    # Speakers with 1 to 3 sentences of uneven length: the labelled share of
+    # each speaker's samples is the fraction (within 5 %), whatever the count.
+    lengths = {"s0": [48000], "s1": [40000, 56000], "s2": [30000, 50000, 70000]}
+    rows = {f"{spk}_{i}": {"spk_id": spk, "start": 100, "stop": 100 + n, "duration": n / 16000}
+            for spk, ns in lengths.items() for i, n in enumerate(ns)}
+    for fraction in (0.2, 0.5):
+        kept = data.label_subset(rows, fraction, seed=0, min_samples=3200)
+        for spk, ns in lengths.items():
+            share = sum(r["stop"] - r["start"] for r in kept.values() if r["spk_id"] == spk) / sum(ns)
+            assert share == pytest.approx(fraction, rel=0.05)
+        for key, row in kept.items():
+            assert row["start"] == rows[key]["start"] and row["stop"] <= rows[key]["stop"]
+            assert row["duration"] == pytest.approx((row["stop"] - row["start"]) / 16000, abs=1e-4)
     assert data.label_subset(rows, 1.0) is rows
     with pytest.raises(ValueError, match=r"label_fraction must be in \(0, 1\]"):
         data.label_subset(rows, 0.0)
+
+
+def test_label_subset_keeps_at_least_one_chunk_per_speaker():
+    rows = {"a": {"spk_id": "x", "start": 0, "stop": 10000}, "b": {"spk_id": "y", "start": 0, "stop": 2000}}
+    kept = data.label_subset(rows, 0.1, min_samples=3200)
+    assert kept["a"]["stop"] == 3200 and kept["b"]["stop"] == 2000
 
 
 def test_in_memory_audio_gives_the_same_chunks_as_file_reads(manifests):

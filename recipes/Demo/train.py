@@ -3,7 +3,7 @@
 
 prepare -> LIM pretraining (no labels) -> speaker-id probe (CER) ->
 verification on unseen speakers (EER, minDCF), with the random-weights
-encoder and mean MFCCs scored on the same data.
+encoder and MFCC statistics scored on the same data, with the same back ends.
 
 Usage:
     python recipes/Demo/train.py recipes/Demo/hparams/lim_nce.yaml
@@ -48,6 +48,7 @@ def prepare(hparams):
             "num_verification_speakers": hparams["num_verification_speakers"],
             "valid_per_speaker": hparams["valid_per_speaker"],
             "test_per_speaker": hparams["test_per_speaker"],
+            "max_held_out_share": hparams["max_held_out_share"],
             "max_trials": hparams["max_trials"],
             "seed": hparams["seed"],
         },
@@ -71,15 +72,16 @@ def main(argv):
     # 4. Verification on unseen speakers; the baselines get stages 3 and 4 too.
     device = stages.device_of(run_opts)
     verification_rows = data.load_manifest(os.path.join(hparams["save_folder"], "verification.csv"), data_folder)
-    verification_set = data.sentence_dataset(verification_rows)
+    sets = data.RecipeDatasets(hparams, audio)
+    verification_set = sets.sentences(verification_rows)
     speakers = {key: row["spk_id"] for key, row in verification_rows.items()}
     trials = os.path.join(hparams["save_folder"], "trials.txt")
     systems = [(hparams["system_name"], "speaker_id", encoder, id_stats)]
-    labelled = data.label_subset(manifests["train"], hparams["label_fraction"], hparams["seed"])
+    labelled = data.label_subset(manifests["train"], hparams["label_fraction"], hparams["seed"], hparams["chunk_size"])
     if hparams["score_baselines"]:
         for system, stage_name, model in (
             ("random weights", "speaker_id_random", hparams["random_encoder"]),
-            ("mean MFCC", "speaker_id_mfcc", hparams["mfcc_baseline"]),
+            ("MFCC statistics", "speaker_id_mfcc", hparams["mfcc_baseline"]),
         ):
             t = time.time()
             stats = stages.train_speaker_id(
@@ -88,22 +90,25 @@ def main(argv):
                 stage_name,
                 model,
                 len(labels),
-                data.chunk_dataset(labelled, hparams["chunk_size"], labels, audio=audio),
-                data.sentence_dataset(manifests["valid"], labels),
-                data.sentence_dataset(manifests["test"], labels),
+                sets.chunks(labelled, labels),
+                sets.sentences(manifests["valid"], labels),
+                sets.sentences(manifests["test"], labels),
                 freeze_encoder=True,
             )
             timings[stage_name] = time.time() - t
             systems.append((system, stage_name, model, stats))
+    # Back ends are fitted on the training speakers' utterances, without labels.
+    training_utterances = sets.sentences({**manifests["train"], **manifests["valid"], **manifests["test"]})
     results = {}
     for system, stage_name, model, stats in systems:
         t = time.time()
         verification = stages.verify(
             model, verification_set, trials, device, hparams["eval_batch_size"], hparams["verification_shift"],
             out_folder=hparams["output_folder"], name=system, speakers=speakers,
+            backends=hparams["verification_backends"], backend_set=training_utterances,
         )
         timings[stage_name.replace("speaker_id", "verification")] = time.time() - t
-        results[system] = {**verification, **stats}
+        results.update(stages.result_rows(system, verification, stats))
     timings["total"] = time.time() - start
 
     # 5. Report: results.json and the table

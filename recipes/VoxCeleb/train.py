@@ -51,7 +51,7 @@ def prepare(hparams):
 
 def main(argv):
     hparams, run_opts = stages.start_experiment(argv)
-    timings, chunk = {}, hparams["chunk_size"]
+    timings = {}
 
     # 1. Prepare
     rows = prepare(hparams)
@@ -61,21 +61,19 @@ def main(argv):
     if hparams.get("pretrained_folder"):
         stages.load_pretrained_encoder(encoder, hparams["pretrained_folder"])
     start = time.time()
-    audio = stages.training_audio(hparams, rows["train"])
-    encoder = stages.pretrain(
-        hparams, run_opts, data.pair_dataset(rows["train"], chunk, audio=audio), data.pair_dataset(rows["valid"], chunk)
-    )
+    sets = data.RecipeDatasets(hparams, stages.training_audio(hparams, rows["train"]))
+    encoder = stages.pretrain(hparams, run_opts, sets.pairs(rows["train"]), sets.pairs(rows["valid"], train=False))
     timings["pretrain"] = time.time() - start
 
     # 3. Optional supervised fine-tuning with speaker labels
     if hparams["finetune_epochs"] > 0:
         start = time.time()
         labels = data.speaker_label_encoder(rows["train"], os.path.join(hparams["save_folder"], "label_encoder.txt"))
-        labelled = data.label_subset(rows["train"], hparams["label_fraction"], hparams["seed"])
+        labelled = data.label_subset(rows["train"], hparams["label_fraction"], hparams["seed"], hparams["chunk_size"])
         stages.train_speaker_id(
             hparams, run_opts, "finetune", encoder, len(labels),
-            data.chunk_dataset(labelled, chunk, labels, audio=audio),
-            data.sentence_dataset(rows["valid"], labels),
+            sets.chunks(labelled, labels),
+            sets.sentences(rows["valid"], labels),
             None,
             freeze_encoder=False,
         )
@@ -84,22 +82,25 @@ def main(argv):
     # 4. Verification; the cohort is a fixed random set of training segments
     start = time.time()
     ids = random.Random(hparams["seed"]).sample(sorted(rows["train"]), min(hparams["cohort_size"], len(rows["train"])))
-    metrics = stages.verify(
+    cohort_set = sets.sentences({i: rows["train"][i] for i in ids})
+    by_backend = stages.verify(
         encoder,
-        data.sentence_dataset(rows["verification"]),
+        sets.sentences(rows["verification"]),
         os.path.join(hparams["save_folder"], "trials.txt"),
         stages.device_of(run_opts),
         hparams["eval_batch_size"],
         hparams["verification_shift"],
-        cohort_set=data.sentence_dataset({i: rows["train"][i] for i in ids}),
+        cohort_set=cohort_set,
         score_norm=hparams["score_norm"],
         top_k=hparams["cohort_top_k"],
         out_folder=hparams["output_folder"],
         name=hparams["system_name"],
         speakers={key: row["spk_id"] for key, row in rows["verification"].items()},
+        backends=hparams.get("verification_backends", ["none"]),
+        backend_set=cohort_set,
     )
     timings["verification"] = time.time() - start
-    stages.report(hparams, {hparams["system_name"]: metrics}, timings)
+    stages.report(hparams, stages.result_rows(hparams["system_name"], by_backend), timings)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""Verification back ends: transforms of utterance embeddings learned without labels.
+
+A back end is fitted on the embeddings of the training speakers' utterances
+(no labels are used) and applied to every verification embedding before
+cosine scoring. The recipes offer the same back ends to every system, LIM
+and baselines alike, and name the back end on each result row.
+
+* ``none``: raw embeddings;
+* ``center``: the training mean subtracted;
+* ``standardize``: the training mean subtracted and each dimension divided
+  by its training standard deviation (for MFCC statistics this is the
+  standard baseline);
+* ``whiten``: the training mean subtracted and the training covariance made
+  the identity (PCA whitening), with the covariance shrunk towards its mean
+  variance by :data:`WHITEN_SHRINKAGE` so that directions the training set
+  barely spans (fewer utterances than dimensions) are not blown up.
+"""
+
+import torch
+
+BACKENDS = ("none", "center", "standardize", "whiten")
+BACKEND_LABELS = {"none": "", "center": ", centred", "standardize": ", standardised", "whiten": ", whitened"}
+WHITEN_SHRINKAGE = 0.1
+
+
+class Backend:
+    """A fitted back end: ``backend(embeddings)`` maps ``(N, D)`` to ``(N, D)``.
+
+    Example
+    -------
+    >>> train = torch.tensor([[1.0, 10.0], [3.0, 30.0]])
+    >>> Backend("standardize", train)(torch.tensor([[2.0, 40.0]]))
+    tensor([[0.0000, 1.4142]])
+    """
+
+    def __init__(self, name, training_embeddings=None):
+        if name not in BACKENDS:
+            raise ValueError(f"verification back end {name!r} is unknown; choose one of {list(BACKENDS)}")
+        self.name = name
+        self.mean = self.std = self.whitening = None
+        if name != "none":
+            if training_embeddings is None or len(training_embeddings) < 2:
+                raise ValueError(f"back end {name!r} needs the embeddings of at least 2 training utterances")
+            train = training_embeddings.double()
+            self.mean = train.mean(0)
+            if name == "standardize":
+                self.std = train.std(0).clamp(min=1e-8)
+            if name == "whiten":
+                centred = train - self.mean
+                cov = centred.T @ centred / len(train)
+                cov += WHITEN_SHRINKAGE * cov.diagonal().mean().clamp(min=1e-12) * torch.eye(len(cov), dtype=cov.dtype)
+                values, vectors = torch.linalg.eigh(cov)
+                self.whitening = vectors @ torch.diag(values.rsqrt()) @ vectors.T
+
+    def __call__(self, embeddings):
+        if self.name == "none":
+            return embeddings
+        out = embeddings.double() - self.mean
+        if self.std is not None:
+            out = out / self.std
+        if self.whitening is not None:
+            out = out @ self.whitening
+        return out.to(embeddings.dtype)
+
+    def apply(self, embeddings):
+        """Applies the back end to a ``{utterance id: embedding}`` dict."""
+        if self.name == "none":
+            return embeddings
+        ids = list(embeddings)
+        transformed = self(torch.stack([embeddings[key] for key in ids]))
+        return dict(zip(ids, transformed))
