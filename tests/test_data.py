@@ -132,3 +132,41 @@ def test_rows_at_another_rate_are_resampled_in_every_dataset(tmp_path):
     labels = data.speaker_label_encoder(rows, str(tmp_path / "labels.txt"))
     chunk = data.chunk_dataset(rows, 3200, labels, sample_rate=16000)[0]["chunk"]
     assert chunk.shape == (3200,) and abs(peak_hz(chunk) - 500) < 10
+
+
+def test_recipe_datasets_honour_rate_gain_and_distance(manifests):
+    # Files at 16 kHz read for an 8 kHz model with a gain of 2 and pairs at least
+    # 1000 model samples apart: training pairs are resampled, scaled and apart;
+    # evaluation sentences are only resampled.
+    root, save = manifests
+    rows = data.load_manifest(os.path.join(save, "train.csv"), root)
+    key = sorted(rows)[0]
+    row = {key: rows[key]}
+    sets = data.RecipeDatasets({"chunk_size": 400, "sample_rate": 8000, "file_sample_rate": 16000,
+                                "random_gain": [2.0, 2.0], "min_pair_distance": 1000})
+    assert sets.resample == (16000, 8000) and sets.file_frames == 800
+    wav = rows[key]["wav"]
+    assert torch.allclose(sets.sentences(row)[0]["sig"], data.resampled(data.read_segment(wav, 0, 6000), (16000, 8000)))
+    for seed in range(5):
+        torch.manual_seed(seed)
+        offsets = data.pair_offsets(6000, 800, 2000)  # the draws the dataset makes first
+        assert abs(offsets[0] - offsets[1]) >= 2000
+        torch.manual_seed(seed)
+        pair = sets.pairs(row)[0]
+        for name, offset in zip(("anchor", "positive"), offsets):
+            expected = 2 * data.resampled(data.read_segment(wav, offset, 800), (16000, 8000))[:400]
+            assert torch.allclose(pair[name], expected)
+    torch.manual_seed(0)
+    chunk = sets.chunks(row, data.speaker_label_encoder(rows, os.path.join(save, "labels.txt")))[0]["chunk"]
+    assert chunk.shape == (400,)
+
+
+def test_recipes_build_datasets_only_from_their_hparams():
+    # Every recipe goes through data.RecipeDatasets, so none can leave out the
+    # sample rate, the resampling or the random gain.
+    recipes = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes")
+    for name in sorted(os.listdir(recipes)):
+        with open(os.path.join(recipes, name, "train.py")) as f:
+            source = f.read()
+        for builder in ("pair_dataset(", "chunk_dataset(", "sentence_dataset("):
+            assert builder not in source, f"recipes/{name}/train.py builds a dataset by hand ({builder})"
