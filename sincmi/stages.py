@@ -373,7 +373,9 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
     if any(b != "none" for b in backends):
         if backend_set is None:
             raise ValueError(f"verification back ends {list(backends)} need the training utterances (backend_set)")
-        training = torch.stack(list(embed_all_processes(encoder, backend_set, device, batch_size, shift).values()))
+        fitted = cohort_emb if backend_set is cohort_set and cohort_emb is not None else \
+            embed_all_processes(encoder, backend_set, device, batch_size, shift)
+        training = torch.stack(list(fitted.values()))
     trials = read_trials(trials_file)
     results = {}
     for backend_name in backends:
@@ -384,18 +386,21 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
         scores, labels = score_trials(backend.apply(embeddings), trials, cohort, score_norm, top_k)
         results[backend_name] = {**verification_metrics(scores[labels], scores[~labels]), "backend": backend_name}
         if out_folder is not None and if_main_process():
-            slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-            slug += "" if backend_name == "none" else f"_{backend_name}"
+            slug = file_slug(name) + ("" if backend_name == "none" else f"_{backend_name}")
             with open(os.path.join(out_folder, f"scores_{slug}.txt"), "w") as f:
                 for (label, enrol, test), score in zip(trials, scores.tolist()):
                     f.write(f"{enrol} {test} {score:.6f} {label}\n")
             det_curve({name: (scores[labels], scores[~labels])}, os.path.join(out_folder, f"det_{slug}.png"))
     if out_folder is not None and speakers and if_main_process():
-        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
         ids = [key for key in embeddings if key in speakers]
         embedding_map(torch.stack([embeddings[key] for key in ids]).numpy(), [speakers[key] for key in ids],
-                      os.path.join(out_folder, f"embeddings_{slug}.png"), title=f"{name}: embeddings (PCA)")
+                      os.path.join(out_folder, f"embeddings_{file_slug(name)}.png"), title=f"{name}: embeddings (PCA)")
     return results
+
+
+def file_slug(name):
+    """A system name as a file-name part: ``"LIM (nce)"`` -> ``"lim_nce"``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def result_rows(system, by_backend, stats=None):

@@ -26,7 +26,6 @@ import argparse
 import copy
 import json
 import os
-import re
 import shutil
 import sys
 
@@ -38,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sincmi.encoder import SincNetEncoder  # noqa: E402
 from sincmi.metrics import _eer_from_curves, error_curves, read_scores  # noqa: E402
+from sincmi.stages import file_slug  # noqa: E402
 
 # Stage folders in the order they are preferred, with the key of their best checkpoint.
 STAGES = [("speaker_id", "sentence_error"), ("finetune", "sentence_error"), ("pretrain", "loss")]
@@ -77,8 +77,7 @@ def main_system_scores(experiment):
         systems = list(json.load(f).get("systems", {}))
     if not systems:
         return None, None
-    slug = re.sub(r"[^a-z0-9]+", "_", systems[0].lower()).strip("_")
-    path = os.path.join(experiment, f"scores_{slug}.txt")
+    path = os.path.join(experiment, f"scores_{file_slug(systems[0])}.txt")
     return systems[0], path if os.path.isfile(path) else None
 
 
