@@ -32,5 +32,11 @@ setup(
         # library and its voices, so no system package is needed.
         "espeakng-loader==0.2.4",
     ],
-    extras_require={"dev": ["pytest>=8"]},
+    # ONNX export (torch's exporter needs onnxscript) and onnxruntime to check
+    # and run it; the tested versions. ".[dev]" includes them so CI tests export.
+    extras_require={
+        "onnx": ["onnx==1.23.2", "onnxruntime==1.31.1", "onnxscript==0.7.2"],
+        "dev": ["pytest>=8", "onnx==1.23.2", "onnxruntime==1.31.1", "onnxscript==0.7.2"],
+    },
+    entry_points={"console_scripts": ["sincmi=sincmi.__main__:main"]},
 )

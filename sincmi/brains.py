@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from sincmi import layout
 from sincmi.encoder import iter_chunks
 from sincmi.metrics import SpeakerIdErrorStats
 from sincmi.pairs import pair_logits
@@ -133,12 +134,12 @@ class LIMBrain(DistributedBrain):
             stats["pair_accuracy"] = torch.cat(self.pair_accuracy).mean().item()
         if stage == sb.Stage.VALID:
             self.hparams.train_logger.log_stats(
-                stats_meta={"stage": "pretrain", "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
+                stats_meta={"stage": layout.PRETRAIN, "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
             if self.checkpointer is not None:
-                self.checkpointer.save_and_keep_only(meta=stats, min_keys=["loss"])
+                self.checkpointer.save_and_keep_only(meta=stats, min_keys=[layout.best_checkpoint_key(layout.PRETRAIN)])
 
 
 class SpeakerIdBrain(DistributedBrain):
@@ -155,7 +156,7 @@ class SpeakerIdBrain(DistributedBrain):
     protocol), reported as sentence error and chunk error.
     """
 
-    def __init__(self, *args, freeze_encoder=False, stage_name="speaker_id", **kwargs):
+    def __init__(self, *args, freeze_encoder=False, stage_name=layout.SPEAKER_ID, **kwargs):
         super().__init__(*args, **kwargs)
         self.freeze_encoder = freeze_encoder
         self.stage_name = stage_name
@@ -227,7 +228,7 @@ class SpeakerIdBrain(DistributedBrain):
                 valid_stats=stats,
             )
             if self.checkpointer is not None:
-                self.checkpointer.save_and_keep_only(meta=stats, min_keys=["sentence_error"])
+                self.checkpointer.save_and_keep_only(meta=stats, min_keys=[layout.best_checkpoint_key(self.stage_name)])
         else:
             self.hparams.train_logger.log_stats(stats_meta={"stage": self.stage_name}, test_stats=stats)
             self.test_stats = stats

@@ -6,6 +6,7 @@ mistyped override fails in a second instead of hours into a run.
 
 import os
 
+from sincmi import layout
 from sincmi.discriminator import CRITICS
 from sincmi.encoder import IMPLEMENTATIONS
 from sincmi.metrics import SCORE_NORMS
@@ -63,8 +64,9 @@ def check_hparams(hparams):
         if folder is not None and not os.path.isdir(folder):
             raise FileNotFoundError(f"{key}={folder!r} does not exist (or is not a folder)")
     pretrained = hparams.get("pretrained_folder")
-    if pretrained is not None and not os.path.isdir(os.path.join(pretrained, "save", "pretrain")):
+    lim_folder = layout.experiment_stage_folder(pretrained or "", layout.PRETRAIN)
+    if pretrained is not None and not os.path.isdir(lim_folder):
         raise FileNotFoundError(
-            f"pretrained_folder={pretrained!r} holds no LIM run (no {os.path.join(pretrained, 'save', 'pretrain')}): "
+            f"pretrained_folder={pretrained!r} holds no LIM run (no {lim_folder}): "
             "pass the output_folder of a finished LIM run"
         )

@@ -156,8 +156,10 @@ class ConvBlock(nn.Module):
             x = x.abs()
         if self.pool > 1:
             x = F.max_pool1d(x, self.pool)
+        # The normalised shape comes from the parameters, not from x: a constant
+        # for tracing and ONNX export.
         dims = 1 if self.norm_over == "time" else 2
-        x = F.layer_norm(x, x.shape[-dims:]) * self.gain + self.bias
+        x = F.layer_norm(x, self.gain.shape[-dims:]) * self.gain + self.bias
         return F.leaky_relu(x, self.negative_slope)
 
     def _fast_forward(self, x, scratch_output=False):

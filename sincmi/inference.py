@@ -6,15 +6,20 @@ in SpeechBrain's ``Pretrained`` style::
     from sincmi.inference import SpeakerEncoder
     model = SpeakerEncoder.from_hparams(source="pretrained/demo_lim")
     embedding = model.encode_file("a.wav")
-    score, same_speaker = model.verify_files("a.wav", "b.wav")
+    times, embeddings = model.encode_file("meeting.wav", window=1.5, hop=0.75)
+    result = model.verify_files("a.wav", "b.wav")          # the stored threshold
+    result = model.verify_files("a.wav", "b.wav", threshold="far=0.01")
+    result.score, result.same_speaker, result.operating_point
 
 An utterance embedding is the mean of the L2-normalised embeddings of its
 chunks (``chunk_size`` samples every ``shift`` samples), exactly as the
 recipes' evaluation computes it (:func:`sincmi.encoder.utterance_embeddings`).
 """
 
+import json
 import math
 import os
+from collections import namedtuple
 
 import numpy as np
 import soundfile as sf
@@ -27,6 +32,15 @@ from tqdm import tqdm
 
 from sincmi.data import resampled
 from sincmi.encoder import utterance_embeddings
+from sincmi.thresholds import OperatingPoint, operating_point
+
+Verification = namedtuple("Verification", "score same_speaker operating_point")
+Verification.__doc__ = """A verification: the cosine ``score``, ``same_speaker`` (``score >
+operating_point.threshold``; None without a threshold) and the :class:`OperatingPoint` used."""
+
+WindowEmbeddings = namedtuple("WindowEmbeddings", "times embeddings")
+WindowEmbeddings.__doc__ = """Embeddings over time: ``times`` ``(n, 2)`` start and end of each
+window in seconds, ``embeddings`` ``(n, D)``."""
 
 
 def read_audio(path, sample_rate):
@@ -96,15 +110,56 @@ def _peak(path, block=16000 * 60):
     return peak
 
 
+def window_starts(total, window, hop):
+    """Start samples of the windows of a ``total``-sample file: every ``hop``
+    samples while a whole window fits, or one window over a shorter file.
+
+    >>> window_starts(100, 40, 20), window_starts(30, 40, 20)
+    ([0, 20, 40, 60], [0])
+    """
+    return list(range(0, max(total - window, 0) + 1, hop))
+
+
+def window_embeddings(encoder, path, sample_rate, shift, window, hop, gain=None, max_chunks=64):
+    """Embeddings of ``window``-second windows every ``hop`` seconds of a file.
+
+    Each window's embedding is that of the cut segment as an utterance (its
+    chunks every ``shift`` samples, peak-normalised on its own with
+    ``gain="peak"``), read from the file one window at a time: memory does
+    not grow with the file's length. Windows are cut at the file's own rate
+    and resampled to ``sample_rate``. Returns :class:`WindowEmbeddings`.
+    """
+    if not (window > 0 and hop > 0):
+        raise ValueError(f"window and hop must be positive seconds, got window={window!r}, hop={hop!r}")
+    info = sf.info(path)
+    rate = info.samplerate
+    length, step = int(round(window * rate)), int(round(hop * rate))
+    if length < 1 or step < 1:
+        raise ValueError(f"window={window} s and hop={hop} s are shorter than one sample at {rate} Hz")
+    device = next(encoder.parameters()).device
+    times, embeddings = [], []
+    for start in window_starts(info.frames, length, step):
+        data, _ = sf.read(path, start=start, frames=length, dtype="float32", always_2d=True)
+        wav = resampled(torch.from_numpy(data.mean(axis=1)), (rate, sample_rate))
+        if gain == "peak" and wav.abs().max() > 0:
+            wav = wav / wav.abs().max()
+        emb = utterance_embeddings(encoder, wav.to(device)[None], None, encoder.chunk_size, shift, max_chunks)
+        embeddings.append(emb[0].cpu())
+        times.append((start / rate, (start + len(data)) / rate))
+    return WindowEmbeddings(torch.tensor(times, dtype=torch.float64), torch.stack(embeddings))
+
+
 class SpeakerEncoder(Pretrained):
     """A trained SincNet encoder: embeddings and same-speaker decisions.
 
     Load with ``SpeakerEncoder.from_hparams(source=FOLDER)``, where FOLDER holds
     the ``hyperparams.yaml`` and ``encoder.ckpt`` written by
     ``tools/export_model.py``; local folders need no network. Hparams used:
-    ``sample_rate``, ``shift`` (chunk hop), ``threshold`` (cosine score from
+    ``sample_rate``, ``shift`` (chunk hop), ``threshold`` (cosine score above
     which two utterances are called the same speaker; null if unknown),
-    ``normalize_peak`` (scale each file to unit peak, as in training).
+    ``operating_point`` (how it was chosen), ``normalize_peak`` (scale each
+    file to unit peak, as in training). ``score_summary.json``, when the
+    folder has one, lets :meth:`verify_files` pick other operating points.
     """
 
     MODULES_NEEDED = ["encoder"]
@@ -128,6 +183,33 @@ class SpeakerEncoder(Pretrained):
     def threshold(self):
         return self.hparams.threshold
 
+    @property
+    def score_summary(self):
+        """The summary of the scored trials the threshold was chosen on (None if absent)."""
+        if not hasattr(self, "_score_summary"):
+            folder = getattr(self.hparams, "savedir", None)
+            path = os.path.join(str(folder), "score_summary.json") if folder else None
+            self._score_summary = None
+            if path and os.path.isfile(path):
+                with open(path) as f:
+                    self._score_summary = json.load(f)
+        return self._score_summary
+
+    def operating_point(self, threshold=None):
+        """The :class:`sincmi.thresholds.OperatingPoint` that ``threshold`` names.
+
+        None: the model's stored threshold (None if it has none); a number:
+        that score; ``"eer"``, ``"far=0.01"``, ``"frr=0.05"``: chosen on the
+        model's score summary.
+        """
+        if threshold is None:
+            if self.threshold is None:
+                return None
+            name = getattr(self.hparams, "operating_point", None) or f"{self.threshold:g}"
+            point = operating_point(self.score_summary, self.threshold) if self.score_summary else None
+            return OperatingPoint(name, self.threshold, *(point[2:] if point else (None, None)))
+        return operating_point(self.score_summary, threshold)
+
     @torch.no_grad()
     def encode_batch(self, wavs, wav_lens=None, normalize=False):
         """Utterance embeddings of a padded batch ``(batch, time)`` at the model's rate.
@@ -144,9 +226,21 @@ class SpeakerEncoder(Pretrained):
         return F.normalize(emb, dim=-1) if normalize else emb
 
     @torch.no_grad()
-    def encode_file(self, path, normalize=False):
-        """Utterance embedding ``(D,)`` of an audio file, in bounded memory."""
+    def encode_file(self, path, normalize=False, window=None, hop=None):
+        """Utterance embedding ``(D,)`` of an audio file, in bounded memory.
+
+        With ``window`` (seconds): :class:`WindowEmbeddings`, the embeddings of
+        windows every ``hop`` seconds (default: ``window / 2``), each that of
+        the cut segment, see :func:`window_embeddings`.
+        """
         gain = "peak" if getattr(self.hparams, "normalize_peak", False) else None
+        if window is not None:
+            hop = window / 2 if hop is None else hop
+            times, emb = window_embeddings(self.encoder, path, self.hparams.sample_rate, self.hparams.shift,
+                                           window, hop, gain)
+            return WindowEmbeddings(times, F.normalize(emb, dim=-1) if normalize else emb)
+        if hop is not None:
+            raise ValueError("hop needs a window (seconds)")
         emb = file_embedding(self.encoder, path, self.hparams.sample_rate, self.hparams.shift, gain)
         return F.normalize(emb, dim=-1) if normalize else emb
 
@@ -155,14 +249,16 @@ class SpeakerEncoder(Pretrained):
         return float(F.cosine_similarity(emb_a.flatten(), emb_b.flatten(), dim=0))
 
     def verify_files(self, path_a, path_b, threshold=None):
-        """``(score, same_speaker)`` for two files.
+        """:class:`Verification` of two files: score, decision, operating point.
 
-        ``same_speaker`` is ``score >= threshold`` with the model's stored
-        threshold (or the one given); None when neither is known.
+        ``threshold``: None (the model's stored one), a score, or an operating
+        point (``"eer"``, ``"far=0.01"``, ``"frr=0.05"``) chosen on the
+        model's score summary. ``same_speaker`` is ``score > threshold``, None
+        when there is no threshold.
         """
+        point = self.operating_point(threshold)
         score = self.score(self.encode_file(path_a), self.encode_file(path_b))
-        threshold = self.threshold if threshold is None else threshold
-        return score, (None if threshold is None else bool(score >= threshold))
+        return Verification(score, None if point is None else bool(score > point.threshold), point)
 
     def _prepare_modules(self, freeze_params):
         super()._prepare_modules(freeze_params)

@@ -9,7 +9,6 @@ import atexit
 import json
 import logging
 import os
-import re
 import sys
 import time
 
@@ -21,7 +20,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.epoch_loop import EpochCounter
 
-from sincmi import data
+from sincmi import data, layout
 from sincmi.backend import BACKEND_LABELS, Backend
 from sincmi.brains import LIMBrain, ShardSampler, SpeakerIdBrain
 from sincmi.checkpoints import make_checkpointer
@@ -63,7 +62,7 @@ def load_speaker_id_data(hparams, data_root):
         for split in ("train", "valid", "test")
     }
     labels = data.speaker_label_encoder(
-        manifests["train"], os.path.join(hparams["save_folder"], "label_encoder.txt")
+        manifests["train"], os.path.join(hparams["save_folder"], layout.LABEL_ENCODER_FILE)
     )
     return manifests, labels
 
@@ -131,13 +130,13 @@ def pretrain_and_identify(hparams, run_opts, manifests, labels, timings, audio=N
     sets = data.RecipeDatasets(hparams, audio)
     encoder = pretrain(hparams, run_opts, sets.pairs(pretraining_rows(hparams, manifests)),
                        sets.pairs(manifests["valid"], train=False))
-    timings["pretrain"] = time.time() - start
+    timings[layout.PRETRAIN] = time.time() - start
     start = time.time()
     labelled = data.label_subset(manifests["train"], hparams["label_fraction"], hparams["seed"], hparams["chunk_size"])
     stats = train_speaker_id(
         hparams,
         run_opts,
-        "speaker_id",
+        layout.SPEAKER_ID,
         encoder,
         len(labels),
         sets.chunks(labelled, labels),
@@ -145,7 +144,7 @@ def pretrain_and_identify(hparams, run_opts, manifests, labels, timings, audio=N
         sets.sentences(manifests["test"], labels),
         freeze_encoder=hparams["freeze_encoder"],
     )
-    timings["speaker_id"] = time.time() - start
+    timings[layout.SPEAKER_ID] = time.time() - start
     return encoder, stats
 
 
@@ -177,7 +176,7 @@ def report(hparams, systems, timings):
     results = {"systems": systems, "timings_s": timings}
     if not if_main_process():  # under DDP every process has the same figures; one writes them
         return results
-    table = write_results(os.path.join(hparams["output_folder"], "results.json"), results)
+    table = write_results(os.path.join(hparams["output_folder"], layout.RESULTS_FILE), results)
     logger.info("Results\n" + table)
     train_log = hparams.get("train_log")
     if train_log and os.path.isfile(train_log):
@@ -225,7 +224,7 @@ def pretrain(hparams, run_opts, train_set, valid_set):
         "objective": hparams["objective"],
     }
     checkpointer = make_checkpointer(
-        os.path.join(hparams["save_folder"], "pretrain"), {**modules, "counter": counter}
+        layout.stage_folder(hparams["save_folder"], layout.PRETRAIN), {**modules, "counter": counter}
     )
     brain = LIMBrain(
         modules=modules,
@@ -254,7 +253,7 @@ def pretrain(hparams, run_opts, train_set, valid_set):
         train_loader_kwargs={**loader_kwargs, "sampler": sampler, "drop_last": True},
         valid_loader_kwargs={**loader_kwargs, "drop_last": len(valid_set) % batch_size == 1},
     )
-    checkpointer.recover_if_possible(min_key="loss")
+    checkpointer.recover_if_possible(min_key=layout.best_checkpoint_key(layout.PRETRAIN))
     return encoder  # not brain.modules.encoder, which DDP may have wrapped
 
 
@@ -328,9 +327,9 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
     logger.info(f"Stage {name}: speaker id, {mode}, {counter.limit} epoch(s)")
     brain.fit(counter, train_set, valid_set, train_loader_kwargs=train_kwargs, valid_loader_kwargs=eval_kwargs)
     if test_set is None:  # keep the best validation checkpoint's weights
-        checkpointer.recover_if_possible(min_key="sentence_error")
+        checkpointer.recover_if_possible(min_key=layout.best_checkpoint_key(name))
         return {}
-    brain.evaluate(test_set, min_key="sentence_error", test_loader_kwargs=eval_kwargs)
+    brain.evaluate(test_set, min_key=layout.best_checkpoint_key(name), test_loader_kwargs=eval_kwargs)
     return brain.test_stats
 
 
@@ -386,21 +385,17 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
         scores, labels = score_trials(backend.apply(embeddings), trials, cohort, score_norm, top_k)
         results[backend_name] = {**verification_metrics(scores[labels], scores[~labels]), "backend": backend_name}
         if out_folder is not None and if_main_process():
-            slug = file_slug(name) + ("" if backend_name == "none" else f"_{backend_name}")
-            with open(os.path.join(out_folder, f"scores_{slug}.txt"), "w") as f:
+            scores_path = layout.scores_file(out_folder, name, backend_name)
+            slug = os.path.basename(scores_path)[len("scores_"):-len(".txt")]
+            with open(scores_path, "w") as f:
                 for (label, enrol, test), score in zip(trials, scores.tolist()):
                     f.write(f"{enrol} {test} {score:.6f} {label}\n")
             det_curve({name: (scores[labels], scores[~labels])}, os.path.join(out_folder, f"det_{slug}.png"))
     if out_folder is not None and speakers and if_main_process():
         ids = [key for key in embeddings if key in speakers]
         embedding_map(torch.stack([embeddings[key] for key in ids]).numpy(), [speakers[key] for key in ids],
-                      os.path.join(out_folder, f"embeddings_{file_slug(name)}.png"), title=f"{name}: embeddings (PCA)")
+                      os.path.join(out_folder, f"embeddings_{layout.file_slug(name)}.png"), title=f"{name}: embeddings (PCA)")
     return results
-
-
-def file_slug(name):
-    """A system name as a file-name part: ``"LIM (nce)"`` -> ``"lim_nce"``."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def result_rows(system, by_backend, stats=None):
@@ -433,14 +428,14 @@ def load_pretrained_encoder(encoder, experiment_folder):
 
     Raises a clear error when the folder holds no LIM checkpoint.
     """
-    folder = os.path.join(experiment_folder or "", "save", "pretrain")
+    folder = layout.experiment_stage_folder(experiment_folder or "", layout.PRETRAIN)
     checkpointer = Checkpointer(folder, recoverables={"encoder": encoder})
-    if not os.path.isdir(folder) or checkpointer.find_checkpoint(min_key="loss") is None:
+    if not os.path.isdir(folder) or checkpointer.find_checkpoint(min_key=layout.best_checkpoint_key(layout.PRETRAIN)) is None:
         raise FileNotFoundError(
             f"pretrained_folder {experiment_folder!r} holds no LIM checkpoint (expected "
             f"{folder}/CKPT+...): pass the output_folder of a finished LIM run"
         )
-    checkpointer.recover_if_possible(min_key="loss")
+    checkpointer.recover_if_possible(min_key=layout.best_checkpoint_key(layout.PRETRAIN))
     logger.info(f"Loaded the LIM encoder of {experiment_folder}")
     return encoder
 

@@ -18,10 +18,12 @@ import soundfile as sf
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from conftest import ROOT, run_recipe, write_tone_corpus
+from conftest import ROOT, SHARED_DATA, run_recipe, write_tone_corpus
 from sincmi import data
 from sincmi.encoder import utterance_embeddings
 from sincmi.inference import SpeakerEncoder, embed_dataset, file_embedding
+from sincmi.metrics import read_scores
+from sincmi.thresholds import operating_point, score_summary
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -115,11 +117,49 @@ def test_verify_files_uses_the_stored_threshold(experiment):
     model = SpeakerEncoder.from_hparams(source=experiment["model"])
     corpus = experiment["corpus"]
     a, b = (os.path.join(corpus, s, "session", "u0.wav") for s in ("spk0", "spk1"))
-    score, same = model.verify_files(a, b)
+    score, same, point = model.verify_files(a, b)
     assert -1.0 <= score <= 1.0
-    assert same == (score >= experiment["summary"]["threshold"])
-    assert model.verify_files(a, a)[0] == pytest.approx(1.0, abs=1e-5)
-    assert model.verify_files(a, b, threshold=2.0)[1] is False
+    assert point.name == "eer" and point.threshold == pytest.approx(experiment["summary"]["threshold"], abs=1e-6)
+    assert same == (score > point.threshold)
+    assert model.verify_files(a, a).score == pytest.approx(1.0, abs=1e-5)
+    assert model.verify_files(a, b, threshold=2.0).same_speaker is False
+    assert model.verify_files(a, b, threshold=-2.0).same_speaker is True
+
+
+def test_operating_points_are_chosen_on_the_runs_trials(experiment):
+    """The stored summary is that of the run's scores: each operating point has the error rates it names."""
+    model = SpeakerEncoder.from_hparams(source=experiment["model"])
+    targets, nontargets = read_scores(os.path.join(experiment["exp"], "scores_lim_nce.txt"))
+    for spec in ("far=0.1", "frr=0.2", "eer"):
+        point = model.operating_point(spec)
+        far = float((nontargets > point.threshold).mean())
+        frr = float((targets <= point.threshold).mean())
+        assert (far, frr) == pytest.approx((point.far, point.frr), abs=1e-9), spec
+        if spec.startswith("far"):
+            assert far <= 0.1
+        if spec.startswith("frr"):
+            assert frr <= 0.2
+    a, b = (os.path.join(experiment["corpus"], s, "session", "u0.wav") for s in ("spk0", "spk1"))
+    result = model.verify_files(a, b, threshold="far=0.1")
+    assert result.operating_point == model.operating_point("far=0.1")
+    assert result.same_speaker == (result.score > result.operating_point.threshold)
+    with pytest.raises(ValueError, match="far=<rate>"):
+        model.verify_files(a, b, threshold="far=high")
+
+
+def test_export_threshold_at_a_chosen_operating_point(experiment, tmp_path):
+    out = tmp_path / "model_far"
+    summary = json.loads(tool("export_model.py", experiment["exp"], out, "--threshold", "far=0.05",
+                              "--no_traced").stdout)
+    targets, nontargets = read_scores(os.path.join(experiment["exp"], "scores_lim_nce.txt"))
+    expected = operating_point(score_summary(targets, nontargets), "far=0.05")
+    assert summary["threshold"] == pytest.approx(expected.threshold)
+    model = SpeakerEncoder.from_hparams(source=str(out))
+    assert model.hparams.operating_point == "far=0.05"
+    assert model.threshold == pytest.approx(expected.threshold, abs=1e-6)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export_model.py"), experiment["exp"],
+                           str(tmp_path / "bad"), "--threshold", "far"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "eer" in proc.stderr and "far=<rate>" in proc.stderr
 
 
 def test_exported_folder_loads_in_a_fresh_process(experiment):
@@ -212,3 +252,151 @@ def test_readme_example_runs(experiment, tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r"score -?[0-9.]+ (True|False)", proc.stdout)
+
+
+def real_speech_files(count=2):
+    """Real recordings from ../shared/data (the test skips without them)."""
+    folder = os.path.join(SHARED_DATA, "LibriSpeech_100speakers")
+    if not os.path.isdir(folder):
+        pytest.skip("../shared/data is absent")
+    files = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                   if name.endswith((".flac", ".wav")))
+    return files[:count]
+
+
+def test_onnx_export_matches_the_eager_encoder_on_real_speech(experiment):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = SpeakerEncoder.from_hparams(source=experiment["model"])
+    assert experiment["summary"]["onnx_relative_error"] < 1e-4  # checked at export, on noise
+    session = onnxruntime.InferenceSession(os.path.join(experiment["model"], "encoder.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    size = model.encoder.chunk_size
+    for path in real_speech_files():
+        wav = torch.from_numpy(sf.read(path, dtype="float32")[0])
+        for batch in (1, 13):  # the batch axis is dynamic
+            chunks = wav.unfold(0, size, size // 2)[:batch].contiguous()
+            output = session.run(["embeddings"], {"chunks": chunks.numpy()})[0]
+            with torch.no_grad():
+                reference = model.encoder(chunks).numpy()
+            relative = np.linalg.norm(output - reference, axis=1) / np.linalg.norm(reference, axis=1)
+            assert relative.max() < 1e-4, (path, batch, relative.max())
+
+
+def test_onnx_snippet_embeds_a_file_like_the_speaker_encoder(experiment):
+    pytest.importorskip("onnxruntime")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("onnx_embed", os.path.join(ROOT, "tools", "onnx_embed.py"))
+    onnx_embed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(onnx_embed)
+    onnx_model = onnx_embed.OnnxSpeakerEncoder(experiment["model"])
+    model = SpeakerEncoder.from_hparams(source=experiment["model"])
+    for path in real_speech_files():
+        reference = model.encode_file(path).numpy()
+        embedding = onnx_model.encode_file(path)
+        assert np.linalg.norm(embedding - reference) / np.linalg.norm(reference) < 1e-4
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "onnx_embed.py"), experiment["model"],
+                           *real_speech_files()], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    score = float(re.search(r"score (-?[0-9.]+)", proc.stdout).group(1))
+    a, b = real_speech_files()
+    assert score == pytest.approx(model.verify_files(a, b).score, abs=1e-4)
+
+
+def write_segments(path, windows, folder):
+    """Writes each ``(start, end)`` second window of ``path`` as its own file."""
+    wav, rate = sf.read(path, dtype="float32")
+    paths = []
+    for i, (start, end) in enumerate(windows):
+        out = os.path.join(folder, f"segment{i}.wav")
+        sf.write(out, wav[int(round(start * rate)):int(round(end * rate))], rate, subtype="FLOAT")
+        paths.append(out)
+    return paths
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_window_embeddings_equal_embedding_the_cut_segments(experiment, tmp_path, rate):
+    model = SpeakerEncoder.from_hparams(source=experiment["model"])
+    rng = np.random.default_rng(3)
+    path = str(tmp_path / "long.wav")
+    seconds = 3.3
+    sf.write(path, (0.1 * rng.standard_normal(int(rate * seconds))).astype(np.float32), rate, subtype="FLOAT")
+    times, embeddings = model.encode_file(path, window=1.0, hop=0.4)
+    # Windows every 0.4 s while a whole second fits: 0, 0.4, ..., 2.0.
+    np.testing.assert_allclose(times[:, 0].numpy(), np.arange(6) * 0.4, atol=1e-9)
+    np.testing.assert_allclose((times[:, 1] - times[:, 0]).numpy(), 1.0, atol=1e-9)
+    segments = write_segments(path, times.tolist(), tmp_path)
+    for embedding, segment in zip(embeddings, segments):
+        torch.testing.assert_close(embedding, model.encode_file(segment), rtol=1e-5, atol=1e-6)
+    # A file shorter than the window is one window over the whole file.
+    short_times, short = model.encode_file(segments[0], window=5.0)
+    assert short.shape[0] == 1 and short_times[0, 1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="hop needs a window"):
+        model.encode_file(path, hop=0.5)
+
+
+def test_extract_embeddings_over_time_writes_one_row_per_window(experiment, tmp_path):
+    folder = tmp_path / "audio" / "spkA"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    sf.write(str(folder / "long.wav"), (0.1 * rng.standard_normal(16000 * 3)).astype(np.float32), 16000)
+    out = tmp_path / "emb" / "windows"
+    tool("extract_embeddings.py", experiment["model"], tmp_path / "audio", out, "--window", "1.5", "--hop", "0.5")
+    matrix = np.load(str(out) + ".npy")
+    with open(str(out) + ".csv") as f:
+        index = list(csv.DictReader(f))
+    assert [float(row["start"]) for row in index] == [0.0, 0.5, 1.0, 1.5]
+    assert all(float(row["end"]) - float(row["start"]) == pytest.approx(1.5) for row in index)
+    assert {row["speaker"] for row in index} == {"spkA"}
+    model = SpeakerEncoder.from_hparams(source=experiment["model"])
+    _, expected = model.encode_file(str(folder / "long.wav"), window=1.5, hop=0.5)
+    np.testing.assert_allclose(matrix, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def sincmi_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sincmi", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def test_command_line_verify_and_embed(experiment, tmp_path):
+    corpus = experiment["corpus"]
+    a, b = (os.path.join(corpus, s, "session", "u0.wav") for s in ("spk0", "spk1"))
+    proc = sincmi_cli("verify", experiment["model"], a, b, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = SpeakerEncoder.from_hparams(source=experiment["model"])
+    expected = model.verify_files(a, b)
+    assert float(re.search(r"score (-?[0-9.]+)", proc.stdout).group(1)) == pytest.approx(expected.score, abs=1e-4)
+    assert f"same speaker: {'yes' if expected.same_speaker else 'no'} (operating point eer" in proc.stdout
+    proc = sincmi_cli("verify", experiment["model"], a, b, "--threshold", "-1", cwd=str(tmp_path))
+    assert "same speaker: yes (operating point -1" in proc.stdout
+    proc = sincmi_cli("verify", experiment["model"], a, str(tmp_path / "missing.wav"))
+    assert proc.returncode != 0 and "missing.wav does not exist" in proc.stderr
+    proc = sincmi_cli("embed", experiment["model"], corpus, tmp_path / "out" / "corpus")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert np.load(str(tmp_path / "out" / "corpus.npy")).shape[0] == 24
+    assert sincmi_cli("frobnicate").returncode == 2
+
+
+def test_command_line_threshold_on_known_pairs_of_ones_own_files(experiment, tmp_path):
+    corpus = experiment["corpus"]
+    pairs = tmp_path / "pairs.txt"
+    lines = []
+    for s in range(6):
+        lines.append(f"1 {corpus}/spk{s}/session/u0.wav {corpus}/spk{s}/session/u1.wav")
+        lines.append(f"0 {corpus}/spk{s}/session/u0.wav {corpus}/spk{(s + 1) % 6}/session/u2.wav")
+    pairs.write_text("\n".join(lines) + "\n")
+    model_folder = tmp_path / "model"
+    shutil.copytree(experiment["model"], model_folder)
+    proc = sincmi_cli("threshold", model_folder, pairs, "--set", "frr=0.5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "12 pairs (6 same speaker)" in proc.stdout and "stored in" in proc.stdout
+    model = SpeakerEncoder.from_hparams(source=str(model_folder))
+    assert model.hparams.operating_point == "frr=0.5"
+    scores = [(line[0] == "1", model.verify_files(*line.split()[1:]).score) for line in lines]
+    frr = np.mean([score <= model.threshold for same, score in scores if same])
+    assert frr <= 0.5
+    # The summary now is that of the pairs: later choices are made on them.
+    assert model.score_summary["target_trials"] == 6 and model.score_summary["nontarget_trials"] == 6
+    pairs.write_text("1 nowhere.wav nowhere.wav\n")
+    proc = sincmi_cli("threshold", model_folder, pairs)
+    assert proc.returncode != 0 and "pairs.txt:1" in proc.stderr and "does not exist" in proc.stderr

@@ -11,10 +11,8 @@ import torch
 from conftest import ROOT, TINY_MODEL, TINY_PRETRAIN, write_tone_corpus
 from sincmi.checkpoints import AtomicCheckpointer
 from sincmi.encoder import SincNetEncoder
+from sincmi.export import inference_yaml
 from sincmi.inference import SpeakerEncoder
-
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-from export_model import inference_yaml  # noqa: E402
 
 
 class Payload:

@@ -68,7 +68,6 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 SHARED_LIBRISPEECH = os.path.join(ROOT, "..", "shared", "data", "LibriSpeech_sample")
 # glibc malloc settings: serve large blocks from the heap and never return freed memory to the system.
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2**31), "MALLOC_TRIM_THRESHOLD_": str(2**40)}

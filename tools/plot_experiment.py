@@ -4,7 +4,7 @@
 * ``training_curves.png``: every series of ``train_log.txt``, one row per stage;
 * ``det_<system>.png``: the DET curve of each ``scores_<system>.txt``;
 * ``embeddings_map.png`` with ``--embeddings X.pt`` (from
-  ``tools/extract_embeddings.py --format pt``): a 2-D PCA map coloured by speaker.
+  ``python -m sincmi embed ... --format pt``): a 2-D PCA map coloured by speaker.
 
 Usage:
     python tools/plot_experiment.py results/Demo/lim_nce/1234 [--embeddings emb/demo.pt]
@@ -17,16 +17,14 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sincmi.metrics import read_scores  # noqa: E402
-from sincmi.plots import det_curve, embedding_map, training_curves  # noqa: E402
+from sincmi.metrics import read_scores
+from sincmi.plots import det_curve, embedding_map, training_curves
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", help="output_folder of a recipe run")
-    parser.add_argument("--embeddings", help=".pt file from tools/extract_embeddings.py --format pt")
+    parser.add_argument("--embeddings", help=".pt file from python -m sincmi embed ... --format pt")
     parser.add_argument("--out_folder", help="default: the experiment folder")
     args = parser.parse_args(argv)
     out = args.out_folder or args.experiment

@@ -16,7 +16,7 @@ import time
 
 from speechbrain.utils.distributed import run_on_main
 
-from sincmi import data, stages
+from sincmi import data, layout, stages
 from sincmi.prepare.folder import prepare_folder
 from sincmi.prepare.synth import synthesize_corpus
 
@@ -75,8 +75,8 @@ def main(argv):
     sets = data.RecipeDatasets(hparams, audio)
     verification_set = sets.sentences(verification_rows)
     speakers = {key: row["spk_id"] for key, row in verification_rows.items()}
-    trials = os.path.join(hparams["save_folder"], "trials.txt")
-    systems = [(hparams["system_name"], "speaker_id", encoder, id_stats)]
+    trials = os.path.join(hparams["save_folder"], layout.TRIALS_FILE)
+    systems = [(hparams["system_name"], layout.SPEAKER_ID, encoder, id_stats)]
     labelled = data.label_subset(manifests["train"], hparams["label_fraction"], hparams["seed"], hparams["chunk_size"])
     if hparams["score_baselines"]:
         for system, stage_name, model in (

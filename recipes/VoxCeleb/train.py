@@ -20,7 +20,7 @@ import time
 
 from speechbrain.utils.distributed import run_on_main
 
-from sincmi import data, stages
+from sincmi import data, layout, stages
 from sincmi.prepare.voxceleb import prepare_voxceleb
 
 
@@ -68,16 +68,16 @@ def main(argv):
     # 3. Optional supervised fine-tuning with speaker labels
     if hparams["finetune_epochs"] > 0:
         start = time.time()
-        labels = data.speaker_label_encoder(rows["train"], os.path.join(hparams["save_folder"], "label_encoder.txt"))
+        labels = data.speaker_label_encoder(rows["train"], os.path.join(hparams["save_folder"], layout.LABEL_ENCODER_FILE))
         labelled = data.label_subset(rows["train"], hparams["label_fraction"], hparams["seed"], hparams["chunk_size"])
         stages.train_speaker_id(
-            hparams, run_opts, "finetune", encoder, len(labels),
+            hparams, run_opts, layout.FINETUNE, encoder, len(labels),
             sets.chunks(labelled, labels),
             sets.sentences(rows["valid"], labels),
             None,
             freeze_encoder=False,
         )
-        timings["finetune"] = time.time() - start
+        timings[layout.FINETUNE] = time.time() - start
 
     # 4. Verification; the cohort is a fixed random set of training segments
     start = time.time()
@@ -86,7 +86,7 @@ def main(argv):
     by_backend = stages.verify(
         encoder,
         sets.sentences(rows["verification"]),
-        os.path.join(hparams["save_folder"], "trials.txt"),
+        os.path.join(hparams["save_folder"], layout.TRIALS_FILE),
         stages.device_of(run_opts),
         hparams["eval_batch_size"],
         hparams["verification_shift"],

@@ -1,0 +1,137 @@
+"""The everyday jobs from the command line, after ``pip install``.
+
+    python -m sincmi verify MODEL A.wav B.wav [--threshold far=0.01]
+    python -m sincmi embed MODEL DIR OUT [--window 1.5 --hop 0.75]
+    python -m sincmi export EXPERIMENT MODEL [--threshold eer]
+    python -m sincmi threshold MODEL PAIRS.txt [--set far=0.01]
+
+MODEL is a folder written by ``export`` (from a recipe run's output folder).
+``threshold`` scores known pairs of your own recordings (``label a.wav b.wav``
+per line, label 1 for the same speaker, 0 for different ones; relative paths
+are taken from the pairs file's folder) and shows the error rates of each
+operating point on them; ``--set`` stores one in MODEL.
+"""
+
+import argparse
+import os
+import sys
+
+from sincmi.thresholds import SPEC_HELP, describe
+
+COMMANDS = ("verify", "embed", "export", "threshold")
+
+
+def verify(argv):
+    parser = argparse.ArgumentParser(prog="python -m sincmi verify",
+                                     description="Are two recordings from the same speaker?")
+    parser.add_argument("model", help="model folder (written by python -m sincmi export)")
+    parser.add_argument("a")
+    parser.add_argument("b")
+    parser.add_argument("--threshold", help=f"default: the model's; or {SPEC_HELP}")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    model = load_model(args.model, args.device)
+    for path in (args.a, args.b):
+        if not os.path.isfile(path):
+            sys.exit(f"error: {path} does not exist")
+    try:
+        result = model.verify_files(args.a, args.b, args.threshold)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    print(f"score {result.score:.4f}")
+    if result.operating_point is None:
+        print("same speaker: unknown (the model has no threshold: pass --threshold)")
+    else:
+        print(f"same speaker: {'yes' if result.same_speaker else 'no'} ({describe(result.operating_point)})")
+
+
+def read_pairs(path):
+    """``[(label, path_a, path_b)]`` of a pairs file; relative paths from its folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    pairs = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            if len(fields) != 3 or fields[0] not in ("0", "1"):
+                raise ValueError(f"{path}:{number}: expected 'label a.wav b.wav' with label 1 (same speaker) "
+                                 f"or 0, got {line.strip()!r}")
+            a, b = (p if os.path.isabs(p) else os.path.join(folder, p) for p in fields[1:])
+            for audio in (a, b):
+                if not os.path.isfile(audio):
+                    raise ValueError(f"{path}:{number}: {audio} does not exist")
+            pairs.append((fields[0] == "1", a, b))
+    return pairs
+
+
+def threshold(argv):
+    from sincmi.export import set_threshold
+    from sincmi.thresholds import operating_point, score_summary
+
+    parser = argparse.ArgumentParser(prog="python -m sincmi threshold",
+                                     description="Operating points of a model on known pairs of your recordings.")
+    parser.add_argument("model", help="model folder (written by python -m sincmi export)")
+    parser.add_argument("pairs", help="'label a.wav b.wav' per line: 1 same speaker, 0 different")
+    parser.add_argument("--set", dest="spec", help=f"store this operating point in the model: {SPEC_HELP}")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    try:
+        pairs = read_pairs(args.pairs)
+    except (OSError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    targets = sum(label for label, _, _ in pairs)
+    if not targets or targets == len(pairs):
+        sys.exit(f"error: {args.pairs} needs pairs of both kinds (has {targets} same-speaker "
+                 f"and {len(pairs) - targets} different-speaker pairs)")
+    model = load_model(args.model, args.device)
+    embeddings = {path: model.encode_file(path) for path in sorted({p for _, a, b in pairs for p in (a, b)})}
+    scores = [(label, model.score(embeddings[a], embeddings[b])) for label, a, b in pairs]
+    summary = score_summary([s for label, s in scores if label], [s for label, s in scores if not label])
+    summary["source"] = os.path.abspath(args.pairs)
+    print(f"{len(pairs)} pairs ({targets} same speaker): EER {100 * summary['eer']:.2f} %")
+    for spec in ("eer", "far=0.01", "frr=0.05"):
+        print("  " + describe(operating_point(summary, spec)))
+    if model.threshold is not None:
+        print("  the model's threshold now: " + describe(operating_point(summary, model.threshold)))
+    if args.spec:
+        try:
+            point = operating_point(summary, args.spec)
+        except ValueError as error:
+            sys.exit(f"error: {error}")
+        set_threshold(args.model, summary, point)
+        print(f"stored in {args.model}: {describe(point)}")
+
+
+def load_model(folder, device="cpu"):
+    from sincmi.inference import SpeakerEncoder
+
+    if not os.path.isfile(os.path.join(folder, "hyperparams.yaml")):
+        sys.exit(f"error: {folder} is not a model folder (no hyperparams.yaml): "
+                 "write one with python -m sincmi export EXPERIMENT FOLDER")
+    return SpeakerEncoder.from_hparams(source=folder, run_opts={"device": device})
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    if command == "verify":
+        verify(rest)
+    elif command == "threshold":
+        threshold(rest)
+    elif command == "embed":
+        from sincmi.extract import main as embed
+
+        embed(rest)
+    else:
+        from sincmi.export import main as export
+
+        export(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

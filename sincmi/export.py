@@ -1,0 +1,330 @@
+"""Packs a finished experiment into a folder that ``SpeakerEncoder.from_hparams`` loads.
+
+The folder holds:
+
+* ``encoder.ckpt``: the encoder of the experiment's final stage (the speaker-id
+  or fine-tuning stage's best validation checkpoint, else LIM pretraining's);
+* ``hyperparams.yaml``: the inference hyperparameters (encoder configuration,
+  sample rate, chunk hop, peak normalisation, decision threshold and the
+  operating point it was chosen at);
+* ``score_summary.json``: the error curves of the run's verification trials
+  (or of ``--scores``), from which ``--threshold`` (and later
+  ``verify_files(..., threshold="far=0.01")``) picks an operating point;
+* ``classifier.ckpt`` and ``label_encoder.txt`` when the stage has a speaker
+  classifier;
+* ``encoder_torchscript.pt`` (TorchScript), ``encoder.pt2`` (``torch.export``) and
+  ``encoder.onnx`` with ``encoder_onnx.json`` (its input settings, for
+  onnxruntime without PyTorch: ``tools/onnx_embed.py``), each checked against the
+  eager encoder on the spot.
+
+The summary comes from the experiment's first system's raw cosine scores
+(``scores_<system>.txt``); runs with score normalisation, or none, need
+``--scores`` (a file of ``enrol test score label`` lines of trials you scored) or a
+numeric ``--threshold``.
+
+Usage:
+    python -m sincmi export results/Demo/lim_nce/1234 pretrained/demo_lim
+    python -m sincmi export results/Demo/lim_nce/1234 pretrained/demo_lim --threshold far=0.01
+"""
+
+import argparse
+import copy
+import json
+import os
+import re
+import shutil
+import sys
+
+import numpy as np
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.checkpoints import Checkpointer
+
+from sincmi import layout
+from sincmi.encoder import SincNetEncoder
+from sincmi.metrics import read_scores
+from sincmi.thresholds import SPEC_HELP, describe, operating_point, score_summary
+
+SUMMARY_FILE = "score_summary.json"
+ONNX_FILE, ONNX_CONFIG_FILE = "encoder.onnx", "encoder_onnx.json"
+
+
+def find_stage_checkpoint(save_folder, stage=None):
+    """Returns ``(stage, checkpoint folder)`` of the final (or the named) stage."""
+    for name in layout.EXPORT_ORDER:
+        if stage not in (None, name):
+            continue
+        folder = layout.stage_folder(save_folder, name)
+        if os.path.isdir(folder):
+            checkpoint = Checkpointer(folder).find_checkpoint(min_key=layout.best_checkpoint_key(name))
+            if checkpoint is not None:
+                return name, checkpoint.path
+    wanted = stage or " or ".join(layout.EXPORT_ORDER)
+    raise FileNotFoundError(
+        f"{save_folder} holds no {wanted} checkpoint (CKPT+... folder): pass the output_folder of a "
+        "finished recipe run"
+    )
+
+
+def summary_of_scores_file(scores_file):
+    """:func:`sincmi.thresholds.score_summary` of an ``enrol test score label`` file."""
+    targets, nontargets = read_scores(scores_file)
+    if not len(targets) or not len(nontargets):
+        raise ValueError(f"{scores_file} needs both target and non-target trials "
+                         f"(has {len(targets)} and {len(nontargets)})")
+    summary = score_summary(targets, nontargets)
+    summary["source"] = os.path.abspath(scores_file)
+    return summary
+
+
+def main_system_scores(experiment):
+    """The scores file of the experiment's first (main) system, if any."""
+    results_file = os.path.join(experiment, layout.RESULTS_FILE)
+    if not os.path.isfile(results_file):
+        return None, None
+    with open(results_file) as f:
+        systems = list(json.load(f).get("systems", {}))
+    if not systems:
+        return None, None
+    path = layout.scores_file(experiment, systems[0])
+    return systems[0], path if os.path.isfile(path) else None
+
+
+def inference_yaml(config, shift, normalize_peak, threshold, note, operating_point_name=None):
+    """Text of the inference hyperparams file."""
+    encoder_args = "\n".join(f"    {key}: {json.dumps(value)}" for key, value in config.items())
+    threshold_text = "null" if threshold is None else repr(float(threshold))  # exact: decisions match the summary
+    point_text = "null" if operating_point_name is None else json.dumps(operating_point_name)
+    return f"""# ############################################################################
+# sincmi inference model: SincNet encoder -> utterance embeddings (mean of the
+# L2-normalised embeddings of chunk_size-sample chunks taken every `shift` samples).
+# Load with: sincmi.inference.SpeakerEncoder.from_hparams(source=<this folder>)
+# {note}
+# ############################################################################
+
+sample_rate: {config["sample_rate"]}
+shift: {shift}                      # hop between chunks, samples
+normalize_peak: {normalize_peak}           # scale each file to unit peak first (as in training)
+threshold: {threshold_text}              # cosine score > threshold: same speaker
+operating_point: {point_text}        # how the threshold was chosen (see score_summary.json)
+
+encoder: !new:sincmi.encoder.SincNetEncoder
+{encoder_args}
+
+modules:
+    encoder: !ref <encoder>
+
+# Loads encoder.ckpt from the source folder.
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        encoder: !ref <encoder>
+"""
+
+
+def plain_copy(encoder):
+    """The encoder with the plain layers (``implementation: reference``), same weights, in eval mode.
+
+    The fast kernels (a custom autograd function, loops over micro-batches)
+    do not trace; the plain layers compute the same function.
+    """
+    plain = SincNetEncoder(**{**encoder.config, "implementation": "reference"})
+    plain.load_state_dict(encoder.state_dict())
+    return plain.eval()
+
+
+def export_torchscript(encoder, path, chunk_size):
+    """Traces the plain-layer implementation of ``encoder``; returns the parity error."""
+    plain = plain_copy(encoder)
+    example = torch.randn(2, chunk_size)
+    with torch.no_grad():
+        traced = torch.jit.trace(plain, example)
+        traced.save(path)
+        check = torch.randn(5, chunk_size)  # another batch size than the trace's
+        return float((torch.jit.load(path)(check) - encoder(check)).abs().max())
+
+
+def export_program(encoder, path, chunk_size):
+    """``torch.export`` of the plain-layer encoder (any batch size); returns the parity error.
+
+    TorchScript is deprecated in recent PyTorch; ``torch.export.load(path).module()`` is its successor.
+    """
+    plain = plain_copy(encoder)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(plain, (torch.randn(2, chunk_size),), dynamic_shapes={"chunks": {0: batch}})
+    torch.export.save(program, path)
+    check = torch.randn(5, chunk_size)
+    with torch.no_grad():
+        return float((torch.export.load(path).module()(check) - encoder(check)).abs().max())
+
+
+def relative_error(output, reference):
+    """Largest ``|output - reference| / |reference|`` over the rows (L2 norms)."""
+    output, reference = np.asarray(output, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    norms = np.linalg.norm(reference, axis=1).clip(min=1e-12)
+    return float((np.linalg.norm(output - reference, axis=1) / norms).max())
+
+
+def export_onnx(encoder, path, chunk_size, check_chunks=None):
+    """ONNX export of the plain-layer encoder (dynamic batch); returns its relative error.
+
+    The error is that of onnxruntime's output against the eager encoder on
+    ``check_chunks`` (default: 5 chunks of noise), see :func:`relative_error`.
+    Needs the ``onnx`` extra (``pip install -e ".[onnx]"``; ``.[dev]`` includes it).
+    """
+    import onnxruntime
+
+    plain = plain_copy(encoder)
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(plain, (torch.randn(2, chunk_size),), path, input_names=["chunks"],
+                      output_names=["embeddings"], dynamic_shapes={"chunks": {0: batch}}, dynamo=True,
+                      external_data=False, verbose=False)
+    check = torch.randn(5, chunk_size) if check_chunks is None else check_chunks
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    output = session.run(["embeddings"], {"chunks": check.numpy()})[0]
+    with torch.no_grad():
+        return relative_error(output, encoder(check).numpy())
+
+
+def onnx_available():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_threshold(experiment, hparams, spec, scores=None):
+    """``(summary or None, OperatingPoint or None, note)`` for the exported model."""
+    if scores is not None:
+        summary = summary_of_scores_file(scores)
+        source = f"the trials of {scores}"
+    else:
+        _, scores_file = main_system_scores(experiment)
+        summary, source = None, None
+        if scores_file and hparams.get("score_norm") is None:
+            summary = summary_of_scores_file(scores_file)
+            source = f"the run's trials ({os.path.basename(scores_file)}, EER {100 * summary['eer']:.2f} %)"
+    if summary is None and spec is not None and str(spec).strip().lower() == "eer":
+        print("no raw-cosine verification scores in the experiment: threshold left null "
+              "(verify_files returns no decision); pass --scores or a numeric --threshold")
+        return None, None, "No threshold (no raw-cosine trials)."
+    point = operating_point(summary, spec)
+    note = f"Threshold: {describe(point)}" + (f", chosen on {source}." if source else ", given.")
+    return summary, point, note
+
+
+def export(experiment, out_folder, stage=None, threshold="eer", traced=True, scores=None):
+    """Writes the inference folder; returns a summary dict.
+
+    ``threshold`` is an operating point (``"eer"``, ``"far=0.01"``,
+    ``"frr=0.05"``) or a score; ``scores`` a scores file to choose it on
+    (default: the experiment's own trials).
+    """
+    hparams_file = os.path.join(experiment, "hyperparams.yaml")
+    if not os.path.isfile(hparams_file):
+        raise FileNotFoundError(f"{hparams_file} is missing: pass the output_folder of a recipe run")
+    with open(hparams_file) as f:
+        hparams = load_hyperpyyaml(f)
+    encoder = hparams["encoder"]
+    if not isinstance(encoder, SincNetEncoder):
+        raise TypeError(f"the experiment's encoder is a {type(encoder).__name__}, not a SincNetEncoder")
+    summary_scores, point, threshold_note = choose_threshold(experiment, hparams, threshold, scores)
+    # save_folder may be relative to where the run started: prefer the experiment's own.
+    save_folder = os.path.join(experiment, "save")
+    if not os.path.isdir(save_folder):
+        save_folder = hparams["save_folder"]
+    stage, checkpoint = find_stage_checkpoint(save_folder, stage)
+    os.makedirs(out_folder, exist_ok=True)
+    shutil.copyfile(os.path.join(checkpoint, "encoder.ckpt"), os.path.join(out_folder, "encoder.ckpt"))
+    summary = {"experiment": experiment, "stage": stage, "checkpoint": str(checkpoint)}
+    classifier = os.path.join(checkpoint, "classifier.ckpt")
+    labels = os.path.join(save_folder, layout.LABEL_ENCODER_FILE)
+    if os.path.isfile(classifier) and os.path.isfile(labels):
+        shutil.copyfile(classifier, os.path.join(out_folder, "classifier.ckpt"))
+        shutil.copyfile(labels, os.path.join(out_folder, layout.LABEL_ENCODER_FILE))
+        summary["classifier"] = True
+
+    summary_path = os.path.join(out_folder, SUMMARY_FILE)
+    if summary_scores is not None:
+        with open(summary_path, "w") as f:
+            json.dump(summary_scores, f)
+        summary["eer"] = summary_scores["eer"]
+    elif os.path.isfile(summary_path):
+        os.remove(summary_path)  # a stale one from an earlier export into this folder
+    summary["threshold"] = None if point is None else point.threshold
+    summary["operating_point"] = None if point is None else point._asdict()
+    note = f"Exported from {experiment} ({stage} checkpoint). {threshold_note}"
+    shift = hparams.get("verification_shift") or hparams.get("eval_shift") or encoder.chunk_size // 2
+    normalize_peak = bool(hparams.get("normalize_peak", False))
+    config = copy.deepcopy(encoder.config)
+    with open(os.path.join(out_folder, "hyperparams.yaml"), "w") as f:
+        f.write(inference_yaml(config, shift, normalize_peak, summary["threshold"], note,
+                               None if point is None else point.name))
+
+    if traced:
+        state = torch.load(os.path.join(out_folder, "encoder.ckpt"), map_location="cpu", weights_only=True)
+        encoder.load_state_dict(state)
+        encoder.eval()
+        path = os.path.join(out_folder, "encoder_torchscript.pt")
+        summary["torchscript_max_abs_diff"] = export_torchscript(encoder, path, encoder.chunk_size)
+        path = os.path.join(out_folder, "encoder.pt2")
+        summary["torch_export_max_abs_diff"] = export_program(encoder, path, encoder.chunk_size)
+        if onnx_available():
+            path = os.path.join(out_folder, ONNX_FILE)
+            summary["onnx_relative_error"] = export_onnx(encoder, path, encoder.chunk_size)
+            with open(os.path.join(out_folder, ONNX_CONFIG_FILE), "w") as f:
+                json.dump({"input": "chunks", "output": "embeddings", "sample_rate": config["sample_rate"],
+                           "chunk_size": encoder.chunk_size, "shift": shift, "normalize_peak": normalize_peak,
+                           "threshold": summary["threshold"]}, f, indent=2)
+        else:
+            summary["onnx"] = 'skipped: install the onnx extra (pip install -e ".[onnx]")'
+    return summary
+
+
+def set_threshold(model_folder, summary, point):
+    """Stores a new operating point in an exported model folder (and the trials' summary)."""
+    hparams_path = os.path.join(model_folder, "hyperparams.yaml")
+    with open(hparams_path) as f:
+        text = f.read()
+    lines = {"threshold": f"threshold: {float(point.threshold)!r}              # cosine score > threshold: same speaker",
+             "operating_point": f"operating_point: {json.dumps(point.name)}        # how the threshold was chosen"}
+    for key, line in lines.items():
+        text, found = re.subn(rf"^{key}:.*$", line, text, count=1, flags=re.M)
+        if not found:  # a folder exported before operating points were stored
+            text = text.replace("\nencoder: !new:", f"\n{line}\n\nencoder: !new:", 1)
+    with open(os.path.join(model_folder, SUMMARY_FILE), "w") as f:
+        json.dump(summary, f)
+    with open(hparams_path, "w") as f:
+        f.write(text)
+    config = os.path.join(model_folder, ONNX_CONFIG_FILE)
+    if os.path.isfile(config):
+        with open(config) as f:
+            settings = json.load(f)
+        settings["threshold"] = point.threshold
+        with open(config, "w") as f:
+            json.dump(settings, f, indent=2)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m sincmi export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", help="output_folder of a recipe run (holds hyperparams.yaml)")
+    parser.add_argument("out_folder")
+    parser.add_argument("--stage", choices=layout.EXPORT_ORDER, help="default: the final stage")
+    parser.add_argument("--threshold", default="eer", help=f"operating point: {SPEC_HELP} (default: eer)")
+    parser.add_argument("--scores", help="scores file ('enrol test score label' lines) to choose the threshold on "
+                                         "(default: the run's own verification trials)")
+    parser.add_argument("--no_traced", action="store_true", help="skip the TorchScript, torch.export and ONNX files")
+    args = parser.parse_args(argv)
+    try:
+        summary = export(args.experiment, args.out_folder, args.stage, args.threshold, not args.no_traced,
+                         args.scores)
+    except (FileNotFoundError, TypeError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Embeddings of a folder of audio files (recursive) or of a manifest.
+
+Writes ``OUT.npy`` (one row per utterance) and ``OUT.csv`` (row, id, path,
+speaker = the first folder below the source folder, as in ``DIR/<speaker>/**/*.wav``,
+or the manifest's ``spk_id``), or with
+``--format pt`` one ``OUT.pt`` dict (``ids``, ``paths``, ``speakers``,
+``embeddings``). Files that cannot be read are listed in ``OUT_skipped.csv``
+(file, reason) and skipped.
+
+Utterances shorter than ``--max_batch_seconds`` are embedded in batches of
+``--batch_size``; longer ones one at a time, block by block (bounded memory).
+
+With ``--window`` (seconds), every file gives one row per window, every
+``--hop`` seconds, with the window's ``start`` and ``end`` in seconds (columns
+of ``OUT.csv``, lists ``starts``/``ends`` in ``OUT.pt``): speaker embeddings
+over time, for long recordings or diarisation.
+
+Usage:
+    python -m sincmi embed pretrained/demo_lim results/Demo/corpus emb/demo
+    python -m sincmi embed pretrained/demo_lim meeting_recordings/ emb/meetings --window 1.5 --hop 0.75
+    python -m sincmi embed pretrained/demo_lim save/test.csv emb/test --data_root /data/TIMIT
+"""
+
+import argparse
+import csv
+import os
+
+import numpy as np
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+from tqdm import tqdm
+
+from sincmi.data import read_segment, resampled
+from sincmi.inference import SpeakerEncoder
+from sincmi.prepare.manifest import inspect_audio
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".sph")
+
+
+def list_utterances(source, data_root=None):
+    """``[(id, path, start, stop or None, speaker)]`` from a folder or a manifest CSV."""
+    if os.path.isdir(source):
+        items = []
+        for folder, _, files in sorted(os.walk(source)):
+            for name in sorted(files):
+                if name.lower().endswith(AUDIO_EXTENSIONS):
+                    path = os.path.join(folder, name)
+                    rel = os.path.relpath(path, source)
+                    speaker = rel.split(os.sep)[0] if os.sep in rel else ""  # DIR/<speaker>/**/file
+                    items.append((os.path.splitext(rel)[0], path, 0, None, speaker))
+        return items
+    if source.endswith(".csv") and os.path.isfile(source):
+        items = []
+        with open(source, newline="") as f:
+            for row in csv.DictReader(f):
+                path = row["wav"].replace("$data_root", data_root or "$data_root")
+                stop = int(row["stop"]) if row.get("stop") else None
+                items.append((row["ID"], path, int(row.get("start") or 0), stop, row.get("spk_id", "")))
+        return items
+    raise FileNotFoundError(f"{source} is neither a folder nor a manifest .csv file")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m sincmi embed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="model folder (written by python -m sincmi export)")
+    parser.add_argument("source", help="audio folder (searched recursively) or manifest .csv")
+    parser.add_argument("out", help="output path without extension")
+    parser.add_argument("--format", choices=["npy", "pt"], default="npy")
+    parser.add_argument("--data_root", help="replaces $data_root in a manifest's paths")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_batch_seconds", type=float, default=30.0)
+    parser.add_argument("--window", type=float, help="seconds: one embedding per window instead of per file")
+    parser.add_argument("--hop", type=float, help="seconds between windows (default: half a window)")
+    args = parser.parse_args(argv)
+    if args.hop is not None and args.window is None:
+        parser.error("--hop needs --window")
+    if args.window is not None and args.window <= 0 or args.hop is not None and args.hop <= 0:
+        parser.error("--window and --hop are positive numbers of seconds")
+
+    model = SpeakerEncoder.from_hparams(source=args.model, run_opts={"device": args.device})
+    rate = model.hparams.sample_rate
+    items, skipped = [], []
+    for item in list_utterances(args.source, args.data_root):
+        # The preparers' checks, on the header only; any rate and length will do (resampled, padded).
+        check = inspect_audio(item[1], rate, 1, resample=True, read_samples=False)
+        if check.reason:
+            skipped.append((item[1], check.reason))
+        else:
+            items.append((item, check))
+
+    ids, paths, speakers, embeddings = [], [], [], []
+    starts, ends = [], []  # window times, with --window
+    batch = []
+
+    def flush():
+        if batch:
+            padded = PaddedBatch([{"sig": sig} for _, sig in batch])
+            wavs, lens = padded.sig
+            emb = model.encode_batch(wavs, lens).cpu()
+            for (item, _), vector in zip(batch, emb):
+                ids.append(item[0]), paths.append(item[1]), speakers.append(item[4]), embeddings.append(vector)
+            batch.clear()
+
+    for item, check in tqdm(items, desc="Embedding"):
+        utt_id, path, start, stop, speaker = item
+        stop = check.frames if stop is None else stop
+        if args.window is not None:
+            if start != 0 or stop != check.frames:
+                skipped.append((path, f"{utt_id} is a segment ({start}-{stop}); --window embeds whole files"))
+                continue
+            try:
+                times, emb = model.encode_file(path, window=args.window, hop=args.hop)
+            except Exception as error:
+                skipped.append((path, f"read failed: {error}"))
+                continue
+            for (begin, end), vector in zip(times.tolist(), emb):
+                ids.append(utt_id), paths.append(path), speakers.append(speaker), embeddings.append(vector)
+                starts.append(round(begin, 6)), ends.append(round(end, 6))
+            continue
+        try:
+            if stop - start > args.max_batch_seconds * check.rate and start == 0 and stop == check.frames:
+                emb = model.encode_file(path).cpu()
+                ids.append(utt_id), paths.append(path), speakers.append(speaker), embeddings.append(emb)
+                continue
+            sig = resampled(read_segment(path, start, stop - start), (check.rate, rate))
+            if getattr(model.hparams, "normalize_peak", False) and sig.abs().max() > 0:
+                sig = sig / sig.abs().max()
+        except Exception as error:  # a file broken past its header
+            skipped.append((path, f"read failed: {error}"))
+            continue
+        batch.append((item, sig))
+        if len(batch) == args.batch_size:
+            flush()
+    flush()
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    matrix = torch.stack(embeddings) if embeddings else torch.zeros(0)
+    windowed = args.window is not None
+    if args.format == "pt":
+        saved = {"ids": ids, "paths": paths, "speakers": speakers, "embeddings": matrix}
+        if windowed:
+            saved.update(starts=starts, ends=ends)
+        torch.save(saved, args.out + ".pt")
+        print(f"written {args.out}.pt ({len(ids)} embeddings)")
+    else:
+        np.save(args.out + ".npy", matrix.numpy())
+        with open(args.out + ".csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["row", "id", "path", "speaker"] + (["start", "end"] if windowed else []))
+            columns = (ids, paths, speakers, starts, ends) if windowed else (ids, paths, speakers)
+            for row, values in enumerate(zip(*columns)):
+                writer.writerow([row, *values])
+        print(f"written {args.out}.npy and {args.out}.csv ({len(ids)} embeddings)")
+    if skipped:
+        with open(args.out + "_skipped.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "reason"])
+            writer.writerows(skipped)
+        print(f"{len(skipped)} file(s) skipped, listed in {args.out}_skipped.csv")
+
+
+if __name__ == "__main__":
+    main()

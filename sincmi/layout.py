@@ -1,0 +1,57 @@
+"""Where a recipe run keeps its things: the one home of the stage, folder, file and key names.
+
+A run's ``output_folder`` holds ``results.json``, one ``scores_<system>.txt`` per
+verification system (and back end) and ``save/<stage>/CKPT+...`` checkpoints.
+The training stages, the export and the tools all find them through here.
+
+>>> scores_file("results/x", "LIM (nce)", "whiten")
+'results/x/scores_lim_nce_whiten.txt'
+>>> stage_folder("results/x/save", PRETRAIN)
+'results/x/save/pretrain'
+"""
+
+import os
+import re
+
+PRETRAIN = "pretrain"      # LIM pretraining
+SPEAKER_ID = "speaker_id"  # speaker identification (TIMIT, LibriSpeech, Demo)
+FINETUNE = "finetune"      # supervised fine-tuning before verification (VoxCeleb)
+
+# Stages an exported model is taken from, the final one first.
+EXPORT_ORDER = (SPEAKER_ID, FINETUNE, PRETRAIN)
+
+RESULTS_FILE = "results.json"
+TRIALS_FILE = "trials.txt"
+LABEL_ENCODER_FILE = "label_encoder.txt"
+
+
+def best_checkpoint_key(stage):
+    """The validation statistic ``stage`` keeps its best checkpoint by (lower is better):
+    LIM's loss, or the sentence error of every speaker-classifier stage
+    (``speaker_id``, ``finetune``, the Demo's baseline probes).
+
+    >>> best_checkpoint_key(PRETRAIN), best_checkpoint_key("speaker_id_mfcc")
+    ('loss', 'sentence_error')
+    """
+    return "loss" if stage == PRETRAIN else "sentence_error"
+
+
+def stage_folder(save_folder, stage):
+    """The checkpoint folder of ``stage`` in a run's ``save_folder``."""
+    return os.path.join(save_folder, stage)
+
+
+def experiment_stage_folder(experiment, stage):
+    """The checkpoint folder of ``stage`` in a run's ``output_folder``."""
+    return stage_folder(os.path.join(experiment, "save"), stage)
+
+
+def file_slug(name):
+    """A system name as a file-name part: ``"LIM (nce)"`` -> ``"lim_nce"``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def scores_file(folder, system, backend="none"):
+    """The scores file of ``system`` (with ``backend``) in a run's output folder."""
+    suffix = "" if backend == "none" else f"_{backend}"
+    return os.path.join(folder, f"scores_{file_slug(system)}{suffix}.txt")
