@@ -246,12 +246,13 @@ def test_readme_example_runs(experiment, tmp_path):
         source = os.path.join(experiment["corpus"], f"spk{int(speaker[3:])}", "session", "u0.wav")
         shutil.copy(source, tmp_path / "results" / "Demo" / "corpus" / speaker / f"{speaker}_u000.wav")
     args = shell.split()
-    assert args[:2] == ["python", "tools/export_model.py"]
-    tool("export_model.py", *args[2:], cwd=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-c", python + "\nprint('score', score, same_speaker)"],
+    assert args[:4] == ["python", "-m", "sincmi", "export"]
+    proc = sincmi_cli(*args[3:], cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-c", python + "\nprint('score', score, same_speaker, point.name)"],
                           capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert re.search(r"score -?[0-9.]+ (True|False)", proc.stdout)
+    assert re.search(r"score -?[0-9.]+ (True|False) eer", proc.stdout)
 
 
 def real_speech_files(count=2):
