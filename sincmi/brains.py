@@ -8,36 +8,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sincmi import layout
+from sincmi.distributed import ShardSampler
 from sincmi.encoder import iter_chunks
 from sincmi.metrics import SpeakerIdErrorStats
 from sincmi.pairs import pair_logits
 
 logger = logging.getLogger(__name__)
-
-
-class ShardSampler(torch.utils.data.Sampler):
-    """Items ``rank, rank + N, rank + 2N, ...`` of a dataset, in order, for process ``rank`` of N.
-
-    Unlike ``DistributedSampler`` it never repeats items to even out the
-    shards, so that counts summed over processes are those of one process.
-
-    Example
-    -------
-    >>> list(ShardSampler(5, rank=1, world_size=2))
-    [1, 3]
-    """
-
-    def __init__(self, num_items, rank=None, world_size=None):
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
-        world = world_size if world_size is not None else (torch.distributed.get_world_size() if distributed else 1)
-        self.indices = list(range(self.rank, num_items, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
 
 
 class DistributedBrain(sb.Brain):

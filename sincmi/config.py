@@ -9,7 +9,7 @@ import os
 from sincmi import layout
 from sincmi.discriminator import CRITICS
 from sincmi.encoder import IMPLEMENTATIONS
-from sincmi.metrics import SCORE_NORMS
+from sincmi.scoring import SCORE_NORMS
 from sincmi.objectives import OBJECTIVES
 
 POSITIVE_INTS = [

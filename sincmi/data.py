@@ -52,27 +52,27 @@ def preload_audio(data, progress=True):
     return audio
 
 
-def resampled(wav, resample):
-    """``wav`` resampled by ``resample = (file_rate, model_rate)``; None: unchanged."""
-    if resample is None or resample[0] == resample[1]:
+def resampled(wav, rates):
+    """``wav`` resampled by ``rates = (file_rate, model_rate)``; None: unchanged."""
+    if rates is None or rates[0] == rates[1]:
         return wav
-    return AF.resample(wav, resample[0], resample[1])
+    return AF.resample(wav, rates[0], rates[1])
 
 
-def random_chunk(path, start, stop, chunk_size, gain_range=None, gain=1.0, resample=None, audio=None, offset=None):
+def random_chunk(path, start, stop, chunk_size, gain_range=None, gain=1.0, rates=None, audio=None, offset=None):
     """Reads one chunk at a uniformly random offset inside ``[start, stop)``.
 
     ``gain`` scales the samples (the manifest's per-sentence gain);
-    ``gain_range`` draws a further random gain (augmentation); ``resample``
+    ``gain_range`` draws a further random gain (augmentation); ``rates``
     ``(file_rate, model_rate)`` reads the file span that covers ``chunk_size``
     samples at the model's rate and resamples it; ``audio`` is the optional
     in-memory cache of :func:`preload_audio`; ``offset`` (from ``start``, in
     file samples) replaces the random one.
     """
-    frames = file_frames(chunk_size, resample)
+    frames = file_frames(chunk_size, rates)
     if offset is None:
         offset = int(torch.randint(0, max(stop - start - frames, 0) + 1, (1,)))
-    chunk = resampled(read_segment(path, start + offset, frames, audio), resample)[:chunk_size]
+    chunk = resampled(read_segment(path, start + offset, frames, audio), rates)[:chunk_size]
     if chunk.shape[0] < chunk_size:  # segment shorter than a chunk: zero-pad
         chunk = torch.nn.functional.pad(chunk, (0, chunk_size - chunk.shape[0]))
     if gain_range is not None:
@@ -81,10 +81,10 @@ def random_chunk(path, start, stop, chunk_size, gain_range=None, gain=1.0, resam
     return chunk * gain if gain != 1.0 else chunk
 
 
-def file_frames(chunk_size, resample=None):
+def file_frames(chunk_size, rates=None):
     """File samples that hold ``chunk_size`` samples at the model's rate."""
-    if resample is not None and resample[0] != resample[1]:
-        return math.ceil(chunk_size * resample[0] / resample[1])
+    if rates is not None and rates[0] != rates[1]:
+        return math.ceil(chunk_size * rates[0] / rates[1])
     return chunk_size
 
 
@@ -141,14 +141,14 @@ def _with_defaults(data):
     return {key: {"gain": 1.0, "rate": 0, **row} for key, row in data.items()}
 
 
-def _row_resample(rate, resample, sample_rate):
+def _row_rates(rate, rates, sample_rate):
     """``(file_rate, model_rate)`` for a row: its own ``rate`` if set, else the dataset's."""
     if rate:
-        return (rate, resample[1] if resample else sample_rate)
-    return resample
+        return (rate, rates[1] if rates else sample_rate)
+    return rates
 
 
-def pair_dataset(data, chunk_size, gain_range=None, resample=None, audio=None, sample_rate=16000,
+def pair_dataset(data, chunk_size, gain_range=None, rates=None, audio=None, sample_rate=16000,
                  min_pair_distance=0):
     """Dataset of ``(anchor, positive)`` chunk pairs, one pair per sentence.
 
@@ -160,7 +160,7 @@ def pair_dataset(data, chunk_size, gain_range=None, resample=None, audio=None, s
         Samples per chunk.
     gain_range : tuple of float, optional
         Random gain applied to each chunk independently.
-    resample : tuple of int, optional
+    rates : tuple of int, optional
         ``(file_rate, model_rate)`` when they differ.
     audio : dict, optional
         In-memory waveforms from :func:`preload_audio`.
@@ -182,7 +182,7 @@ def pair_dataset(data, chunk_size, gain_range=None, resample=None, audio=None, s
     @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain", "rate")
     @sb.utils.data_pipeline.provides("anchor", "positive")
     def pair_pipeline(wav, start, stop, gain, rate):
-        rs = _row_resample(rate, resample, sample_rate)
+        rs = _row_rates(rate, rates, sample_rate)
         distance = file_frames(min_pair_distance, rs) if min_pair_distance else 0
         first, second = pair_offsets(stop - start, file_frames(chunk_size, rs), distance)
         yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, rs, audio, offset=first)
@@ -193,7 +193,7 @@ def pair_dataset(data, chunk_size, gain_range=None, resample=None, audio=None, s
     return dataset
 
 
-def chunk_dataset(data, chunk_size, label_encoder, gain_range=None, resample=None, audio=None, sample_rate=16000):
+def chunk_dataset(data, chunk_size, label_encoder, gain_range=None, rates=None, audio=None, sample_rate=16000):
     """Dataset of one random labelled chunk per sentence (other arguments: see :func:`pair_dataset`).
 
     Output keys: ``id``, ``chunk``, ``spk_id_encoded``.
@@ -203,7 +203,7 @@ def chunk_dataset(data, chunk_size, label_encoder, gain_range=None, resample=Non
     @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain", "rate")
     @sb.utils.data_pipeline.provides("chunk")
     def chunk_pipeline(wav, start, stop, gain, rate):
-        rs = _row_resample(rate, resample, sample_rate)
+        rs = _row_rates(rate, rates, sample_rate)
         return random_chunk(wav, start, stop, chunk_size, gain_range, gain, rs, audio)
 
     dataset.add_dynamic_item(chunk_pipeline)
@@ -212,14 +212,14 @@ def chunk_dataset(data, chunk_size, label_encoder, gain_range=None, resample=Non
     return dataset
 
 
-def sentence_dataset(data, label_encoder=None, resample=None, sample_rate=16000):
+def sentence_dataset(data, label_encoder=None, rates=None, sample_rate=16000):
     """Dataset of whole sentences (``id``, ``sig`` and, with labels, ``spk_id_encoded``)."""
     dataset = DynamicItemDataset(_with_defaults(data))
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain", "rate")
     @sb.utils.data_pipeline.provides("sig")
     def sentence_pipeline(wav, start, stop, gain, rate):
-        sig = resampled(read_segment(wav, start, stop - start), _row_resample(rate, resample, sample_rate))
+        sig = resampled(read_segment(wav, start, stop - start), _row_rates(rate, rates, sample_rate))
         return sig * gain if gain != 1.0 else sig
 
     dataset.add_dynamic_item(sentence_pipeline)
@@ -243,7 +243,7 @@ class RecipeDatasets:
     Example
     -------
     >>> sets = RecipeDatasets({"chunk_size": 800, "sample_rate": 8000, "file_sample_rate": 16000})
-    >>> sets.resample, sets.file_frames
+    >>> sets.rates, sets.file_frames
     ((16000, 8000), 1600)
     """
 
@@ -253,23 +253,23 @@ class RecipeDatasets:
         self.gain = hparams.get("random_gain")
         self.min_pair_distance = hparams.get("min_pair_distance") or 0
         rates = (hparams.get("file_sample_rate") or self.sample_rate, self.sample_rate)
-        self.resample = None if rates[0] == rates[1] else rates
-        self.file_frames = file_frames(self.chunk_size, self.resample)
+        self.rates = None if rates[0] == rates[1] else rates
+        self.file_frames = file_frames(self.chunk_size, self.rates)
         self.audio = audio
 
     def pairs(self, rows, train=True):
         """LIM's chunk pairs (:func:`pair_dataset`); random gain in training only."""
-        return pair_dataset(rows, self.chunk_size, self.gain if train else None, self.resample, self.audio,
+        return pair_dataset(rows, self.chunk_size, self.gain if train else None, self.rates, self.audio,
                             self.sample_rate, self.min_pair_distance)
 
     def chunks(self, rows, label_encoder):
         """Random labelled training chunks (:func:`chunk_dataset`), with the random gain."""
-        return chunk_dataset(rows, self.chunk_size, label_encoder, self.gain, self.resample, self.audio,
+        return chunk_dataset(rows, self.chunk_size, label_encoder, self.gain, self.rates, self.audio,
                              self.sample_rate)
 
     def sentences(self, rows, label_encoder=None):
         """Whole sentences for evaluation (:func:`sentence_dataset`)."""
-        return sentence_dataset(rows, label_encoder, self.resample, self.sample_rate)
+        return sentence_dataset(rows, label_encoder, self.rates, self.sample_rate)
 
 
 def _add_label_pipeline(dataset, label_encoder):

@@ -42,7 +42,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from sincmi import layout
 from sincmi.encoder import SincNetEncoder
-from sincmi.metrics import read_scores
+from sincmi.scoring import read_scores
 from sincmi.thresholds import SPEC_HELP, describe, operating_point, score_summary
 
 SUMMARY_FILE = "score_summary.json"

@@ -1,15 +1,15 @@
-"""The stages every recipe runs: pretrain (LIM) -> speaker id -> verification.
+"""The stages every recipe runs: prepare -> pretrain (LIM) -> speaker id -> verification -> report.
 
-Each stage has its own checkpoint folder, so an interrupted run resumes where
-it stopped and a finished stage is not run again. Recipes call these
-functions in order from their ``train.py``.
+Each training stage has its own checkpoint folder, so an interrupted run
+resumes where it stopped and a finished stage is not run again. Recipes call
+these functions in order from their ``train.py``; every setting comes from
+the hparams (the yaml and its command-line overrides).
 """
 
-import atexit
+import inspect
 import json
 import logging
 import os
-import sys
 import time
 
 import speechbrain as sb
@@ -17,16 +17,17 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.sampler import ReproducibleRandomSampler
 from speechbrain.utils.checkpoints import Checkpointer
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.epoch_loop import EpochCounter
 
-from sincmi import data, layout
+from sincmi import data, distributed, layout
 from sincmi.backend import BACKEND_LABELS, Backend
-from sincmi.brains import LIMBrain, ShardSampler, SpeakerIdBrain
+from sincmi.brains import LIMBrain, SpeakerIdBrain
 from sincmi.checkpoints import make_checkpointer
 from sincmi.config import check_hparams
 from sincmi.inference import embed_dataset
-from sincmi.metrics import read_trials, score_trials, verification_metrics
+from sincmi.metrics import verification_metrics
+from sincmi.scoring import read_trials, score_trials
 from sincmi.plots import det_curve, embedding_map, training_curves
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def start_experiment(argv):
     # Under torchrun: join the process group (a no-op in a single process).
     sb.utils.distributed.ddp_init_group(run_opts)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        leave_process_group_at_exit()
+        distributed.leave_process_group_at_exit()
     with open(hparams_file) as f:
         hparams = load_hyperpyyaml(f, overrides)
     check_hparams(hparams)
@@ -55,55 +56,63 @@ def start_experiment(argv):
     return hparams, run_opts
 
 
+def preparer_settings(preparer, hparams, given=()):
+    """The keyword arguments of ``preparer``, taken from the hparams by name.
+
+    Every parameter of the preparer is looked up in the hparams under its
+    own name, except three that every preparer shares and that follow from
+    other settings: ``sample_rate`` (the files' rate: ``file_sample_rate``
+    when the yaml sets one, else ``sample_rate``), ``min_samples`` (one
+    chunk, in file samples) and ``resample`` (``resample_audio``). A
+    parameter without a default that the hparams lack is a ``KeyError``
+    naming it, unless it is among the ``given`` names (set by the caller).
+
+    Example
+    -------
+    >>> def prepare_toy(data_folder, save_folder, min_samples, resample, seed=0):
+    ...     pass
+    >>> preparer_settings(prepare_toy, {"data_folder": "d", "save_folder": "s", "chunk_size": 3200,
+    ...                                 "sample_rate": 16000, "resample_audio": False})
+    {'data_folder': 'd', 'save_folder': 's', 'min_samples': 3200, 'resample': False}
+    """
+    file_rate = hparams.get("file_sample_rate") or hparams["sample_rate"]
+    shared = {
+        "sample_rate": file_rate,
+        "min_samples": data.file_frames(hparams["chunk_size"], (file_rate, hparams["sample_rate"])),
+        "resample": hparams.get("resample_audio", False),
+    }
+    settings = {}
+    for name, parameter in inspect.signature(preparer).parameters.items():
+        if name in shared:
+            settings[name] = shared[name]
+        elif name in hparams:
+            settings[name] = hparams[name]
+        elif parameter.default is inspect.Parameter.empty and name not in given:
+            raise KeyError(f"{preparer.__name__} needs the setting {name!r}: add it to the yaml")
+    return settings
+
+
+def prepare(hparams, preparer, **settings):
+    """Stage 1: runs ``preparer`` once, on the main process, with its settings from the hparams.
+
+    ``settings`` override or add keyword arguments (see :func:`preparer_settings`).
+    """
+    run_on_main(preparer, kwargs={**preparer_settings(preparer, hparams, settings), **settings})
+
+
+def load_manifests(hparams, data_root, splits=("train", "valid", "test")):
+    """``{split: rows}`` of the manifests the preparer wrote in ``save_folder``."""
+    return {split: data.load_manifest(os.path.join(hparams["save_folder"], f"{split}.csv"), data_root)
+            for split in splits}
+
+
 def load_speaker_id_data(hparams, data_root):
     """Manifests of ``save_folder`` -> (rows by split, speaker label encoder)."""
-    manifests = {
-        split: data.load_manifest(os.path.join(hparams["save_folder"], f"{split}.csv"), data_root)
-        for split in ("train", "valid", "test")
-    }
+    manifests = load_manifests(hparams, data_root)
     labels = data.speaker_label_encoder(
         manifests["train"], os.path.join(hparams["save_folder"], layout.LABEL_ENCODER_FILE)
     )
     return manifests, labels
-
-
-def leave_process_group_at_exit():
-    """Makes the processes of a DDP run leave their group together at exit, without crashing.
-
-    Gloo's worker threads drop the tensors of a collective some time after the
-    caller sees it finish. If this process is already shutting Python down by
-    then, dropping a tensor that Python created needs the GIL and aborts the
-    process ("terminate called without an active exception", SIGABRT) after a
-    successful run (pytorch/pytorch#190489). Neither destroying the group nor
-    waiting for the other processes at a barrier closes that window (measured
-    with torch 2.14: 1 abort in 40 runs with both), so a process that ends
-    normally waits for the others at a barrier (a non-main process would
-    otherwise leave while the main one still writes the report), destroys the
-    group, flushes its logs and output, and ends at once with status 0
-    (``os._exit``): the interpreter's own shutdown, where the abort happens,
-    never runs. After an uncaught exception there is neither barrier (the
-    others may never arrive) nor early end: the process fails as usual.
-    """
-    failed = []
-    previous_hook = sys.excepthook
-
-    def note_failure(*exc_info):
-        failed.append(True)
-        previous_hook(*exc_info)
-
-    def leave():
-        if not torch.distributed.is_initialized() or failed:
-            return
-        sb.utils.distributed.ddp_barrier()
-        torch.distributed.destroy_process_group()
-        logger.info("Left the process group; ending this process without interpreter shutdown")
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        os._exit(0)
-
-    sys.excepthook = note_failure
-    atexit.register(leave)
 
 
 def training_audio(hparams, rows):
@@ -111,18 +120,16 @@ def training_audio(hparams, rows):
     return data.preload_audio(rows) if hparams.get("audio_cache") else None
 
 
-def pretrain_and_identify(hparams, run_opts, manifests, labels, timings, audio=None):
-    """LIM pretraining on the training sentences, then speaker id on them.
+def lim_pretraining(hparams, run_opts, manifests, timings, audio=None):
+    """Stage 2: LIM pretraining without labels; returns the encoder.
 
-    Datasets come from :class:`sincmi.data.RecipeDatasets` (chunk size,
-    rates, gain, pair distance). Uses ``pretrain_data`` (optional,
-    :func:`pretraining_rows`), ``audio_cache`` (optional: training
-    waveforms held in RAM), ``label_fraction``, ``freeze_encoder``
-    and the hparams of :func:`pretrain` and :func:`train_speaker_id`. Stage
-    durations are added to ``timings``. ``audio``: the training waveforms if
-    the caller has already loaded them (:func:`training_audio`).
-
-    Returns ``(encoder, speaker-id test statistics)``.
+    Pretrains ``hparams["encoder"]`` on :func:`pretraining_rows` (the
+    ``pretrain_data`` choice), validating on ``manifests["valid"]``; datasets
+    come from :class:`sincmi.data.RecipeDatasets` (chunk size, rates, gain,
+    pair distance). ``audio``: the training waveforms when the caller holds
+    them (:func:`training_audio`); else they are loaded when ``audio_cache``
+    is set. Other settings: see :func:`pretrain`. Adds ``pretrain`` to
+    ``timings``.
     """
     start = time.time()
     if audio is None:
@@ -131,21 +138,36 @@ def pretrain_and_identify(hparams, run_opts, manifests, labels, timings, audio=N
     encoder = pretrain(hparams, run_opts, sets.pairs(pretraining_rows(hparams, manifests)),
                        sets.pairs(manifests["valid"], train=False))
     timings[layout.PRETRAIN] = time.time() - start
+    return encoder
+
+
+def identify(hparams, run_opts, stage, encoder, manifests, labels, timings, freeze_encoder=None, audio=None):
+    """Stage 3: speaker identification of the training speakers; returns the test statistics.
+
+    Trains a classifier on ``encoder`` (frozen: a probe; else fine-tuned with
+    it) on the ``label_fraction`` share of each training speaker's audio,
+    keeps the best validation checkpoint, and tests on ``manifests["test"]``
+    when there is one (empty statistics otherwise). ``stage`` names its
+    checkpoint folder (:mod:`sincmi.layout`); ``freeze_encoder`` defaults to
+    the hparams'. Adds ``stage`` to ``timings``.
+    """
     start = time.time()
+    sets = data.RecipeDatasets(hparams, audio)
     labelled = data.label_subset(manifests["train"], hparams["label_fraction"], hparams["seed"], hparams["chunk_size"])
+    test = manifests.get("test")
     stats = train_speaker_id(
         hparams,
         run_opts,
-        layout.SPEAKER_ID,
+        stage,
         encoder,
         len(labels),
         sets.chunks(labelled, labels),
         sets.sentences(manifests["valid"], labels),
-        sets.sentences(manifests["test"], labels),
-        freeze_encoder=hparams["freeze_encoder"],
+        sets.sentences(test, labels) if test else None,
+        freeze_encoder=hparams["freeze_encoder"] if freeze_encoder is None else freeze_encoder,
     )
-    timings[layout.SPEAKER_ID] = time.time() - start
-    return encoder, stats
+    timings[stage] = time.time() - start
+    return stats
 
 
 PRETRAIN_DATA = ("train", "all")
@@ -164,7 +186,7 @@ def pretraining_rows(hparams, manifests):
         raise ValueError(f"pretrain_data={choice!r} is invalid: choose one of {list(PRETRAIN_DATA)}")
     if choice == "train":
         return manifests["train"]
-    return {**manifests["train"], **manifests["valid"], **manifests["test"]}
+    return {**manifests["train"], **manifests["valid"], **manifests.get("test", {})}
 
 
 def report(hparams, systems, timings):
@@ -333,6 +355,51 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
     return brain.test_stats
 
 
+def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=None, cohort_rows=None,
+                 audio=None):
+    """Stage 4: the trials of ``save_folder/trials.txt`` for each system and back end.
+
+    Arguments
+    ---------
+    systems : dict
+        ``{system name: encoder}`` (any module that embeds chunks).
+    rows : dict
+        The verification utterances (manifest rows).
+    backend_rows : dict
+        Utterances of the training speakers the back ends in
+        ``verification_backends`` are fitted on, without their labels.
+    timings : dict
+        Gets ``verification`` (the first system) or ``verification (<name>)``.
+    stats : dict, optional
+        ``{system name: speaker-id test statistics}`` added to its rows.
+    cohort_rows : dict, optional
+        Cohort utterances for the hparams' ``score_norm``.
+
+    Returns
+    -------
+    dict
+        ``{row name: metrics}`` for :func:`report`, one row per system and back end.
+    """
+    sets = data.RecipeDatasets(hparams, audio)
+    verification_set = sets.sentences(rows)
+    backend_set = sets.sentences(backend_rows)
+    cohort_set = sets.sentences(cohort_rows) if cohort_rows else None
+    speakers = {key: row["spk_id"] for key, row in rows.items()}
+    results = {}
+    for i, (name, encoder) in enumerate(systems.items()):
+        start = time.time()
+        by_backend = verify(
+            encoder, verification_set, os.path.join(hparams["save_folder"], layout.TRIALS_FILE),
+            device_of(run_opts), hparams["eval_batch_size"], hparams["verification_shift"],
+            cohort_set=cohort_set, score_norm=hparams.get("score_norm"), top_k=hparams.get("cohort_top_k"),
+            out_folder=hparams["output_folder"], name=name, speakers=speakers,
+            backends=hparams.get("verification_backends", ["none"]), backend_set=backend_set,
+        )
+        timings["verification" if i == 0 else f"verification ({name})"] = time.time() - start
+        results.update(result_rows(name, by_backend, (stats or {}).get(name)))
+    return results
+
+
 def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, cohort_set=None,
            score_norm=None, top_k=None, out_folder=None, name="system", speakers=None,
            backends=("none",), backend_set=None):
@@ -345,7 +412,7 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
         half a chunk).
     cohort_set : dataset, optional
         Utterances whose embeddings form the score-normalisation cohort.
-    score_norm, top_k : see :func:`sincmi.metrics.score_trials`.
+    score_norm, top_k : see :func:`sincmi.scoring.score_trials`.
     out_folder : str, optional
         Where ``scores_<name>.txt`` and ``det_<name>.png`` are written (one
         pair per back end other than ``none``: ``scores_<name>_<back end>.txt``).
@@ -363,17 +430,17 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
     dict
         ``{back end: metrics}`` (EER, minDCF, trial counts).
     """
-    embeddings = embed_all_processes(encoder, dataset, device, batch_size, shift)
+    embeddings = distributed.embed_all_processes(encoder, dataset, device, batch_size, shift)
     cohort_emb = training = None
     if score_norm is not None:
         if cohort_set is None:
             raise ValueError(f"score_norm={score_norm!r} needs a cohort")
-        cohort_emb = embed_all_processes(encoder, cohort_set, device, batch_size, shift)
+        cohort_emb = distributed.embed_all_processes(encoder, cohort_set, device, batch_size, shift)
     if any(b != "none" for b in backends):
         if backend_set is None:
             raise ValueError(f"verification back ends {list(backends)} need the training utterances (backend_set)")
         fitted = cohort_emb if backend_set is cohort_set and cohort_emb is not None else \
-            embed_all_processes(encoder, backend_set, device, batch_size, shift)
+            distributed.embed_all_processes(encoder, backend_set, device, batch_size, shift)
         training = torch.stack(list(fitted.values()))
     trials = read_trials(trials_file)
     results = {}
@@ -410,17 +477,6 @@ def result_rows(system, by_backend, stats=None):
     ['LIM', 'LIM, standardised']
     """
     return {system + BACKEND_LABELS[name]: {**metrics, **(stats or {})} for name, metrics in by_backend.items()}
-
-
-def embed_all_processes(encoder, dataset, device, batch_size, shift):
-    """Utterance embeddings of ``dataset``; under DDP each process embeds 1/N and all get all."""
-    embeddings = embed_dataset(encoder, dataset, device=device, batch_size=batch_size, shift=shift,
-                               sampler=ShardSampler(len(dataset)))
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        parts = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, embeddings)
-        embeddings = {key: value for part in parts for key, value in part.items()}
-    return embeddings
 
 
 def load_pretrained_encoder(encoder, experiment_folder):

@@ -72,7 +72,7 @@ def test_two_process_ddp_training_equals_single_process_evaluation(tmp_path):
 EXIT_SCRIPT = """
 import atexit, logging, os, sys, time
 import torch, torch.distributed as dist
-from sincmi.stages import leave_process_group_at_exit
+from sincmi.distributed import leave_process_group_at_exit
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()

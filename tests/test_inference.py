@@ -22,7 +22,7 @@ from conftest import ROOT, SHARED_DATA, run_recipe, write_tone_corpus
 from sincmi import data
 from sincmi.encoder import utterance_embeddings
 from sincmi.inference import SpeakerEncoder, embed_dataset, file_embedding
-from sincmi.metrics import read_scores
+from sincmi.scoring import read_scores
 from sincmi.thresholds import operating_point, score_summary
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -4,14 +4,8 @@ import pytest
 import torch
 from speechbrain.utils.metric_stats import EER, minDCF
 
-from sincmi.metrics import (
-    SpeakerIdErrorStats,
-    cosine_trial_scores,
-    eer,
-    min_dcf,
-    read_trials,
-    sentence_predictions,
-)
+from sincmi.metrics import SpeakerIdErrorStats, eer, min_dcf, sentence_predictions
+from sincmi.scoring import cosine_trial_scores, read_trials
 
 
 def test_eer_known_cases():
@@ -110,7 +104,7 @@ def direct_norm(emb, trials, cohort, method, top_k=None):
 
 @pytest.mark.parametrize("method,top_k", [("z-norm", None), ("t-norm", None), ("s-norm", None), ("as-norm", 3)])
 def test_score_normalisation_matches_direct_computation(method, top_k):
-    from sincmi.metrics import cohort_statistics, score_trials, trial_indices
+    from sincmi.scoring import cohort_statistics, score_trials, trial_indices
 
     gen = torch.Generator().manual_seed(0)
     emb = {f"u{i}": torch.randn(6, generator=gen) for i in range(7)}
@@ -128,7 +122,7 @@ def test_score_normalisation_matches_direct_computation(method, top_k):
 
 
 def test_score_normalisation_errors_name_the_problem():
-    from sincmi.metrics import score_trials
+    from sincmi.scoring import score_trials
 
     emb = {"a": torch.ones(2), "b": torch.ones(2)}
     with pytest.raises(ValueError, match="unknown method 'x-norm'"):

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from sincmi.metrics import read_scores
+from sincmi.scoring import read_scores
 from sincmi.plots import det_curve, embedding_map, training_curves
 
 

@@ -19,7 +19,8 @@ import sys
 
 import torch
 
-from sincmi.metrics import SCORE_NORMS, read_trials, score_trials, verification_metrics
+from sincmi.metrics import verification_metrics
+from sincmi.scoring import SCORE_NORMS, read_trials, score_trials
 from sincmi.plots import det_curve
 
 

@@ -12,40 +12,17 @@ Usage:
 
 import sys
 
-from speechbrain.utils.distributed import run_on_main
-
-from sincmi import stages
+from sincmi import layout, stages
 from sincmi.prepare.librispeech import prepare_librispeech
-
-
-def prepare(hparams):
-    """Writes the LibriSpeech manifests (once, on the main process)."""
-    run_on_main(
-        prepare_librispeech,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["save_folder"],
-            "subsets": hparams["subsets"],
-            "train_seconds": hparams["train_seconds"],
-            "valid_per_speaker": hparams["valid_per_speaker"],
-            "test_per_speaker": hparams["test_per_speaker"],
-            "trim_silence": hparams["trim_silence"],
-            "normalize_peak": hparams["normalize_peak"],
-            "sample_rate": hparams["file_sample_rate"],
-            "min_samples": hparams["chunk_size"] * hparams["file_sample_rate"] // hparams["sample_rate"],
-            "resample": hparams["resample_audio"],
-            "seed": hparams["seed"],
-        },
-    )
 
 
 def main(argv):
     hparams, run_opts = stages.start_experiment(argv)
     timings = {}
-    prepare(hparams)  # 1. manifests
+    stages.prepare(hparams, prepare_librispeech)  # 1. manifests
     manifests, labels = stages.load_speaker_id_data(hparams, hparams["data_folder"])
-    # 2. LIM pretraining, 3. speaker id, tested on each speaker's held-out utterances
-    encoder, stats = stages.pretrain_and_identify(hparams, run_opts, manifests, labels, timings)
+    encoder = stages.lim_pretraining(hparams, run_opts, manifests, timings)  # 2. no labels
+    stats = stages.identify(hparams, run_opts, layout.SPEAKER_ID, encoder, manifests, labels, timings)  # 3. held-out
     stages.report(hparams, {hparams["system_name"]: stats}, timings)  # 4. results.json, training curves
     stages.plot_embeddings(hparams, encoder, manifests["test"], stages.device_of(run_opts))
 

@@ -11,36 +11,17 @@ Usage:
 
 import sys
 
-from speechbrain.utils.distributed import run_on_main
-
-from sincmi import stages
+from sincmi import layout, stages
 from sincmi.prepare.timit import prepare_timit
-
-
-def prepare(hparams):
-    """Writes the TIMIT manifests (once, on the main process)."""
-    run_on_main(
-        prepare_timit,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["save_folder"],
-            "trim_silence": hparams["trim_silence"],
-            "normalize_peak": hparams["normalize_peak"],
-            "valid_split": hparams["valid_split"],
-            "sample_rate": hparams["sample_rate"],
-            "min_samples": hparams["chunk_size"],
-            "resample": hparams["resample_audio"],
-        },
-    )
 
 
 def main(argv):
     hparams, run_opts = stages.start_experiment(argv)
     timings = {}
-    prepare(hparams)  # 1. manifests
+    stages.prepare(hparams, prepare_timit)  # 1. manifests
     manifests, labels = stages.load_speaker_id_data(hparams, hparams["data_folder"])
-    # 2. LIM pretraining, 3. speaker id, tested on the SI sentences
-    encoder, stats = stages.pretrain_and_identify(hparams, run_opts, manifests, labels, timings)
+    encoder = stages.lim_pretraining(hparams, run_opts, manifests, timings)  # 2. no labels
+    stats = stages.identify(hparams, run_opts, layout.SPEAKER_ID, encoder, manifests, labels, timings)  # 3. SI test
     stages.report(hparams, {hparams["system_name"]: stats}, timings)  # 4. results.json, training curves
     stages.plot_embeddings(hparams, encoder, manifests["test"], stages.device_of(run_opts))
 

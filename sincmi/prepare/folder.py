@@ -11,7 +11,6 @@ Outputs in ``save_folder``: ``train.csv``, ``valid.csv``, ``test.csv``,
 
 import itertools
 import logging
-import math
 import os
 import random
 

@@ -31,7 +31,7 @@ import random
 
 from tqdm import tqdm
 
-from sincmi.metrics import read_trials
+from sincmi.scoring import read_trials
 from sincmi.prepare.manifest import (
     already_prepared,
     inspect_audio,

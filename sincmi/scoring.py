@@ -1,0 +1,195 @@
+"""Verification scoring: trial lists, cosine scores and score normalisation.
+
+Reads the VoxCeleb-style trial lists (``label enrol test``) and the score files
+the recipes write (``enrol test score label``), and scores trials by the cosine
+of L2-normalised embeddings, optionally normalised against a cohort (z-, t-,
+s- or adaptive s-norm). The error rates of the scores are in :mod:`sincmi.metrics`.
+"""
+
+import numpy as np
+import torch
+
+
+def read_scores(path):
+    """Reads a scores file (``enrol test score label`` per line, as the recipes write).
+
+    Returns ``(target scores, non-target scores)`` as NumPy arrays.
+    """
+    scores, labels = [], []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 4 or fields[3] not in ("0", "1"):
+                raise ValueError(f"{path}:{number}: expected 'enrol test score label', got {line.strip()!r}")
+            scores.append(float(fields[2]))
+            labels.append(fields[3] == "1")
+    scores, labels = np.asarray(scores), np.asarray(labels, dtype=bool)
+    return scores[labels], scores[~labels]
+
+
+def read_trials(path):
+    """Reads a trial list in the VoxCeleb format ``label enrol test`` (label 0/1).
+
+    Returns a list of ``(label, enrol, test)``; a malformed line raises
+    ``ValueError`` naming the file and line number.
+    """
+    trials = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 3 or fields[0] not in ("0", "1"):
+                raise ValueError(
+                    f"{path}:{number}: expected 'label enrol test' with label 0 or 1, got {line.strip()!r}"
+                )
+            trials.append((int(fields[0]), fields[1], fields[2]))
+    return trials
+
+
+def trial_indices(embeddings, trials):
+    """Stacks the embeddings a trial list needs and indexes its trials.
+
+    Arguments
+    ---------
+    embeddings : dict
+        ``{utterance id: 1-D tensor}``.
+    trials : list
+        ``(label, enrol, test)`` tuples.
+
+    Returns
+    -------
+    matrix : torch.Tensor
+        ``(num_utterances, D)`` L2-normalised embeddings.
+    enrol, test : torch.LongTensor
+        Row of each trial's enrolment and test utterance.
+    labels : torch.BoolTensor
+        True for target trials.
+    """
+    ids = sorted({u for _, a, b in trials for u in (a, b)})
+    missing = [u for u in ids if u not in embeddings]
+    if missing:
+        raise KeyError(f"{len(missing)} trial utterance(s) have no embedding, e.g. {missing[0]!r}")
+    row = {utt: i for i, utt in enumerate(ids)}
+    matrix = torch.nn.functional.normalize(torch.stack([embeddings[u].float() for u in ids]), dim=1)
+    enrol = torch.tensor([row[a] for _, a, _ in trials], dtype=torch.long)
+    test = torch.tensor([row[b] for _, _, b in trials], dtype=torch.long)
+    labels = torch.tensor([label for label, _, _ in trials], dtype=torch.bool)
+    return matrix, enrol, test, labels
+
+
+def cosine_scores(matrix, enrol, test, chunk=1_000_000):
+    """Cosine scores ``matrix[enrol[i]] . matrix[test[i]]`` in bounded memory."""
+    scores = torch.empty(len(enrol), dtype=matrix.dtype)
+    for i in range(0, len(enrol), chunk):
+        scores[i : i + chunk] = (matrix[enrol[i : i + chunk]] * matrix[test[i : i + chunk]]).sum(1)
+    return scores
+
+
+def cohort_statistics(matrix, cohort, top_k=None, chunk=4096):
+    """Mean and standard deviation of each embedding's cosine scores against a cohort.
+
+    Arguments
+    ---------
+    matrix : torch.Tensor
+        ``(N, D)`` L2-normalised embeddings.
+    cohort : torch.Tensor
+        ``(M, D)`` cohort embeddings (normalised here).
+    top_k : int or None
+        Use only the ``top_k`` highest cohort scores of each embedding (the
+        adaptive variant); None uses the whole cohort.
+
+    Returns
+    -------
+    mean, std : torch.Tensor
+        ``(N,)`` each.
+    """
+    cohort = torch.nn.functional.normalize(cohort.float(), dim=1)
+    if top_k is not None and not 0 < top_k <= len(cohort):
+        raise ValueError(f"top_k must be in [1, {len(cohort)}] (the cohort size), got {top_k}")
+    means, stds = [], []
+    for i in range(0, len(matrix), chunk):
+        scores = matrix[i : i + chunk] @ cohort.T
+        if top_k is not None:
+            scores = scores.topk(top_k, dim=1).values
+        means.append(scores.mean(1))
+        stds.append(scores.std(1).clamp(min=1e-6))
+    return torch.cat(means), torch.cat(stds)
+
+
+SCORE_NORMS = (None, "z-norm", "t-norm", "s-norm", "as-norm")
+
+
+def normalize_scores(scores, enrol, test, mean, std, method):
+    """Applies score normalisation with per-utterance cohort statistics.
+
+    * ``z-norm``: ``(s - mean_e) / std_e`` (enrolment side);
+    * ``t-norm``: ``(s - mean_t) / std_t`` (test side);
+    * ``s-norm`` and ``as-norm``: the average of the two; ``as-norm`` is
+      s-norm with statistics from each side's top-k cohort scores
+      (see :func:`cohort_statistics`).
+
+    Example
+    -------
+    >>> s = torch.tensor([0.5]); i = torch.tensor([0]); j = torch.tensor([1])
+    >>> normalize_scores(s, i, j, torch.tensor([0.1, 0.3]), torch.tensor([0.2, 0.1]), "s-norm")
+    tensor([2.])
+    """
+    if method not in SCORE_NORMS:
+        raise ValueError(f"score_norm: unknown method {method!r}; choose one of {list(SCORE_NORMS)}")
+    if method is None:
+        return scores
+    z = (scores - mean[enrol]) / std[enrol]
+    t = (scores - mean[test]) / std[test]
+    if method == "z-norm":
+        return z
+    if method == "t-norm":
+        return t
+    return (z + t) / 2
+
+
+def score_trials(embeddings, trials, cohort=None, method=None, top_k=None):
+    """Cosine scores of a trial list, optionally normalised against a cohort.
+
+    Arguments
+    ---------
+    embeddings : dict
+        ``{utterance id: 1-D tensor}``.
+    trials : list
+        ``(label, enrol, test)`` tuples.
+    cohort : torch.Tensor, optional
+        ``(M, D)`` cohort embeddings (e.g. training-speaker means); needed by
+        every normalisation.
+    method : str or None
+        One of :data:`SCORE_NORMS`.
+    top_k : int, optional
+        Cohort size kept per utterance for ``as-norm``.
+
+    Returns
+    -------
+    scores : torch.Tensor
+        One score per trial, in the trial list's order.
+    labels : torch.BoolTensor
+        True for target trials.
+    """
+    matrix, enrol, test, labels = trial_indices(embeddings, trials)
+    scores = cosine_scores(matrix, enrol, test)
+    if method is not None:
+        if cohort is None:
+            raise ValueError(f"score normalisation {method!r} needs a cohort of embeddings")
+        mean, std = cohort_statistics(matrix, cohort, top_k if method == "as-norm" else None)
+        scores = normalize_scores(scores, enrol, test, mean, std, method)
+    return scores, labels
+
+
+def cosine_trial_scores(embeddings, trials):
+    """Cosine scores split into target and non-target trials.
+
+    Returns
+    -------
+    positive_scores, negative_scores : torch.Tensor
+    """
+    scores, labels = score_trials(embeddings, trials)
+    return scores[labels], scores[~labels]
