@@ -92,12 +92,16 @@ def preparer_settings(preparer, hparams, given=()):
     return settings
 
 
-def prepare(hparams, preparer, **settings):
+def prepare(hparams, preparer, timings=None, **settings):
     """Stage 1: runs ``preparer`` once, on the main process, with its settings from the hparams.
 
-    ``settings`` override or add keyword arguments (see :func:`preparer_settings`).
+    ``settings`` override or add keyword arguments (see :func:`preparer_settings`);
+    the time it took is added to ``timings["prepare"]``.
     """
+    start = time.time()
     run_on_main(preparer, kwargs={**preparer_settings(preparer, hparams, settings), **settings})
+    if timings is not None:
+        timings["prepare"] = timings.get("prepare", 0.0) + time.time() - start
 
 
 def load_manifests(hparams, data_root, splits=("train", "valid", "test")):
@@ -195,6 +199,7 @@ def report(hparams, systems, timings):
     ``systems`` maps a system name to its metrics (fractions). Also plots the
     train log (``training_curves.png``).
     """
+    timings = {**timings, "total": sum(v for k, v in timings.items() if k != "total")}  # the stages' sum
     results = {"systems": systems, "timings_s": timings}
     if not if_main_process():  # under DDP every process has the same figures; one writes them
         return results

@@ -25,8 +25,8 @@ def main(argv):
     data_folder = hparams["data_folder"]
     if data_folder is None:
         data_folder = hparams["synth_folder"]
-        stages.prepare(hparams, synthesize_corpus, folder=data_folder)
-    stages.prepare(hparams, prepare_folder, data_folder=data_folder)
+        stages.prepare(hparams, synthesize_corpus, timings, folder=data_folder)
+    stages.prepare(hparams, prepare_folder, timings, data_folder=data_folder)
     manifests, labels = stages.load_speaker_id_data(hparams, data_folder)
 
     # 2. Pretrain without labels, 3. speaker id (probe or fine-tuning)

@@ -19,7 +19,7 @@ from sincmi.prepare.librispeech import prepare_librispeech
 def main(argv):
     hparams, run_opts = stages.start_experiment(argv)
     timings = {}
-    stages.prepare(hparams, prepare_librispeech)  # 1. manifests
+    stages.prepare(hparams, prepare_librispeech, timings)  # 1. manifests
     manifests, labels = stages.load_speaker_id_data(hparams, hparams["data_folder"])
     encoder = stages.lim_pretraining(hparams, run_opts, manifests, timings)  # 2. no labels
     stats = stages.identify(hparams, run_opts, layout.SPEAKER_ID, encoder, manifests, labels, timings)  # 3. held-out

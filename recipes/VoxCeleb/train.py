@@ -26,7 +26,7 @@ def main(argv):
     timings = {}
 
     # 1. Prepare: training segments without the trial speakers, the official trial list
-    stages.prepare(hparams, prepare_voxceleb)
+    stages.prepare(hparams, prepare_voxceleb, timings)
     roots = {"voxceleb1": hparams["voxceleb1_folder"], "voxceleb2": hparams["voxceleb2_folder"] or ""}
     rows = stages.load_manifests(hparams, roots, ["train", "valid", "verification"])
 

@@ -1,4 +1,5 @@
-"""Prepares any folder laid out as ``<data_folder>/<speaker>/**/*.{wav,flac}``.
+"""Prepares any folder laid out as ``<data_folder>/<speaker>/**/*.{wav,flac}``, or any corpus
+whose files can be listed by speaker (``speaker_files``, see ``docs/new_corpus.md``).
 
 Used by the Demo recipe (on the synthetic corpus or on a user's recordings).
 Speakers are split into *training* speakers (unlabelled pretraining and the
@@ -9,7 +10,9 @@ Outputs in ``save_folder``: ``train.csv``, ``valid.csv``, ``test.csv``,
 ``verification.csv``, ``trials.txt`` (``label enrol test``), ``skipped.csv``.
 """
 
+import hashlib
 import itertools
+import json
 import logging
 import os
 import random
@@ -96,6 +99,7 @@ def prepare_folder(
     seed=1234,
     resample=False,
     max_held_out_share=0.5,
+    speaker_files=None,
 ):
     """Writes the manifests of a speaker folder; skipped if already done.
 
@@ -129,7 +133,12 @@ def prepare_folder(
         most this many trials.
     seed : int
         Seed of the speaker and sentence splits.
+    speaker_files : dict, optional
+        ``{speaker: [audio files, relative to data_folder]}`` for a corpus laid
+        out otherwise; default: :func:`find_speaker_files` (one folder per speaker).
     """
+    if speaker_files is not None and not any(speaker_files.values()):
+        raise ValueError(f"speaker_files lists no audio file below {data_folder!r}")
     opts = {
         "data_folder": os.path.abspath(data_folder) if data_folder else data_folder,
         "sample_rate": sample_rate,
@@ -142,12 +151,16 @@ def prepare_folder(
         "resample": resample,
         "max_held_out_share": max_held_out_share,
     }
+    if speaker_files is not None:  # a changed listing is a changed preparation
+        listing = json.dumps({spk: sorted(files) for spk, files in sorted(speaker_files.items())})
+        opts["speaker_files_sha1"] = hashlib.sha1(listing.encode()).hexdigest()
     if already_prepared(save_folder, opts, OUTPUTS):
         logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
         return
     os.makedirs(save_folder, exist_ok=True)
 
-    speakers = find_speaker_files(data_folder)
+    speakers = find_speaker_files(data_folder) if speaker_files is None else {
+        spk: sorted(files) for spk, files in sorted(speaker_files.items()) if files}
     rows, skipped, noted = {}, [], []
     for spk, files in speakers.items():
         for rel in tqdm(files, desc=f"Checking {spk}", disable=len(speakers) > 50, leave=False):
