@@ -243,25 +243,9 @@ static void pool_norm_group_backward_##SUFFIX(const T *grad_group, int64_t grad_
 }
 
 /* The exported functions: rows (or groups of rows) in parallel. */
-#define POOL_KERNELS(T, SUFFIX)                                                          \
+#define POOL_NORM_KERNELS(T, SUFFIX)                                                     \
 POOL_ROW(T, SUFFIX)                                                                      \
 POOL_BACKWARD_ROW(T, SUFFIX)                                                             \
-void abs_max_pool_##SUFFIX(const T *y, int64_t rows, int64_t time, int64_t pooled,      \
-                           int64_t pool, T *out, int8_t *code, int threads) {           \
-    _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
-    for (int64_t r = 0; r < rows; r++)                                                 \
-        pool_row_##SUFFIX(y + r * time, pooled, pool, out + r * pooled, code + r * pooled); \
-}                                                                                        \
-void abs_max_pool_backward_##SUFFIX(const int8_t *code, const T *grad_out, int64_t rows,\
-                                    int64_t time, int64_t pooled, int64_t pool,         \
-                                    T *grad_y, int threads) {                           \
-    _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
-    for (int64_t r = 0; r < rows; r++)                                                 \
-        pool_backward_row_##SUFFIX(code + r * pooled, grad_out + r * pooled, pooled,   \
-                                   pool, time, grad_y + r * time);                     \
-}
-
-#define POOL_NORM_KERNELS(T, SUFFIX)                                                     \
 POOL_NORM_GROUP(T, SUFFIX)                                                               \
 POOL_NORM_GROUP_BACKWARD(T, SUFFIX)                                                      \
 /* `out` has element strides out_cs (channel) and out_ms (time) within a chunk,  \
@@ -270,10 +254,11 @@ POOL_NORM_GROUP_BACKWARD(T, SUFFIX)                                             
  * then produced TILE_ROWS (or a group) at a time into a row-major buffer and     \
  * transposed out (in registers with AVX-512). For inference, xhat and code may \
  * be NULL: nothing is kept for a backward pass. */                                \
-void pool_norm_act_##SUFFIX(const T *y, int64_t groups, int64_t group_rows,            \
+int pool_norm_act_##SUFFIX(const T *y, int64_t groups, int64_t group_rows,            \
         int64_t channels, int64_t time, int64_t pooled, int64_t pool, const T *gain,    \
         const T *bias, double slope, double eps, T *out, int64_t out_cs, int64_t out_ms, \
         T *xhat, T *rstd, int8_t *code, int threads) {                                   \
+    int failed = 0; /* an allocation failed: the caller raises MemoryError */            \
     if (out_ms == 1) {                                                                   \
         _Pragma("omp parallel for schedule(static) num_threads(threads)")               \
         for (int64_t k = 0; k < groups; k++) {                                           \
@@ -283,15 +268,21 @@ void pool_norm_act_##SUFFIX(const T *y, int64_t groups, int64_t group_rows,     
                                      gain, bias, slope, eps, o, out_cs, xhat,            \
                                      rstd + k, code);                                    \
         }                                                                                \
-        return;                                                                          \
+        return 0;                                                                          \
     }                                                                                    \
     int64_t unit = group_rows > TILE_ROWS ? group_rows : TILE_ROWS;                      \
     int64_t units = (channels + unit - 1) / unit, batch = groups * group_rows / channels; \
     _Pragma("omp parallel num_threads(threads)")                                        \
     {                                                                                    \
         T *buffer = (T *)malloc(sizeof(T) * unit * pooled);                              \
+        int ok = buffer != NULL;                                                                 \
+        if (!ok) {                                                                       \
+            _Pragma("omp atomic write")                                                  \
+            failed = 1;                                                                  \
+        }                                                                                \
         _Pragma("omp for schedule(static)")                                             \
         for (int64_t u = 0; u < batch * units; u++) {                                    \
+            if (!ok) continue;                                                           \
             int64_t b = u / units, c0 = (u % units) * unit;                              \
             int64_t rows = channels - c0 < unit ? channels - c0 : unit;                  \
             for (int64_t r = 0; r < rows; r += group_rows) {                             \
@@ -310,12 +301,14 @@ void pool_norm_act_##SUFFIX(const T *y, int64_t groups, int64_t group_rows,     
         }                                                                                \
         free(buffer);                                                                    \
     }                                                                                    \
+    return failed;                                                                       \
 }                                                                                        \
-void pool_norm_act_backward_##SUFFIX(const T *grad_out, int64_t grad_cs, int64_t grad_ms,\
+int pool_norm_act_backward_##SUFFIX(const T *grad_out, int64_t grad_cs, int64_t grad_ms,\
         const T *xhat, const T *rstd,                                                    \
         const int8_t *code, const T *gain, const T *bias, int64_t groups,               \
         int64_t group_rows, int64_t channels, int64_t time, int64_t pooled,             \
         int64_t pool, double slope, T *dz, T *grad_y, int threads) {                     \
+    int failed = 0; /* an allocation failed: the caller raises MemoryError */            \
     /* TILE_ROWS channels (or a group) at a time. A channels-last grad_out       \
      * (grad_cs == 1) is first transposed into a row-major tile, so that every     \
      * row is read contiguously; a row-major one (grad_ms == 1) is read in place. */\
@@ -324,8 +317,14 @@ void pool_norm_act_backward_##SUFFIX(const T *grad_out, int64_t grad_cs, int64_t
     _Pragma("omp parallel num_threads(threads)")                                        \
     {                                                                                    \
         T *scratch = (T *)malloc(sizeof(T) * pooled * (unit + 1)), *tile = scratch + pooled; \
+        int ok = scratch != NULL;                                                                \
+        if (!ok) {                                                                       \
+            _Pragma("omp atomic write")                                                  \
+            failed = 1;                                                                  \
+        }                                                                                \
         _Pragma("omp for schedule(static)")                                             \
         for (int64_t u = 0; u < batch * units; u++) {                                    \
+            if (!ok) continue;                                                           \
             int64_t b = u / units, c0 = (u % units) * unit;                              \
             int64_t rows = channels - c0 < unit ? channels - c0 : unit;                  \
             const T *go = grad_out + b * channels * pooled + c0 * grad_cs;               \
@@ -344,10 +343,9 @@ void pool_norm_act_backward_##SUFFIX(const T *grad_out, int64_t grad_cs, int64_t
         }                                                                                \
         free(scratch);                                                                   \
     }                                                                                    \
+    return failed;                                                                       \
 }
 
-POOL_KERNELS(float, f32)
-POOL_KERNELS(double, f64)
 POOL_NORM_KERNELS(float, f32)
 POOL_NORM_KERNELS(double, f64)
 
@@ -483,9 +481,10 @@ CRITIC_KERNELS(double, f64)
  * maximum wins, a NaN wins, as in max_pool2d. With xhat NULL (inference) the
  * pooled values are kept in `out` and no codes are stored (code NULL). */
 #define CL_KERNELS(T, SUFFIX)                                                            \
-void cl_pool_norm_act_##SUFFIX(const T *y, int64_t batch, int64_t time, int64_t channels,\
+int cl_pool_norm_act_##SUFFIX(const T *y, int64_t batch, int64_t time, int64_t channels,\
         int64_t pooled, int64_t pool, int whole, const T *gain_t, const T *bias_t,      \
         double slope, double eps, T *out, T *xhat, T *rstd, int8_t *code, int threads) {  \
+    int failed = 0; /* an allocation failed: the caller raises MemoryError */            \
     _Pragma("omp parallel num_threads(threads)")                                        \
     {                                                                                    \
         double *sums = (double *)malloc(sizeof(double) * channels * 2);                  \
@@ -493,8 +492,14 @@ void cl_pool_norm_act_##SUFFIX(const T *y, int64_t batch, int64_t time, int64_t 
         T *mean = (T *)malloc(sizeof(T) * channels * 3), *scale = mean + channels;       \
         T *position = scale + channels;                                                  \
         int keep = xhat != NULL;                                                         \
+        int ok = mean != NULL && sums != NULL;                                                           \
+        if (!ok) {                                                                       \
+            _Pragma("omp atomic write")                                                  \
+            failed = 1;                                                                  \
+        }                                                                                \
         _Pragma("omp for schedule(static)")                                             \
         for (int64_t b = 0; b < batch; b++) {                                            \
+            if (!ok) continue;                                                           \
             const T *yb = y + b * time * channels;                                       \
             T *xb = (xhat ? xhat : out) + b * pooled * channels;                         \
             T *ob = out + b * pooled * channels;                                         \
@@ -567,14 +572,16 @@ void cl_pool_norm_act_##SUFFIX(const T *y, int64_t batch, int64_t time, int64_t 
         free(sums);                                                                      \
         free(mean);                                                                      \
     }                                                                                    \
+    return failed;                                                                       \
 }                                                                                        \
 /* Backward: grad_out (chunks x pooled x channels) -> grad_y (chunks x time x   \
  * channels), and one partial gain and bias gradient per thread (threads x      \
  * pooled x channels each; the caller adds them up). */                          \
-void cl_pool_norm_act_backward_##SUFFIX(const T *grad_out, const T *xhat, const T *rstd,\
+int cl_pool_norm_act_backward_##SUFFIX(const T *grad_out, const T *xhat, const T *rstd,\
         const int8_t *code, const T *gain_t, const T *bias_t, int64_t batch, int64_t time,\
         int64_t channels, int64_t pooled, int64_t pool, int whole, double slope,         \
         T *grad_y, T *grad_gain_parts, T *grad_bias_parts, int threads) {                \
+    int failed = 0; /* an allocation failed: the caller raises MemoryError */            \
     int64_t size = pooled * channels;                                                    \
     _Pragma("omp parallel num_threads(threads)")                                        \
     {                                                                                    \
@@ -585,8 +592,14 @@ void cl_pool_norm_act_backward_##SUFFIX(const T *grad_out, const T *xhat, const 
         T *m1 = (T *)malloc(sizeof(T) * channels * 4), *m2 = m1 + channels, *r = m2 + channels; \
         T *position = r + channels;                                                      \
         T *dx = (T *)malloc(sizeof(T) * size);                                           \
+        int ok = dx != NULL && m1 != NULL && s1 != NULL;                                                         \
+        if (!ok) {                                                                       \
+            _Pragma("omp atomic write")                                                  \
+            failed = 1;                                                                  \
+        }                                                                                \
         _Pragma("omp for schedule(static)")                                             \
         for (int64_t b = 0; b < batch; b++) {                                            \
+            if (!ok) continue;                                                           \
             const T *go = grad_out + b * size, *xb = xhat + b * size;                    \
             for (int64_t c = 0; c < channels; c++) s1[c] = s2[c] = 0;                    \
             for (int64_t m = 0; m < pooled; m++) {                                       \
@@ -636,44 +649,8 @@ void cl_pool_norm_act_backward_##SUFFIX(const T *grad_out, const T *xhat, const 
         free(m1);                                                                        \
         free(dx);                                                                        \
     }                                                                                    \
+    return failed;                                                                       \
 }
 
 CL_KERNELS(float, f32)
 CL_KERNELS(double, f64)
-
-/* One RMSprop update of a parameter (sincmi.optim.RMSprop: PyTorch's RMSprop
- * without momentum or centering), rounded as PyTorch's CPU kernels round it
- * (its addcmul_ and add(alpha=) are fused multiply-adds):
- *   g = fma(weight_decay, p, grad)
- *   s = fma((1 - alpha) * g, g, s * alpha)
- *   p = p + (-lr * g) / (sqrt(s) + eps)
- * The square root here is correctly rounded; PyTorch's vectorised one is
- * within an ulp of it, so p can differ from PyTorch's in its last bit.
- * PyTorch makes five passes over the parameter's size (mul_, addcmul_, sqrt,
- * add_, addcdiv_) with a temporary; here it is one pass. The loop is written
- * twice, with and without weight decay: a run-time test inside it keeps the
- * compiler from vectorising it well (3 x slower). Small tensors are not worth
- * waking the other threads for. */
-#define OPTIM_PARALLEL_MIN 65536
-#define RMSPROP_LOOP(T, SQRT, FMA, GRAD)                                                 \
-    _Pragma("omp parallel for simd schedule(static) num_threads(threads) if(n >= OPTIM_PARALLEL_MIN)") \
-    for (int64_t i = 0; i < n; i++) {                                                    \
-        T g = GRAD;                                                                      \
-        T si = s[i] * a;                                                                 \
-        si = FMA(b * g, g, si);                                                          \
-        s[i] = si;                                                                       \
-        p[i] = p[i] + (l * g) / (SQRT(si) + e);                                          \
-    }
-#define OPTIM_KERNELS(T, SUFFIX, SQRT, FMA)                                              \
-void rmsprop_step_##SUFFIX(T *p, const T *grad, T *s, int64_t n, double lr, double alpha, \
-                           double eps, double weight_decay, int threads) {               \
-    const T a = (T)alpha, b = (T)(1 - alpha), e = (T)eps, l = (T)(-lr), wd = (T)weight_decay; \
-    if (weight_decay == 0) {                                                             \
-        RMSPROP_LOOP(T, SQRT, FMA, grad[i])                                              \
-    } else {                                                                             \
-        RMSPROP_LOOP(T, SQRT, FMA, FMA(wd, p[i], grad[i]))                               \
-    }                                                                                    \
-}
-
-OPTIM_KERNELS(float, f32, __builtin_sqrtf, __builtin_fmaf)
-OPTIM_KERNELS(double, f64, __builtin_sqrt, __builtin_fma)

@@ -1,23 +1,26 @@
-"""Native CPU kernels for the SincNet encoder, the MLP critic and RMSprop, compiled on first use.
+"""Native CPU kernels for the SincNet encoder and the MLP critic, compiled on first use.
 
 ``cpu_kernels.c`` holds the loops that PyTorch can only express as several
 passes over large tensors: the sinc block's |.|, max-pool, LayerNorm, gain,
 bias and LeakyReLU (forward and backward), the same tail for the ordinary
 convolutions on their channels-last output, the sinc layer's spectral
-gradient products, the MLP critic's grid of pair scores, and the RMSprop
-update (:mod:`sincmi.optim`). They are compiled with the system's C compiler
+gradient products and the MLP critic's grid of pair scores. They are compiled with the system's C compiler
 (``$CC``, else ``cc``) for this CPU the first time they are needed, and cached
 under ``$SINCMI_CACHE`` (default ``~/.cache/sincmi``), keyed by the source,
 the compiler flags and the CPU's instruction sets.
 
 Without a compiler, or with ``SINCMI_NATIVE=0``, :func:`available` is False and
-:mod:`sincmi.fast_ops` and :mod:`sincmi.optim` use PyTorch's code instead: same
-results, slower.
+:mod:`sincmi.fast_ops` uses PyTorch's code instead: same results, slower.
+The source's function declarations are checked against the argument types
+given to ctypes (:data:`_SIGNATURES`) before the library is loaded, and the
+kernels that allocate working memory report a failed allocation, raised here
+as ``MemoryError``.
 """
 
 import ctypes
 import hashlib
 import os
+import re
 import platform
 import shutil
 import subprocess
@@ -37,8 +40,6 @@ _TYPES = {torch.float32: "f32", torch.float64: "f64"}
 # Argument types of the exported functions (each has an _f32 and an _f64 version).
 _p, _i64, _f64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 _SIGNATURES = {
-    "abs_max_pool": [_p] + [_i64] * 4 + [_p] * 2 + [_int],
-    "abs_max_pool_backward": [_p] * 2 + [_i64] * 4 + [_p, _int],
     "pool_norm_act": [_p] + [_i64] * 6 + [_p, _p, _f64, _f64] + [_p, _i64, _i64] + [_p] * 3 + [_int],
     "pool_norm_act_backward": [_p, _i64, _i64] + [_p] * 5 + [_i64] * 6 + [_f64, _p, _p, _int],
     "spectral_gradients": [_p] * 3 + [_i64] * 3 + [_p, _p, _int],
@@ -46,8 +47,11 @@ _SIGNATURES = {
     "mlp_grid_backward": [_p] * 4 + [_i64] * 3 + [_f64] + [_p] * 3 + [_int],
     "cl_pool_norm_act": [_p] + [_i64] * 5 + [_int, _p, _p, _f64, _f64] + [_p] * 4 + [_int],
     "cl_pool_norm_act_backward": [_p] * 6 + [_i64] * 5 + [_int, _f64] + [_p] * 3 + [_int],
-    "rmsprop_step": [_p] * 3 + [_i64] + [_f64] * 4 + [_int],
 }
+
+# Kernels that allocate working memory: they return 0, or 1 when an allocation failed.
+_RETURN_STATUS = {"pool_norm_act", "pool_norm_act_backward", "cl_pool_norm_act", "cl_pool_norm_act_backward"}
+_C_TYPES = {"int64_t": _i64, "double": _f64, "int": _int}
 
 _library = None
 _loaded = False
@@ -64,6 +68,49 @@ def _cpu_signature():
         return platform.processor() or platform.machine()
 
 
+def declared_signatures(source):
+    """``{name: (return type, [ctypes argument types])}`` of the kernels in the C source.
+
+    Reads the declarations ``void|int name_##SUFFIX(type arg, ...)`` of the
+    exported (macro-generated) functions; any pointer is ``c_void_p``.
+
+    >>> returns, types = declared_signatures("int f_##SUFFIX(const T *x, int64_t n, double a) {")["f"]
+    >>> returns, [t.__name__ for t in types] == ["c_void_p", ctypes.c_int64.__name__, "c_double"]
+    ('int', True)
+    """
+    declared = {}
+    for match in re.finditer(r"^(void|int) (\w+)_##SUFFIX\((.*?)\)\s*\{", source, re.S | re.M):
+        returns, name, params = match.groups()
+        types = []
+        for param in params.replace("\\", " ").split(","):
+            words = param.replace("const ", "").split()
+            types.append(_p if "*" in param else _C_TYPES.get(words[0] if words else "", None))
+        declared[name] = (returns, types)
+    return declared
+
+
+def check_signatures(source):
+    """Raises ``RuntimeError`` naming every kernel whose C declaration and :data:`_SIGNATURES` differ.
+
+    A mismatch would make ctypes pass arguments the C code reads wrongly (a
+    crash or wrong numbers): it is caught before the library is loaded.
+    """
+    declared = declared_signatures(source)
+    problems = [f"{name}: declared in C but not in _SIGNATURES" for name in sorted(set(declared) - set(_SIGNATURES))]
+    for name, argtypes in _SIGNATURES.items():
+        if name not in declared:
+            problems.append(f"{name}: in _SIGNATURES but not declared in {os.path.basename(SOURCE)}")
+            continue
+        returns, types = declared[name]
+        if types != argtypes:
+            problems.append(f"{name}: C takes {[getattr(t, '__name__', t) for t in types]}, "
+                            f"_SIGNATURES gives {[t.__name__ for t in argtypes]}")
+        if (returns == "int") != (name in _RETURN_STATUS):
+            problems.append(f"{name}: returns {returns} in C, but _RETURN_STATUS says otherwise")
+    if problems:
+        raise RuntimeError("native kernel signatures do not match: " + "; ".join(problems))
+
+
 def _cache_dir():
     base = os.environ.get("SINCMI_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sincmi"
@@ -74,6 +121,7 @@ def _cache_dir():
 def _build(compiler):
     with open(SOURCE, "rb") as f:
         source = f.read()
+    check_signatures(source.decode())
     key = hashlib.sha256(
         source + " ".join([compiler] + FLAGS).encode() + _cpu_signature().encode()
     ).hexdigest()[:16]
@@ -99,7 +147,9 @@ def _build(compiler):
     library = ctypes.CDLL(target)
     for name, argtypes in _SIGNATURES.items():
         for suffix in _TYPES.values():
-            getattr(library, f"{name}_{suffix}").argtypes = argtypes
+            function = getattr(library, f"{name}_{suffix}")
+            function.argtypes = argtypes
+            function.restype = ctypes.c_int if name in _RETURN_STATUS else None
     return library
 
 
@@ -115,7 +165,7 @@ def _library_or_none():
             else:
                 try:
                     _library = _build(compiler)
-                except (OSError, subprocess.SubprocessError) as error:
+                except (OSError, subprocess.SubprocessError, RuntimeError) as error:
                     detail = getattr(error, "stderr", None) or error
                     warnings.warn(
                         f"sincmi: could not build {SOURCE} ({detail}); using the slower PyTorch "
@@ -140,44 +190,9 @@ def _pointer(tensor):
 def _call(name, dtype, *args):
     """Runs kernel ``name`` for ``dtype``, labelled for ``torch.profiler`` as ``sincmi::name``."""
     with torch.profiler.record_function(f"sincmi::{name}"):
-        getattr(_library_or_none(), f"{name}_{_TYPES[dtype]}")(*args)
-
-
-def abs_max_pool(y, pool, out, code):
-    """Writes ``max_pool1d(|y|, pool)`` into ``out`` and the winners' codes into ``code``.
-
-    Arguments
-    ---------
-    y : torch.Tensor
-        ``(..., time)`` contiguous CPU float tensor.
-    pool : int
-        Window (= stride) of the max-pool, at most 127.
-    out : torch.Tensor
-        ``(..., time // pool)`` contiguous tensor of y's dtype, written in place.
-    code : torch.Tensor
-        ``(..., time // pool)`` contiguous int8 tensor: (winner's position in
-        its window + 1) * sign of the winner, 0 where the output is 0.
-    """
-    pooled = out.shape[-1]
-    _call(
-        "abs_max_pool", y.dtype, _pointer(y), out.numel() // pooled, y.shape[-1], pooled, pool,
-        _pointer(out), _pointer(code), torch.get_num_threads(),
-    )
-
-
-def abs_max_pool_backward(code, grad_out, time, pool):
-    """The gradient of :func:`abs_max_pool` with respect to ``y``, shape ``(..., time)``.
-
-    Each window's gradient goes to its winner, times the winner's sign.
-    """
-    grad_out = grad_out.contiguous()
-    pooled = code.shape[-1]
-    grad_y = grad_out.new_empty(*code.shape[:-1], time)
-    _call(
-        "abs_max_pool_backward", grad_out.dtype, _pointer(code), _pointer(grad_out),
-        code.numel() // pooled, time, pooled, pool, _pointer(grad_y), torch.get_num_threads(),
-    )
-    return grad_y
+        status = getattr(_library_or_none(), f"{name}_{_TYPES[dtype]}")(*args)
+    if status:
+        raise MemoryError(f"sincmi native kernel {name}: could not allocate its working memory")
 
 
 def pool_norm_act(y, pool, gain, bias, slope, eps, group_rows, out, rstd, xhat=None, code=None):
@@ -206,8 +221,9 @@ def pool_norm_act(y, pool, gain, bias, slope, eps, group_rows, out, rstd, xhat=N
         ``(batch, channels, pooled)`` contiguous, written with the normalised
         values (for the backward pass; None in inference).
     code : torch.Tensor or None
-        ``(batch, channels, pooled)`` int8: winners, as in :func:`abs_max_pool`
-        (for the backward pass; None in inference).
+        ``(batch, channels, pooled)`` int8: each window's winner, (position + 1)
+        * sign of its largest |y| (0 for an all-zero window), for the backward
+        pass; None in inference.
     """
     batch, channels, time = y.shape
     pooled = out.shape[-1]
@@ -348,17 +364,3 @@ def channels_last_pool_norm_act_backward(grad_out, xhat, rstd, code, gain_t, bia
           int(whole), slope, _pointer(grad_y), _pointer(grad_gain_parts), _pointer(grad_bias_parts),
           threads)
     return grad_y, grad_gain_parts.sum(0), grad_bias_parts.sum(0)
-
-
-def rmsprop_step(param, grad, square_avg, lr, alpha, eps, weight_decay=0.0):
-    """One in-place RMSprop update (no momentum, not centered) of a contiguous parameter.
-
-    ``square_avg = square_avg * alpha + (1 - alpha) * g * g`` and ``param +=
-    -lr * g / (sqrt(square_avg) + eps)`` with ``g = grad + weight_decay *
-    param``, in one pass: what :class:`torch.optim.RMSprop` computes in five.
-    """
-    for tensor in (param, grad, square_avg):
-        if not tensor.is_contiguous() or tensor.dtype != param.dtype or tensor.shape != param.shape:
-            raise ValueError("rmsprop_step: param, grad and square_avg must be contiguous, of one dtype and shape")
-    _call("rmsprop_step", param.dtype, _pointer(param), _pointer(grad), _pointer(square_avg), param.numel(),
-          lr, alpha, eps, weight_decay, torch.get_num_threads())

@@ -129,13 +129,9 @@ class _SincAbsMaxPool(torch.autograd.Function):
         # Code of the winner of each pool window: (position + 1) * sign, 0 if y = 0.
         code = torch.empty(batch, channels, pooled, dtype=torch.int8, device=x.device)
         step = _micro_batch(x.device)
-        native = cpu_kernels.available(x)
         for i in range(0, batch, step):
             n = min(step, batch - i)
             y = spectra.output(i, i + n)
-            if native:  # one pass instead of five
-                cpu_kernels.abs_max_pool(y, pool, out[i : i + n], code[i : i + n])
-                continue
             windows = y[..., :used].unflatten(-1, (pooled, pool))
             value, position = windows.abs().max(dim=-1)
             out[i : i + n] = value
@@ -152,13 +148,8 @@ class _SincAbsMaxPool(torch.autograd.Function):
         spectra, pool = ctx.spectra, ctx.pool
         gradients = _SpectralGradients(spectra, *ctx.needs_input_grad[:2])
         step = _micro_batch(grad_out.device)
-        native = cpu_kernels.available(grad_out)
         for i in range(0, code.shape[0], step):
-            c, g = code[i : i + step], grad_out[i : i + step]
-            if native:
-                grad_y = cpu_kernels.abs_max_pool_backward(c, g, spectra.time, pool)
-            else:
-                grad_y = _scatter_to_winners(c, g, spectra.time, pool)
+            grad_y = _scatter_to_winners(code[i : i + step], grad_out[i : i + step], spectra.time, pool)
             gradients.add(i, grad_y)
         return (*gradients.result(), None)
 
@@ -311,7 +302,8 @@ def scratch_channels_last(like, batch, channels, length):
 
 
 def _scatter_to_winners(code, grad_out, time, pool):
-    """PyTorch version of :func:`sincmi.cpu_kernels.abs_max_pool_backward`."""
+    """The gradient of the max-pool of |y| with respect to ``y``: each window's signed winner
+    (``code`` = (position + 1) * sign, 0 for an all-zero window) gets its gradient."""
     c = code.long()
     batch, channels, pooled = c.shape
     grad_y = grad_out.new_zeros(batch, channels, time)
@@ -361,15 +353,10 @@ def _sinc_abs_maxpool_inference(x, h, pool):
     spectra = _Spectra(x, h)
     out = x.new_empty(batch, h.shape[0], pooled)
     step = _micro_batch(x.device)
-    native = cpu_kernels.available(x)
-    if native:  # winners' codes, needed by the kernel, not kept
-        code = torch.empty(min(step, batch), h.shape[0], pooled, dtype=torch.int8)
     for i in range(0, batch, step):
         y = spectra.output(i, i + step)
-        if native:
-            cpu_kernels.abs_max_pool(y, pool, out[i : i + step], code[: y.shape[0]])
-        else:  # pooling the whole length and dropping the tail avoids a copy of y
-            out[i : i + step] = F.max_pool1d(y.abs_(), pool)[..., :pooled]
+        # Pooling the whole length and dropping the tail avoids a copy of y.
+        out[i : i + step] = F.max_pool1d(y.abs_(), pool)[..., :pooled]
     return out
 
 

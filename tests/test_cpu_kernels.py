@@ -31,53 +31,34 @@ def _plain_abs_max_pool(y, pool):
     return value, ((position + 1) * sign.long()).to(torch.int8)
 
 
+def _pool_codes(y, pool):
+    """The fused forward kernel's output and winner codes for one channel (gain 1, bias 0, no slope)."""
+    pooled = y.shape[-1] // pool
+    out = torch.empty(1, 1, pooled, dtype=y.dtype)
+    xhat, code = torch.empty_like(out), torch.empty(1, 1, pooled, dtype=torch.int8)
+    ones, zeros = torch.ones(1, pooled, dtype=y.dtype), torch.zeros(1, pooled, dtype=y.dtype)
+    cpu_kernels.pool_norm_act(y, pool, ones, zeros, 1.0, 1e-5, 1, out, torch.empty(1, dtype=y.dtype), xhat, code)
+    return code
+
+
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("pool", [2, 3, 4])
-def test_abs_max_pool_matches_pytorch(dtype, pool):
+def test_pooling_winners_match_pytorch(dtype, pool):
     torch.manual_seed(pool)
-    y = torch.randn(3, 5, 61, dtype=dtype)
-    pooled = 61 // pool
-    out = torch.empty(3, 5, pooled, dtype=dtype)
-    code = torch.empty(3, 5, pooled, dtype=torch.int8)
-    cpu_kernels.abs_max_pool(y, pool, out, code)
-    value, expected_code = _plain_abs_max_pool(y, pool)
-    assert torch.equal(out, value)
-    assert torch.equal(code, expected_code)
+    y = torch.randn(1, 1, 61, dtype=dtype)
+    assert torch.equal(_pool_codes(y, pool), _plain_abs_max_pool(y, pool)[1])
 
 
 @needs_kernels
 @pytest.mark.parametrize("pool", [3, 4])
-def test_abs_max_pool_ties_zeros_and_nan(pool):
-    y = torch.tensor([[[2.0, -2.0, 1.0, 0.0] * 3 + [0.0, 0.0, 0.0, 0.0] + [1.0, float("nan"), 5.0, 0.0]]])
+def test_pooling_ties_and_silence(pool):
+    y = torch.tensor([[[2.0, -2.0, 1.0, 0.0] * 3 + [0.0, 0.0, 0.0, 0.0] + [1.0, -5.0, 5.0, 0.0]]])
     y = y[..., : (y.shape[-1] // pool) * pool].contiguous()
-    pooled = y.shape[-1] // pool
-    out = torch.empty(1, 1, pooled)
-    code = torch.empty(1, 1, pooled, dtype=torch.int8)
-    cpu_kernels.abs_max_pool(y, pool, out, code)
-    value, expected_code = _plain_abs_max_pool(y, pool)
+    code = _pool_codes(y, pool)
     # A tie goes to the first sample of the window, as in max_pool1d; silence has code 0.
-    finite = ~value.isnan()
-    assert torch.equal(out[finite], value[finite])
-    assert torch.equal(code[finite], expected_code[finite])
+    assert torch.equal(code, _plain_abs_max_pool(y, pool)[1])
     assert (code == 0).any() and (code == 1).any()
-    # A window holding a NaN outputs NaN (max_pool1d propagates it too).
-    assert torch.equal(out.isnan(), F.max_pool1d(y.abs(), pool).isnan())
-    assert out.isnan().any()
-
-
-@needs_kernels
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("pool", [3, 4])
-def test_abs_max_pool_backward_routes_to_signed_winner(dtype, pool):
-    torch.manual_seed(0)
-    y = torch.randn(2, 4, 50, dtype=dtype, requires_grad=True)
-    pooled = 50 // pool
-    g = torch.randn(2, 4, pooled, dtype=dtype)
-    (expected,) = torch.autograd.grad((F.max_pool1d(y.abs(), pool) * g).sum(), y)
-    _, code = _plain_abs_max_pool(y.detach(), pool)
-    grad_y = cpu_kernels.abs_max_pool_backward(code, g, 50, pool)
-    assert torch.equal(grad_y, expected)
 
 
 def _plain_block(x, h, gain, bias, norm_over, pool=3, slope=0.2):
@@ -358,3 +339,29 @@ def test_mlp_critic_grid_matches_plain_layers_in_float64(native, monkeypatch):
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     for name, grad, expected in zip("p q w b".split(), grads, ref_grads):
         torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_kernel_signatures_are_checked_against_the_c_source():
+    with open(cpu_kernels.SOURCE) as f:
+        source = f.read()
+    cpu_kernels.check_signatures(source)  # the shipped source matches
+    declared = cpu_kernels.declared_signatures(source)
+    assert set(declared) == set(cpu_kernels._SIGNATURES)
+    # An argument changed in C, a kernel added without a signature: both are named.
+    changed = source.replace("int64_t hidden, double slope, T *logits", "int hidden, double slope, T *logits")
+    assert changed != source
+    with pytest.raises(RuntimeError, match="mlp_grid: C takes"):
+        cpu_kernels.check_signatures(changed)
+    added = source + "\nvoid extra_##SUFFIX(const T *x, int threads) {\n}\n"
+    with pytest.raises(RuntimeError, match="extra: declared in C but not in _SIGNATURES"):
+        cpu_kernels.check_signatures(added)
+
+
+@needs_kernels
+def test_a_failed_allocation_in_a_kernel_raises_memory_error():
+    # No chunk to process (batch 0), but working memory for 2**58 channels: malloc fails.
+    x = torch.zeros(1)
+    ptr = cpu_kernels._pointer(x)
+    with pytest.raises(MemoryError, match="cl_pool_norm_act"):
+        cpu_kernels._call("cl_pool_norm_act", torch.float32, ptr, 0, 1, 2**58, 1, 1, 0, ptr, ptr, 0.2, 1e-5,
+                          ptr, ptr, ptr, ptr, 1)

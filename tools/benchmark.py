@@ -8,8 +8,8 @@ Sections (``--sections``; the first four by default):
   chunks/s and peak memory of the straightforward encoder (SpeechBrain's
   ``SincConv`` on a 2-D batch, ``nn.Conv1d``, ``F.max_pool1d``, LayerNorm,
   3 x FC 2048 + BatchNorm), of sincmi's ``implementation: reference`` and of
-  sincmi's ``implementation: fast`` (the recipes' default) with the recipes'
-  :class:`sincmi.optim.RMSprop` (the other two use PyTorch's); the fast
+  sincmi's ``implementation: fast`` (the recipes' default), all with PyTorch's
+  RMSprop (the recipes' optimiser); the fast
   encoder's outputs are compared with the reference's on the same weights.
 * ``eval``: sentence-level evaluation, forward only: 200 ms chunks with a
   10 ms shift over 3 s sentences; SincNet's way (a Python loop cutting chunks,
@@ -56,6 +56,7 @@ Usage:
 
 import argparse
 import glob
+import io
 import json
 import multiprocessing
 import os
@@ -158,7 +159,6 @@ def _step_fn(kind, device, pairs=128, amp=False):
     import torch
     from sincmi.discriminator import make_discriminator
     from sincmi.objectives import LIMObjective
-    from sincmi.optim import RMSprop
     from sincmi.pairs import pair_logits
 
     torch.manual_seed(0)
@@ -166,9 +166,7 @@ def _step_fn(kind, device, pairs=128, amp=False):
     critic = make_discriminator("mlp", 2048, hidden_size=1024).to(device)
     objective = LIMObjective("nce")
     params = list(encoder.parameters()) + list(critic.parameters())
-    # The recipes' optimiser for ours (same arithmetic, one pass on CPU), PyTorch's for the others.
-    optimizer_class = RMSprop if kind == "fast" else torch.optim.RMSprop
-    optimizer = optimizer_class(params, lr=1e-3, alpha=0.95, eps=1e-8)
+    optimizer = torch.optim.RMSprop(params, lr=1e-3, alpha=0.95, eps=1e-8)  # the recipes' (SincNet's)
     chunks = torch.randn(2 * pairs, 3200, device=device)
     sentences = list(range(pairs))
 
@@ -503,7 +501,38 @@ def main(argv=None):
     parser.add_argument("--profile_top", type=int, default=12,
                         help="operators listed per implementation by the profile section")
     parser.add_argument("--out", default="benchmark.json")
+    parser.add_argument("--markdown", help="also write the printed tables to this Markdown file "
+                                           "(docs/benchmark.md holds the latest run)")
     args = parser.parse_args(argv)
+    if args.markdown:
+        command = "python tools/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        with Tee() as printed:
+            run_sections(args)
+        with open(args.markdown, "w") as f:
+            f.write(f"# Benchmark: the latest run\n\nWritten by `{command}` "
+                    "(see docs/performance.md for what each section measures).\n\n```\n"
+                    f"{printed.getvalue().strip()}\n```\n")
+        print(f"written {args.markdown}")
+    else:
+        run_sections(args)
+
+
+class Tee(io.StringIO):
+    """Copies what is printed inside the ``with`` block into itself, still printing it."""
+
+    def __enter__(self):
+        self._stdout, sys.stdout = sys.stdout, self
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout = self._stdout
+
+    def write(self, text):
+        self._stdout.write(text)
+        return super().write(text)
+
+
+def run_sections(args):
     if args.allocator == "keep":  # read by glibc when each child process starts
         os.environ.update(KEEP_FREED_MEMORY)
 
