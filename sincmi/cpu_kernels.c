@@ -242,6 +242,14 @@ static void pool_norm_group_backward_##SUFFIX(const T *grad_group, int64_t grad_
     }                                                                                    \
 }
 
+/* A thread whose working memory could not be allocated records it in the
+ * kernel's `failed` status and skips its iterations; the caller raises. */
+#define NOTE_FAILURE(ok)                                                                 \
+    if (!(ok)) {                                                                         \
+        _Pragma("omp atomic write")                                                      \
+        failed = 1;                                                                      \
+    }
+
 /* The exported functions: rows (or groups of rows) in parallel. */
 #define POOL_NORM_KERNELS(T, SUFFIX)                                                     \
 POOL_ROW(T, SUFFIX)                                                                      \
@@ -275,11 +283,8 @@ int pool_norm_act_##SUFFIX(const T *y, int64_t groups, int64_t group_rows,      
     _Pragma("omp parallel num_threads(threads)")                                        \
     {                                                                                    \
         T *buffer = (T *)malloc(sizeof(T) * unit * pooled);                              \
-        int ok = buffer != NULL;                                                                 \
-        if (!ok) {                                                                       \
-            _Pragma("omp atomic write")                                                  \
-            failed = 1;                                                                  \
-        }                                                                                \
+        int ok = buffer != NULL;                                                         \
+        NOTE_FAILURE(ok)                                                                 \
         _Pragma("omp for schedule(static)")                                             \
         for (int64_t u = 0; u < batch * units; u++) {                                    \
             if (!ok) continue;                                                           \
@@ -317,11 +322,8 @@ int pool_norm_act_backward_##SUFFIX(const T *grad_out, int64_t grad_cs, int64_t 
     _Pragma("omp parallel num_threads(threads)")                                        \
     {                                                                                    \
         T *scratch = (T *)malloc(sizeof(T) * pooled * (unit + 1)), *tile = scratch + pooled; \
-        int ok = scratch != NULL;                                                                \
-        if (!ok) {                                                                       \
-            _Pragma("omp atomic write")                                                  \
-            failed = 1;                                                                  \
-        }                                                                                \
+        int ok = scratch != NULL;                                                        \
+        NOTE_FAILURE(ok)                                                                 \
         _Pragma("omp for schedule(static)")                                             \
         for (int64_t u = 0; u < batch * units; u++) {                                    \
             if (!ok) continue;                                                           \
@@ -492,11 +494,8 @@ int cl_pool_norm_act_##SUFFIX(const T *y, int64_t batch, int64_t time, int64_t c
         T *mean = (T *)malloc(sizeof(T) * channels * 3), *scale = mean + channels;       \
         T *position = scale + channels;                                                  \
         int keep = xhat != NULL;                                                         \
-        int ok = mean != NULL && sums != NULL;                                                           \
-        if (!ok) {                                                                       \
-            _Pragma("omp atomic write")                                                  \
-            failed = 1;                                                                  \
-        }                                                                                \
+        int ok = mean != NULL && sums != NULL;                                           \
+        NOTE_FAILURE(ok)                                                                 \
         _Pragma("omp for schedule(static)")                                             \
         for (int64_t b = 0; b < batch; b++) {                                            \
             if (!ok) continue;                                                           \
@@ -592,11 +591,8 @@ int cl_pool_norm_act_backward_##SUFFIX(const T *grad_out, const T *xhat, const T
         T *m1 = (T *)malloc(sizeof(T) * channels * 4), *m2 = m1 + channels, *r = m2 + channels; \
         T *position = r + channels;                                                      \
         T *dx = (T *)malloc(sizeof(T) * size);                                           \
-        int ok = dx != NULL && m1 != NULL && s1 != NULL;                                                         \
-        if (!ok) {                                                                       \
-            _Pragma("omp atomic write")                                                  \
-            failed = 1;                                                                  \
-        }                                                                                \
+        int ok = dx != NULL && m1 != NULL && s1 != NULL;                                 \
+        NOTE_FAILURE(ok)                                                                 \
         _Pragma("omp for schedule(static)")                                             \
         for (int64_t b = 0; b < batch; b++) {                                            \
             if (!ok) continue;                                                           \

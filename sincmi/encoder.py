@@ -253,7 +253,7 @@ class SincNetEncoder(nn.Module):
             )
         fast = implementation == "fast"
         self.implementation = implementation
-        # Constructor arguments, for exporting a trained encoder (tools/export_model.py).
+        # Constructor arguments, for exporting a trained encoder (sincmi/export.py).
         self.config = {
             "chunk_size": chunk_size, "sample_rate": sample_rate, "sinc_filters": sinc_filters,
             "sinc_kernel": sinc_kernel, "conv_channels": list(conv_channels),

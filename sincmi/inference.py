@@ -1,6 +1,6 @@
 """Using a trained encoder: utterance embeddings and verification.
 
-:class:`SpeakerEncoder` loads an exported model folder (``tools/export_model.py``)
+:class:`SpeakerEncoder` loads a model folder written by ``python -m sincmi export`` (:mod:`sincmi.export`)
 in SpeechBrain's ``Pretrained`` style::
 
     from sincmi.inference import SpeakerEncoder
@@ -154,7 +154,7 @@ class SpeakerEncoder(Pretrained):
 
     Load with ``SpeakerEncoder.from_hparams(source=FOLDER)``, where FOLDER holds
     the ``hyperparams.yaml`` and ``encoder.ckpt`` written by
-    ``tools/export_model.py``; local folders need no network. Hparams used:
+    ``python -m sincmi export``; local folders need no network. Hparams used:
     ``sample_rate``, ``shift`` (chunk hop), ``threshold`` (cosine score above
     which two utterances are called the same speaker; null if unknown),
     ``operating_point`` (how it was chosen), ``normalize_peak`` (scale each

@@ -60,7 +60,8 @@ def error_curves(positive_scores, negative_scores):
     return thresholds, frr, far
 
 
-def _eer_from_curves(thresholds, frr, far):
+def eer_from_curves(thresholds, frr, far):
+    """``(EER, threshold)`` from :func:`error_curves`' output (for callers that need the curves too)."""
     index = int(np.argmin(np.abs(far - frr)))
     return float((far[index] + frr[index]) / 2), float(thresholds[index])
 
@@ -84,7 +85,7 @@ def eer(positive_scores, negative_scores):
     >>> eer([0.2, 0.9], [0.1, 0.5])[0]  # one target below one non-target
     0.5
     """
-    return _eer_from_curves(*error_curves(positive_scores, negative_scores))
+    return eer_from_curves(*error_curves(positive_scores, negative_scores))
 
 
 def min_dcf(positive_scores, negative_scores, p_target=0.01, c_miss=1.0, c_fa=1.0, normalize=True):
@@ -194,7 +195,7 @@ def verification_metrics(positive_scores, negative_scores, p_targets=(0.01, 0.05
     The scores are sorted once for all the metrics.
     """
     curves = error_curves(positive_scores, negative_scores)
-    value, threshold = _eer_from_curves(*curves)
+    value, threshold = eer_from_curves(*curves)
     results = {"EER": value, "EER_threshold": threshold}
     for p_target in p_targets:
         results[f"minDCF_{p_target:g}"] = _min_dcf_from_curves(*curves, p_target, 1.0, 1.0, True)[0]

@@ -24,7 +24,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from sincmi.metrics import _eer_from_curves, error_curves
+from sincmi.metrics import eer_from_curves, error_curves
 
 OperatingPoint = namedtuple("OperatingPoint", "name threshold far frr")
 OperatingPoint.__doc__ = """A threshold and the error rates it gave on the summarised trials
@@ -45,7 +45,7 @@ def score_summary(positive_scores, negative_scores, max_points=2000):
     positive = np.asarray(positive_scores, dtype=np.float64).ravel()
     negative = np.asarray(negative_scores, dtype=np.float64).ravel()
     thresholds, frr, far = error_curves(positive, negative)
-    eer, eer_threshold = _eer_from_curves(thresholds, frr, far)
+    eer, eer_threshold = eer_from_curves(thresholds, frr, far)
     keep = np.arange(len(thresholds))
     if len(keep) > max_points:
         keep = np.unique(np.linspace(0, len(thresholds) - 1, max_points).round().astype(int))
