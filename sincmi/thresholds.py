@@ -40,15 +40,16 @@ def score_summary(positive_scores, negative_scores, max_points=2000):
     non-target scores, the EER and its threshold (on all trials), and the
     error curves at no more than ``max_points`` thresholds (every distinct
     score when there are fewer; otherwise evenly spaced in rank, which keeps
-    FAR and FRR steps below ``1 / max_points``).
+    FAR and FRR steps below about ``1 / max_points``, plus the EER point).
     """
     positive = np.asarray(positive_scores, dtype=np.float64).ravel()
     negative = np.asarray(negative_scores, dtype=np.float64).ravel()
     thresholds, frr, far = error_curves(positive, negative)
     eer, eer_threshold = eer_from_curves(thresholds, frr, far)
     keep = np.arange(len(thresholds))
-    if len(keep) > max_points:
-        keep = np.unique(np.linspace(0, len(thresholds) - 1, max_points).round().astype(int))
+    if len(keep) > max_points:  # evenly spaced in rank, and the EER point itself
+        spaced = np.linspace(0, len(thresholds) - 1, max_points - 1).round().astype(int)
+        keep = np.unique(np.append(spaced, int(np.argmin(np.abs(far - frr)))))
     return {
         "target_trials": int(positive.size),
         "nontarget_trials": int(negative.size),
