@@ -144,7 +144,7 @@ def test_recipe_datasets_honour_rate_gain_and_distance(manifests):
     row = {key: rows[key]}
     sets = data.RecipeDatasets({"chunk_size": 400, "sample_rate": 8000, "file_sample_rate": 16000,
                                 "random_gain": [2.0, 2.0], "min_pair_distance": 1000})
-    assert sets.resample == (16000, 8000) and sets.file_frames == 800
+    assert sets.rates == (16000, 8000) and sets.file_frames == 800
     wav = rows[key]["wav"]
     assert torch.allclose(sets.sentences(row)[0]["sig"], data.resampled(data.read_segment(wav, 0, 6000), (16000, 8000)))
     for seed in range(5):
