@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 
+from sincmi.scoring import labelled_lines
 from sincmi.thresholds import SPEC_HELP, describe
 
 COMMANDS = ("verify", "embed", "export", "threshold")
@@ -46,22 +47,15 @@ def verify(argv):
 
 
 def read_pairs(path):
-    """``[(label, path_a, path_b)]`` of a pairs file; relative paths from its folder."""
+    """``[(same speaker, path_a, path_b)]`` of a pairs file; relative paths from its folder."""
     folder = os.path.dirname(os.path.abspath(path))
     pairs = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields or fields[0].startswith("#"):
-                continue
-            if len(fields) != 3 or fields[0] not in ("0", "1"):
-                raise ValueError(f"{path}:{number}: expected 'label a.wav b.wav' with label 1 (same speaker) "
-                                 f"or 0, got {line.strip()!r}")
-            a, b = (p if os.path.isabs(p) else os.path.join(folder, p) for p in fields[1:])
-            for audio in (a, b):
-                if not os.path.isfile(audio):
-                    raise ValueError(f"{path}:{number}: {audio} does not exist")
-            pairs.append((fields[0] == "1", a, b))
+    for number, (label, *files) in labelled_lines(path, "label a.wav b.wav", 0, comments=True):
+        a, b = (p if os.path.isabs(p) else os.path.join(folder, p) for p in files)
+        for audio in (a, b):
+            if not os.path.isfile(audio):
+                raise ValueError(f"{path}:{number}: {audio} does not exist")
+        pairs.append((label == "1", a, b))
     return pairs
 
 

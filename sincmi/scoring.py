@@ -10,22 +10,33 @@ import numpy as np
 import torch
 
 
+def labelled_lines(path, form, label_field, comments=False):
+    """``(line number, fields)`` of each line of a whitespace-separated file laid out as ``form``.
+
+    ``form`` names the fields (``"label enrol test"``); the one at
+    ``label_field`` must be 0 or 1. Blank lines (and, with ``comments``,
+    lines starting with ``#``) are skipped; any other line that does not fit
+    raises ``ValueError`` naming the file, the line and the form.
+    """
+    width = len(form.split())
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields or (comments and fields[0].startswith("#")):
+                continue
+            if len(fields) != width or fields[label_field] not in ("0", "1"):
+                raise ValueError(f"{path}:{number}: expected '{form}' with label 0 or 1, got {line.strip()!r}")
+            yield number, fields
+
+
 def read_scores(path):
     """Reads a scores file (``enrol test score label`` per line, as the recipes write).
 
     Returns ``(target scores, non-target scores)`` as NumPy arrays.
     """
-    scores, labels = [], []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 4 or fields[3] not in ("0", "1"):
-                raise ValueError(f"{path}:{number}: expected 'enrol test score label', got {line.strip()!r}")
-            scores.append(float(fields[2]))
-            labels.append(fields[3] == "1")
-    scores, labels = np.asarray(scores), np.asarray(labels, dtype=bool)
+    rows = [(float(fields[2]), fields[3] == "1") for _, fields in labelled_lines(path, "enrol test score label", 3)]
+    scores = np.asarray([score for score, _ in rows])
+    labels = np.asarray([label for _, label in rows], dtype=bool)
     return scores[labels], scores[~labels]
 
 
@@ -35,18 +46,7 @@ def read_trials(path):
     Returns a list of ``(label, enrol, test)``; a malformed line raises
     ``ValueError`` naming the file and line number.
     """
-    trials = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3 or fields[0] not in ("0", "1"):
-                raise ValueError(
-                    f"{path}:{number}: expected 'label enrol test' with label 0 or 1, got {line.strip()!r}"
-                )
-            trials.append((int(fields[0]), fields[1], fields[2]))
-    return trials
+    return [(int(fields[0]), fields[1], fields[2]) for _, fields in labelled_lines(path, "label enrol test", 0)]
 
 
 def trial_indices(embeddings, trials):
