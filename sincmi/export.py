@@ -90,11 +90,17 @@ def main_system_scores(experiment):
     return systems[0], path if os.path.isfile(path) else None
 
 
+def threshold_lines(threshold, operating_point_name):
+    """The ``threshold`` and ``operating_point`` lines of the inference hyperparams."""
+    threshold_text = "null" if threshold is None else repr(float(threshold))  # exact: decisions match the summary
+    point_text = "null" if operating_point_name is None else json.dumps(operating_point_name)
+    return (f"threshold: {threshold_text}              # cosine score > threshold: same speaker\n"
+            f"operating_point: {point_text}        # how the threshold was chosen (see score_summary.json)")
+
+
 def inference_yaml(config, shift, normalize_peak, threshold, note, operating_point_name=None):
     """Text of the inference hyperparams file."""
     encoder_args = "\n".join(f"    {key}: {json.dumps(value)}" for key, value in config.items())
-    threshold_text = "null" if threshold is None else repr(float(threshold))  # exact: decisions match the summary
-    point_text = "null" if operating_point_name is None else json.dumps(operating_point_name)
     return f"""# ############################################################################
 # sincmi inference model: SincNet encoder -> utterance embeddings (mean of the
 # L2-normalised embeddings of chunk_size-sample chunks taken every `shift` samples).
@@ -105,8 +111,7 @@ def inference_yaml(config, shift, normalize_peak, threshold, note, operating_poi
 sample_rate: {config["sample_rate"]}
 shift: {shift}                      # hop between chunks, samples
 normalize_peak: {normalize_peak}           # scale each file to unit peak first (as in training)
-threshold: {threshold_text}              # cosine score > threshold: same speaker
-operating_point: {point_text}        # how the threshold was chosen (see score_summary.json)
+{threshold_lines(threshold, operating_point_name)}
 
 encoder: !new:sincmi.encoder.SincNetEncoder
 {encoder_args}
@@ -288,9 +293,8 @@ def set_threshold(model_folder, summary, point):
     hparams_path = os.path.join(model_folder, "hyperparams.yaml")
     with open(hparams_path) as f:
         text = f.read()
-    lines = {"threshold": f"threshold: {float(point.threshold)!r}              # cosine score > threshold: same speaker",
-             "operating_point": f"operating_point: {json.dumps(point.name)}        # how the threshold was chosen"}
-    for key, line in lines.items():
+    for line in threshold_lines(point.threshold, point.name).splitlines():
+        key = line.split(":", 1)[0]
         text, found = re.subn(rf"^{key}:.*$", line, text, count=1, flags=re.M)
         if not found:  # a folder exported before operating points were stored
             text = text.replace("\nencoder: !new:", f"\n{line}\n\nencoder: !new:", 1)
