@@ -388,7 +388,8 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
     sets = data.RecipeDatasets(hparams, audio)
     verification_set = sets.sentences(rows)
     backend_set = sets.sentences(backend_rows)
-    cohort_set = sets.sentences(cohort_rows) if cohort_rows else None
+    # One dataset when the cohort is the back ends' set (VoxCeleb): verify() then embeds it once.
+    cohort_set = backend_set if cohort_rows is backend_rows else sets.sentences(cohort_rows) if cohort_rows else None
     speakers = {key: row["spk_id"] for key, row in rows.items()}
     results = {}
     for i, (name, encoder) in enumerate(systems.items()):
