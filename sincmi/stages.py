@@ -18,7 +18,6 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.sampler import ReproducibleRandomSampler
 from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.distributed import if_main_process, run_on_main
-from speechbrain.utils.epoch_loop import EpochCounter
 
 from sincmi import data, distributed, layout
 from sincmi.backend import BACKEND_LABELS, Backend
@@ -145,7 +144,8 @@ def lim_pretraining(hparams, run_opts, manifests, timings, audio=None):
     return encoder
 
 
-def identify(hparams, run_opts, stage, encoder, manifests, labels, timings, freeze_encoder=None, audio=None):
+def identify(hparams, run_opts, stage, encoder, manifests, labels, timings, freeze_encoder=None, audio=None,
+             epoch_counter="finetune_epoch_counter"):
     """Stage 3: speaker identification of the training speakers; returns the test statistics.
 
     Trains a classifier on ``encoder`` (frozen: a probe; else fine-tuned with
@@ -153,7 +153,8 @@ def identify(hparams, run_opts, stage, encoder, manifests, labels, timings, free
     keeps the best validation checkpoint, and tests on ``manifests["test"]``
     when there is one (empty statistics otherwise). ``stage`` names its
     checkpoint folder (:mod:`sincmi.layout`); ``freeze_encoder`` defaults to
-    the hparams'. Adds ``stage`` to ``timings``.
+    the hparams'; ``epoch_counter`` names the yaml's epoch counter for this
+    stage (each training stage needs its own). Adds ``stage`` to ``timings``.
     """
     start = time.time()
     sets = data.RecipeDatasets(hparams, audio)
@@ -169,6 +170,7 @@ def identify(hparams, run_opts, stage, encoder, manifests, labels, timings, free
         sets.sentences(manifests["valid"], labels),
         sets.sentences(test, labels) if test else None,
         freeze_encoder=hparams["freeze_encoder"] if freeze_encoder is None else freeze_encoder,
+        counter=declared(hparams, epoch_counter),
     )
     timings[stage] = time.time() - start
     return stats
@@ -234,9 +236,10 @@ def pretrain(hparams, run_opts, train_set, valid_set):
     """Unsupervised LIM pretraining of ``hparams['encoder']``.
 
     Uses ``pretrain_epochs`` (0 skips the stage: the supervised baseline),
-    ``pairs_per_epoch`` (sentences drawn per epoch, with repetition across
-    passes; default one pass), ``pretrain_batch_size``, ``pretrain_optimizer``,
-    ``discriminator``, ``objective``, ``num_workers``.
+    ``pretrain_epoch_counter``, ``pretrain_modules`` (encoder, discriminator,
+    objective), ``pairs_per_epoch`` (sentences drawn per epoch, with
+    repetition across passes; default one pass), ``pretrain_batch_size``,
+    ``pretrain_optimizer``, ``num_workers``.
 
     Returns the encoder with the weights of the best validation checkpoint.
     """
@@ -244,12 +247,14 @@ def pretrain(hparams, run_opts, train_set, valid_set):
     if hparams["pretrain_epochs"] <= 0:
         logger.info("pretrain_epochs is 0: no LIM pretraining (supervised baseline)")
         return encoder
-    counter = EpochCounter(hparams["pretrain_epochs"])
-    modules = {
-        "encoder": encoder,
-        "discriminator": hparams["discriminator"],
-        "objective": hparams["objective"],
-    }
+    counter = declared(hparams, "pretrain_epoch_counter")
+    modules = declared(hparams, "pretrain_modules")
+    missing = {"encoder", "discriminator", "objective"} - set(modules)
+    if missing or modules["encoder"] is not encoder:
+        raise ValueError(
+            f"pretrain_modules must hold the encoder (!ref <encoder>), the discriminator and the objective; "
+            f"{'it lacks ' + str(sorted(missing)) if missing else 'its encoder is not <encoder>'}"
+        )
     checkpointer = make_checkpointer(
         layout.stage_folder(hparams["save_folder"], layout.PRETRAIN), {**modules, "counter": counter}
     )
@@ -272,7 +277,7 @@ def pretrain(hparams, run_opts, train_set, valid_set):
         )
     loader_kwargs = {"batch_size": batch_size, "num_workers": hparams["num_workers"],
                      "generator": loader_generator(hparams["seed"])}
-    logger.info(f"Stage pretrain: LIM ({hparams['objective'].name}) for {counter.limit} epoch(s)")
+    logger.info(f"Stage pretrain: LIM ({modules['objective'].name}) for {counter.limit} epoch(s)")
     brain.fit(
         counter,
         train_set,
@@ -304,11 +309,36 @@ def epoch_sampler(dataset, items_per_epoch, seed):
     return ReproducibleRandomSampler(dataset, seed=seed, num_samples=items_per_epoch or len(dataset))
 
 
-def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, valid_set, test_set, freeze_encoder):
+def declared(hparams, key):
+    """``hparams[key]``, or a KeyError that says how the recipes' yamls declare it.
+
+    Epoch counters and the LIM modules are declared in the yaml, as in
+    SpeechBrain recipes; a yaml copied from an older version may lack them.
+    """
+    if key in hparams:
+        return hparams[key]
+    example = {
+        "pretrain_modules": "pretrain_modules:\n    encoder: !ref <encoder>\n"
+                            "    discriminator: !ref <discriminator>\n    objective: !ref <objective>",
+    }.get(key, f"{key}: !new:speechbrain.utils.epoch_loop.EpochCounter\n    limit: !ref <"
+               f"{'pretrain' if key.startswith('pretrain') else 'finetune'}_epochs>")
+    raise MissingSetting(f"the yaml has no {key!r}; add it as the recipes' yamls declare it:\n{example}")
+
+
+class MissingSetting(KeyError):
+    """A KeyError whose message prints as written (a yaml snippet over several lines)."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, valid_set, test_set, freeze_encoder,
+                     counter):
     """Trains and tests a speaker classifier on ``encoder``'s chunk embeddings.
 
     Uses ``classifier`` (a partial taking ``input_size`` and
-    ``num_speakers``), ``finetune_optimizer``, ``finetune_epochs``,
+    ``num_speakers``: the number of speakers comes from the data, so the
+    classifier is made here), ``finetune_optimizer``,
     ``finetune_chunks_per_epoch`` (default: one chunk per sentence),
     ``finetune_batch_size``, ``eval_batch_size``, ``num_workers``.
 
@@ -316,6 +346,8 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
     ---------
     name : str
         Stage name: its checkpoint folder and its rows in the train log.
+    counter : speechbrain.utils.epoch_loop.EpochCounter
+        The stage's epoch loop (the yaml's ``finetune_epoch_counter``).
     freeze_encoder : bool
         True: probe a fixed encoder; False: fine-tune it with the classifier.
     test_set : dataset or None
@@ -328,7 +360,6 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
         without a test set.
     """
     classifier = hparams["classifier"](input_size=encoder.embedding_size, num_speakers=num_speakers)
-    counter = EpochCounter(hparams["finetune_epochs"])
     modules = {"encoder": encoder, "classifier": classifier}
     checkpointer = make_checkpointer(os.path.join(hparams["save_folder"], name), {**modules, "counter": counter})
     brain = SpeakerIdBrain(

@@ -73,6 +73,7 @@ def test_pretraining_batches_never_hold_a_single_sentence(tmp_path):
     """A validation set of B*k + 1 sentences must not leave a 1-sentence batch."""
     import numpy as np
     import soundfile as sf
+    from speechbrain.utils.epoch_loop import EpochCounter
     from speechbrain.utils.train_logger import FileTrainLogger
 
     from sincmi import stages
@@ -86,11 +87,13 @@ def test_pretraining_batches_never_hold_a_single_sentence(tmp_path):
         sf.write(path, np.random.default_rng(i).standard_normal(2000).astype("float32"), 16000)
         rows[f"s{i}"] = {"wav": str(path), "start": 0, "stop": 2000, "gain": 1.0, "spk_id": "a"}
 
+    encoder = SincNetEncoder(chunk_size=800, sinc_filters=4, sinc_kernel=33, conv_channels=[4], conv_kernels=[5],
+                             fc_sizes=[8])
     hparams = {
-        "encoder": SincNetEncoder(chunk_size=800, sinc_filters=4, sinc_kernel=33, conv_channels=[4],
-                                  conv_kernels=[5], fc_sizes=[8]),
-        "discriminator": CosineDiscriminator(),
-        "objective": LIMObjective("nce"),
+        "encoder": encoder,
+        "pretrain_modules": {"encoder": encoder, "discriminator": CosineDiscriminator(),
+                             "objective": LIMObjective("nce")},
+        "pretrain_epoch_counter": EpochCounter(1),
         "pretrain_epochs": 1,
         "pretrain_batch_size": 2,  # 5 valid sentences -> 2, 2, 1
         "pretrain_optimizer": lambda params: torch.optim.Adam(params),

@@ -35,10 +35,13 @@ def main(argv):
     id_stats = stages.identify(hparams, run_opts, layout.SPEAKER_ID, encoder, manifests, labels, timings, audio=audio)
     systems, stats = {hparams["system_name"]: encoder}, {hparams["system_name"]: id_stats}
     if hparams["score_baselines"]:  # the baselines get the same speaker-id probe
-        for name, stage, model in (("random weights", "speaker_id_random", hparams["random_encoder"]),
-                                   ("MFCC statistics", "speaker_id_mfcc", hparams["mfcc_baseline"])):
-            systems[name], stats[name] = model, stages.identify(hparams, run_opts, stage, model, manifests,
-                                                                labels, timings, freeze_encoder=True, audio=audio)
+        for name, stage, model, counter in (
+            ("random weights", "speaker_id_random", hparams["random_encoder"], "random_probe_epoch_counter"),
+            ("MFCC statistics", "speaker_id_mfcc", hparams["mfcc_baseline"], "mfcc_probe_epoch_counter"),
+        ):
+            systems[name] = model
+            stats[name] = stages.identify(hparams, run_opts, stage, model, manifests, labels, timings,
+                                          freeze_encoder=True, audio=audio, epoch_counter=counter)
 
     # 4. Verification on unseen speakers, every system with the same back ends,
     #    fitted on the training speakers' utterances without their labels
