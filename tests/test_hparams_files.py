@@ -118,3 +118,19 @@ def test_a_yaml_without_the_counter_is_told_how_to_declare_it():
         declared({}, "finetune_epoch_counter")
     with pytest.raises(KeyError, match=r"pretrain_modules.*\n.*encoder: !ref <encoder>"):
         declared({}, "pretrain_modules")
+
+
+def test_pretraining_refuses_modules_that_are_not_the_yamls_encoder():
+    """LIM must train the encoder that the later stages probe, not a second copy."""
+    import torch
+
+    from sincmi.stages import pretrain
+
+    encoder, other = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    hparams = {"encoder": encoder, "pretrain_epochs": 1, "pretrain_epoch_counter": EpochCounter(1),
+               "pretrain_modules": {"encoder": other, "discriminator": None, "objective": None}}
+    with pytest.raises(ValueError, match="its encoder is not <encoder>"):
+        pretrain(hparams, {"device": "cpu"}, None, None)
+    hparams["pretrain_modules"] = {"encoder": encoder}
+    with pytest.raises(ValueError, match=r"it lacks \['discriminator', 'objective'\]"):
+        pretrain(hparams, {"device": "cpu"}, None, None)
