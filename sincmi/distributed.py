@@ -4,7 +4,6 @@ Evaluation is split between the processes and summed (or gathered), so that a
 DDP run reports the figures of a single process.
 """
 
-import atexit
 import logging
 import os
 import sys
@@ -53,40 +52,69 @@ def embed_all_processes(encoder, dataset, device, batch_size, shift):
     return embeddings
 
 
-def leave_process_group_at_exit():
-    """Makes the processes of a DDP run leave their group together at exit, without crashing.
+def in_process_group():
+    """True under ``torchrun`` once the process group is open."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
-    Gloo's worker threads drop the tensors of a collective some time after the
-    caller sees it finish. If this process is already shutting Python down by
-    then, dropping a tensor that Python created needs the GIL and aborts the
-    process ("terminate called without an active exception", SIGABRT) after a
-    successful run (pytorch/pytorch#190489). Neither destroying the group nor
-    waiting for the other processes at a barrier closes that window (measured
-    with torch 2.14: 1 abort in 40 runs with both), so a process that ends
-    normally waits for the others at a barrier (a non-main process would
-    otherwise leave while the main one still writes the report), destroys the
-    group, flushes its logs and output, and ends at once with status 0
-    (``os._exit``): the interpreter's own shutdown, where the abort happens,
-    never runs. After an uncaught exception there is neither barrier (the
-    others may never arrive) nor early end: the process fails as usual.
+
+def run_recipe(main, argv):
+    """Runs a recipe's ``main(argv)`` and ends the process with the status it earned.
+
+    In a single process this is plain Python: an exception ends the process
+    with status 1 and its traceback, ``sys.exit(n)`` with ``n``.
+
+    Under ``torchrun`` (the process group open once ``main`` has joined it):
+
+    * success: the process waits for the others at a barrier (the main one
+      may still write its report), leaves the group and ends at once with
+      status 0, skipping the interpreter's shutdown (see below);
+    * failure on this rank (an exception, or ``sys.exit`` with a non-zero
+      status): the traceback goes through ``sys.excepthook`` (SpeechBrain's
+      logs it to ``log.txt`` on the main process), and the process ends at
+      once with a non-zero status, without waiting for the others; torchrun
+      then stops the other ranks and itself exits non-zero.
+
+    Why not the interpreter's shutdown after a success: gloo's worker threads
+    drop the tensors of a collective some time after the caller sees it
+    finish; if Python is already shutting down by then, dropping a tensor that
+    Python created needs the GIL and aborts the process ("terminate called
+    without an active exception", SIGABRT) after a successful run
+    (pytorch/pytorch#190489). Neither destroying the group nor a barrier
+    closes that window (torch 2.14: 1 abort in 40 runs with both).
     """
-    failed = []
-    previous_hook = sys.excepthook
+    try:
+        main(argv)
+    except SystemExit as request:
+        if request.code in (None, 0):
+            leave_process_group()
+            raise
+        if not in_process_group():
+            raise
+        status = request.code if isinstance(request.code, int) else 1
+        if not isinstance(request.code, int):
+            print(request.code, file=sys.stderr)
+        end_process(status)
+    except BaseException:
+        if not in_process_group():
+            raise
+        sys.excepthook(*sys.exc_info())
+        end_process(1)
+    leave_process_group()
 
-    def note_failure(*exc_info):
-        failed.append(True)
-        previous_hook(*exc_info)
 
-    def leave():
-        if not torch.distributed.is_initialized() or failed:
-            return
-        sb.utils.distributed.ddp_barrier()
-        torch.distributed.destroy_process_group()
-        logger.info("Left the process group; ending this process without interpreter shutdown")
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        os._exit(0)
+def leave_process_group():
+    """After a success under DDP: barrier, leave the group, end with status 0 (see :func:`run_recipe`)."""
+    if not in_process_group():
+        return
+    sb.utils.distributed.ddp_barrier()
+    torch.distributed.destroy_process_group()
+    logger.info("Left the process group; ending this process without interpreter shutdown")
+    end_process(0)
 
-    sys.excepthook = note_failure
-    atexit.register(leave)
+
+def end_process(status):
+    """Flushes the logs and the output, then ends the process at once with ``status``."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)

@@ -32,6 +32,15 @@ from sincmi.plots import det_curve, embedding_map, training_curves
 logger = logging.getLogger(__name__)
 
 
+def run(main, argv):
+    """Runs a recipe's ``main(argv)``: a failure on any process fails the run, under every launcher.
+
+    Recipes end with ``stages.run(main, sys.argv[1:])``; see
+    :func:`sincmi.distributed.run_recipe` for what it does under ``torchrun``.
+    """
+    distributed.run_recipe(main, argv)
+
+
 def start_experiment(argv):
     """Parses the command line, loads the yaml, creates the output folder.
 
@@ -42,8 +51,6 @@ def start_experiment(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     # Under torchrun: join the process group (a no-op in a single process).
     sb.utils.distributed.ddp_init_group(run_opts)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        distributed.leave_process_group_at_exit()
     with open(hparams_file) as f:
         hparams = load_hyperpyyaml(f, overrides)
     check_hparams(hparams)

@@ -72,34 +72,40 @@ def test_two_process_ddp_training_equals_single_process_evaluation(tmp_path):
 EXIT_SCRIPT = """
 import atexit, logging, os, sys, time
 import torch, torch.distributed as dist
-from sincmi.distributed import leave_process_group_at_exit
+from sincmi.distributed import run_recipe
 
-dist.init_process_group("gloo")
-rank = dist.get_rank()
-logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="rank %d %%(message)s at %%(created).3f" % rank)
-# atexit runs handlers last-in first-out: this one would run after sincmi's, in
-# the interpreter's shutdown, which a process that ended normally must skip.
-atexit.register(lambda: print("rank %d finalised at %.3f" % (rank, time.time()), flush=True))
-leave_process_group_at_exit()
-model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
-model(torch.randn(2, 4)).sum().backward()
-if os.environ.get("FAIL_RANK") == str(rank):  # while the other one gathers
-    raise RuntimeError("rank %d fails" % rank)
-parts = [None, None]
-dist.all_gather_object(parts, {"rank": rank})
-if rank == 0:
-    time.sleep(1.0)  # the main process still writes its report
-print("rank %d done at %.3f" % (rank, time.time()))  # not flushed: leaving must flush it
+
+def main(argv):
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="rank %d %%(message)s at %%(created).3f" % rank)
+    # atexit runs at the interpreter's shutdown, which a process that ended normally must skip.
+    atexit.register(lambda: print("rank %d finalised at %.3f" % (rank, time.time()), flush=True))
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
+    model(torch.randn(2, 4)).sum().backward()
+    if os.environ.get("FAIL_RANK") == str(rank):  # while the other one gathers
+        if os.environ.get("FAILURE") == "exit":
+            sys.exit(3)
+        raise RuntimeError("rank %d fails" % rank)
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, {"rank": rank})
+    if rank == 0:
+        time.sleep(1.0)  # the main process still writes its report
+    print("rank %d done at %.3f" % (rank, time.time()))  # not flushed: leaving must flush it
+
+
+run_recipe(main, sys.argv[1:])
 """
 
 
-def run_exit_script(tmp_path, fail_rank=""):
+def run_exit_script(tmp_path, fail_rank="", failure="exception", processes=2):
     script = tmp_path / "exit_script.py"
     script.write_text(EXIT_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           str(script)]
     # A process waiting for others that never arrive would hang (gloo's timeout is 30 min).
     return subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, FAIL_RANK=str(fail_rank)))
+                          env=dict(os.environ, FAIL_RANK=str(fail_rank), FAILURE=failure))
 
 
 def event_times(output, event):
@@ -123,9 +129,31 @@ def test_processes_leave_the_group_together_and_skip_the_interpreter_shutdown(tm
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
-@pytest.mark.parametrize("fail_rank", [0, 1])
-def test_a_failing_process_ends_the_run_without_waiting_for_the_others(tmp_path, fail_rank):
-    proc = run_exit_script(tmp_path, fail_rank)  # no wait for a barrier the others never reach
-    assert proc.returncode != 0
-    assert f"rank {fail_rank} fails" in proc.stdout + proc.stderr
+@pytest.mark.parametrize("processes, fail_rank, failure", [
+    (1, 0, "exception"), (1, 0, "exit"), (2, 0, "exception"), (2, 1, "exception"), (2, 0, "exit"), (2, 1, "exit"),
+])
+def test_a_failing_process_fails_the_run_and_the_others_stop(tmp_path, processes, fail_rank, failure):
+    # The failing rank does not wait for a barrier the others never reach; torchrun
+    # stops the others (within the test's timeout, far below gloo's 30 minutes).
+    proc = run_exit_script(tmp_path, fail_rank, failure, processes)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    if failure == "exception":
+        assert f"rank {fail_rank} fails" in output
     assert fail_rank not in event_times(proc.stdout, "done at")
+    assert fail_rank not in event_times(proc.stdout, "Left the process group")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_failing_recipe_under_torchrun_exits_non_zero(tmp_path, processes):
+    # A data folder holding no audio: the preparation fails on the main process.
+    empty = tmp_path / "no_audio"
+    (empty / "spk0").mkdir(parents=True)
+    (empty / "spk0" / "notes.txt").write_text("not audio")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           *demo_args(empty, tmp_path / "out"), "--distributed_backend=gloo"]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert "ValueError" in output

@@ -53,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    stages.run(main, sys.argv[1:])
