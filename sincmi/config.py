@@ -14,7 +14,7 @@ from sincmi.objectives import OBJECTIVES
 
 POSITIVE_INTS = [
     "chunk_size", "pretrain_batch_size", "finetune_batch_size", "eval_batch_size", "eval_shift",
-    "sample_rate", "embedding_size",
+    "sample_rate", "embedding_size", "valid_pairs_per_sentence",
 ]
 NON_NEGATIVE_INTS = [
     "pretrain_epochs", "finetune_epochs", "pairs_per_epoch", "finetune_chunks_per_epoch", "num_workers",

@@ -3,6 +3,7 @@
 Three views of a manifest (``ID,duration,wav,start,stop,spk_id``):
 
 * :func:`pair_dataset`: two random chunks of each sentence (LIM pretraining);
+* :func:`fixed_pair_dataset`: pairs drawn once, the same every epoch (LIM validation);
 * :func:`chunk_dataset`: one random labelled chunk per sentence (speaker id);
 * :func:`sentence_dataset`: whole sentences (evaluation; chunked in the Brain).
 
@@ -88,13 +89,14 @@ def file_frames(chunk_size, rates=None):
     return chunk_size
 
 
-def pair_offsets(span, frames, min_distance=0):
+def pair_offsets(span, frames, min_distance=0, generator=None):
     """Random offsets of two chunks of ``frames`` samples in a segment of ``span``.
 
     The two offsets are at least ``min_distance`` apart when the segment
     allows it (0: independent uniform draws, the paper's sampling); in a
     segment too short for that, they are as far apart as it allows. Both are
-    uniform over the offsets that satisfy the distance.
+    uniform over the offsets that satisfy the distance. ``generator``: the
+    ``torch.Generator`` to draw from (default: the global one).
 
     Example
     -------
@@ -105,16 +107,16 @@ def pair_offsets(span, frames, min_distance=0):
     [0, 800]
     """
     last = max(span - frames, 0)
-    first = int(torch.randint(0, last + 1, (1,)))
+    first = int(torch.randint(0, last + 1, (1,), generator=generator))
     distance = min(min_distance, last)
     if distance <= 0:
-        return first, int(torch.randint(0, last + 1, (1,)))
+        return first, int(torch.randint(0, last + 1, (1,), generator=generator))
     # Offsets at least `distance` from `first`: [0, first - distance] and [first + distance, last].
     below = max(first - distance + 1, 0)
     above = max(last - (first + distance) + 1, 0)
     if below + above == 0:  # `first` is near the middle of a short segment: use the ends
         return (0, last) if first - 0 < last - first else (last, 0)
-    pick = int(torch.randint(0, below + above, (1,)))
+    pick = int(torch.randint(0, below + above, (1,), generator=generator))
     return first, pick if pick < below else first + distance + (pick - below)
 
 
@@ -193,6 +195,55 @@ def pair_dataset(data, chunk_size, gain_range=None, rates=None, audio=None, samp
     return dataset
 
 
+def fixed_pair_dataset(data, chunk_size, seed, pairs_per_sentence=1, rates=None, audio=None, sample_rate=16000,
+                       min_pair_distance=0):
+    """LIM's validation pairs: ``pairs_per_sentence`` pairs of each sentence, drawn once from ``seed``.
+
+    The same pairs, in the same batches, every epoch, so that the validation
+    loss that chooses the best checkpoint changes only with the model, not
+    with a redraw of the pairs. Items are in an order shuffled once (each
+    batch mixes speakers); the pairs of one sentence share its ``sentence``
+    key, so they are never negatives of each other. Other arguments and the
+    output keys: see :func:`pair_dataset`.
+
+    Example
+    -------
+    >>> rows = {"a": {"wav": "a.wav", "start": 0, "stop": 8000}, "b": {"wav": "b.wav", "start": 0, "stop": 8000}}
+    >>> pairs = fixed_pair_dataset(rows, 3200, seed=1, pairs_per_sentence=2)
+    >>> sorted(pairs.data_ids)
+    ['a/pair0', 'a/pair1', 'b/pair0', 'b/pair1']
+    >>> offsets = [(pairs.data[i]["first"], pairs.data[i]["second"]) for i in pairs.data_ids]
+    >>> offsets == [(fixed_pair_dataset(rows, 3200, seed=1, pairs_per_sentence=2).data[i]["first"],
+    ...              fixed_pair_dataset(rows, 3200, seed=1, pairs_per_sentence=2).data[i]["second"])
+    ...             for i in pairs.data_ids]
+    True
+    """
+    if pairs_per_sentence < 1:
+        raise ValueError(f"valid_pairs_per_sentence must be >= 1, got {pairs_per_sentence}")
+    generator = torch.Generator().manual_seed(seed)
+    rows = {}
+    for key, row in sorted(_with_defaults(data).items()):
+        rs = _row_rates(row["rate"], rates, sample_rate)
+        distance = file_frames(min_pair_distance, rs) if min_pair_distance else 0
+        for i in range(pairs_per_sentence):
+            first, second = pair_offsets(row["stop"] - row["start"], file_frames(chunk_size, rs), distance, generator)
+            rows[f"{key}/pair{i}"] = {**row, "sentence": row.get("sentence") or key, "first": first, "second": second}
+    order = torch.randperm(len(rows), generator=generator).tolist()
+    keys = list(rows)
+    dataset = DynamicItemDataset({keys[i]: rows[keys[i]] for i in order})
+
+    @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain", "rate", "first", "second")
+    @sb.utils.data_pipeline.provides("anchor", "positive")
+    def fixed_pair_pipeline(wav, start, stop, gain, rate, first, second):
+        rs = _row_rates(rate, rates, sample_rate)
+        yield random_chunk(wav, start, stop, chunk_size, None, gain, rs, audio, offset=first)
+        yield random_chunk(wav, start, stop, chunk_size, None, gain, rs, audio, offset=second)
+
+    dataset.add_dynamic_item(fixed_pair_pipeline)
+    dataset.set_output_keys(["id", "sentence", "anchor", "positive"])
+    return dataset
+
+
 def chunk_dataset(data, chunk_size, label_encoder, gain_range=None, rates=None, audio=None, sample_rate=16000):
     """Dataset of one random labelled chunk per sentence (other arguments: see :func:`pair_dataset`).
 
@@ -238,7 +289,9 @@ class RecipeDatasets:
     datasets only through this: ``chunk_size``, ``sample_rate``,
     ``file_sample_rate`` (optional: the files' rate, resampled when it
     differs), ``random_gain`` (optional: training chunks only),
-    ``min_pair_distance`` (optional) and the in-memory ``audio`` cache.
+    ``min_pair_distance`` (optional), ``seed`` and ``valid_pairs_per_sentence``
+    (optional, default 1: LIM's fixed validation pairs) and the in-memory
+    ``audio`` cache.
 
     Example
     -------
@@ -256,11 +309,17 @@ class RecipeDatasets:
         self.rates = None if rates[0] == rates[1] else rates
         self.file_frames = file_frames(self.chunk_size, self.rates)
         self.audio = audio
+        self.seed = hparams.get("seed", 1234)
+        self.valid_pairs_per_sentence = hparams.get("valid_pairs_per_sentence") or 1
 
     def pairs(self, rows, train=True):
-        """LIM's chunk pairs (:func:`pair_dataset`); random gain in training only."""
-        return pair_dataset(rows, self.chunk_size, self.gain if train else None, self.rates, self.audio,
-                            self.sample_rate, self.min_pair_distance)
+        """LIM's chunk pairs: random ones with the random gain (:func:`pair_dataset`) in training,
+        the fixed validation pairs (:func:`fixed_pair_dataset`) otherwise."""
+        if train:
+            return pair_dataset(rows, self.chunk_size, self.gain, self.rates, self.audio, self.sample_rate,
+                                self.min_pair_distance)
+        return fixed_pair_dataset(rows, self.chunk_size, self.seed, self.valid_pairs_per_sentence, self.rates,
+                                  self.audio, self.sample_rate, self.min_pair_distance)
 
     def chunks(self, rows, label_encoder):
         """Random labelled training chunks (:func:`chunk_dataset`), with the random gain."""

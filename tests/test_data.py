@@ -170,3 +170,28 @@ def test_recipes_build_datasets_only_from_their_hparams():
             source = f.read()
         for builder in ("pair_dataset(", "chunk_dataset(", "sentence_dataset("):
             assert builder not in source, f"recipes/{name}/train.py builds a dataset by hand ({builder})"
+
+
+def test_validation_pairs_are_drawn_once_from_the_seed(manifests):
+    root, save = manifests
+    rows = data.load_manifest(os.path.join(save, "train.csv"), root)
+    sets = data.RecipeDatasets({"chunk_size": 800, "sample_rate": 16000, "seed": 7, "valid_pairs_per_sentence": 3})
+
+    def drawn(dataset):
+        return [(item["id"], item["sentence"], sentence_of(item["anchor"]), sentence_of(item["positive"]))
+                for item in dataset]
+
+    first = drawn(sets.pairs(rows, train=False))
+    torch.manual_seed(123)  # the global generator (the training pairs') plays no part
+    again = drawn(sets.pairs(rows, train=False))
+    assert first == again  # every epoch (and every run with this seed) sees the same pairs
+    assert len(first) == 3 * len(rows)
+    for item_id, sentence, anchor, positive in first:
+        assert item_id.startswith(sentence + "/pair")  # the pairs of a sentence share its key
+        assert anchor[0] == positive[0]  # both chunks from that sentence's file
+    other_seed = data.RecipeDatasets({"chunk_size": 800, "sample_rate": 16000, "seed": 8,
+                                      "valid_pairs_per_sentence": 3}).pairs(rows, train=False)
+    assert drawn(other_seed) != first
+    # Training pairs are redrawn every time
+    train = sets.pairs(rows)
+    assert [sentence_of(train[0]["anchor"]) for _ in range(5)] != [sentence_of(train[0]["anchor"])] * 5
