@@ -2,10 +2,13 @@
 
     python -m sincmi verify MODEL A.wav B.wav [--threshold far=0.01]
     python -m sincmi embed MODEL DIR OUT [--window 1.5 --hop 0.75]
-    python -m sincmi export EXPERIMENT MODEL [--threshold eer]
+    python -m sincmi export EXPERIMENT MODEL [--backend whiten] [--threshold eer]
     python -m sincmi threshold MODEL PAIRS.txt [--set far=0.01]
 
-MODEL is a folder written by ``export`` (from a recipe run's output folder).
+MODEL is a folder written by ``export`` (from a recipe run's output folder): the
+encoder with the run's back end (and score normalisation), which ``verify``,
+``embed`` and ``threshold`` apply. ``embed`` writes the one embeddings format
+that ``tools/score_trials.py`` reads.
 ``threshold`` scores known pairs of your own recordings (``label a.wav b.wav``
 per line, label 1 for the same speaker, 0 for different ones; relative paths
 are taken from the pairs file's folder) and shows the error rates of each
@@ -31,10 +34,10 @@ def verify(argv):
     parser.add_argument("--threshold", help=f"default: the model's; or {SPEC_HELP}")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    model = load_model(args.model, args.device)
-    for path in (args.a, args.b):
+    for path in (args.a, args.b):  # before the (slower) model load
         if not os.path.isfile(path):
             sys.exit(f"error: {path} does not exist")
+    model = load_model(args.model, args.device)
     try:
         result = model.verify_files(args.a, args.b, args.threshold)
     except ValueError as error:
@@ -108,9 +111,13 @@ def load_model(folder, device="cpu"):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:
+    if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)} "
+              "(python -m sincmi --help)", file=sys.stderr)
+        return 2
     command, rest = argv[0], argv[1:]
     if command == "verify":
         verify(rest)

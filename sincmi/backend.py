@@ -16,6 +16,9 @@ and baselines alike, and name the back end on each result row.
   barely spans (fewer utterances than dimensions) are not blown up.
 """
 
+import os
+
+import numpy as np
 import torch
 
 BACKENDS = ("none", "center", "standardize", "whiten")
@@ -61,6 +64,47 @@ class Backend:
         if self.whitening is not None:
             out = out @ self.whitening
         return out.to(embeddings.dtype)
+
+    def save(self, path):
+        """Writes the fitted statistics to ``path`` (``.npz``: NumPy alone reads it, see ``tools/onnx_embed.py``).
+
+        Arrays: ``name``; ``mean`` (``center``, ``standardize``, ``whiten``),
+        ``std`` (``standardize``), ``whitening`` (``whiten``, ``(D, D)``), all
+        float64: the transform is ``((x - mean) / std) @ whitening``.
+        """
+        arrays = {"name": np.array(self.name)}
+        for key in ("mean", "std", "whitening"):
+            value = getattr(self, key)
+            if value is not None:
+                arrays[key] = value.numpy()
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path):
+        """The back end saved by :meth:`save`.
+
+        Example
+        -------
+        >>> import tempfile
+        >>> train = torch.randn(20, 3)
+        >>> fitted = Backend("whiten", train)
+        >>> path = os.path.join(tempfile.mkdtemp(), "backend.npz")
+        >>> fitted.save(path)
+        >>> x = torch.randn(4, 3)
+        >>> torch.equal(Backend.load(path)(x), fitted(x))
+        True
+        """
+        with np.load(path) as arrays:
+            backend = cls("none")
+            backend.name = str(arrays["name"])
+            if backend.name not in BACKENDS:
+                raise ValueError(f"{path}: unknown back end {backend.name!r}")
+            for key in ("mean", "std", "whitening"):
+                if key in arrays:
+                    setattr(backend, key, torch.from_numpy(arrays[key]))
+        return backend
 
     def apply(self, embeddings):
         """Applies the back end to a ``{utterance id: embedding}`` dict."""

@@ -7,10 +7,14 @@ mistyped override fails in a second instead of hours into a run.
 import os
 
 from sincmi import layout
+from sincmi.backend import BACKENDS
 from sincmi.discriminator import CRITICS
 from sincmi.encoder import IMPLEMENTATIONS
 from sincmi.scoring import SCORE_NORMS
 from sincmi.objectives import OBJECTIVES
+
+# The choices of pretrain_data (sincmi.stages.pretraining_rows)
+PRETRAIN_DATA = ("train", "all")
 
 POSITIVE_INTS = [
     "chunk_size", "pretrain_batch_size", "finetune_batch_size", "eval_batch_size", "eval_shift",
@@ -52,10 +56,19 @@ def check_hparams(hparams):
         "score_norm": list(SCORE_NORMS),
         "norm_over": ["time", "channel_time"],
         "encoder_implementation": list(IMPLEMENTATIONS),
+        "pretrain_data": list(PRETRAIN_DATA),
     }
     for key, valid in choices.items():
         if key in hparams and hparams[key] not in valid:
             raise ValueError(f"{key}={hparams[key]!r} is invalid: choose one of {valid}")
+    backends = hparams.get("verification_backends")
+    if backends is not None:
+        unknown = [b for b in backends if b not in BACKENDS] if isinstance(backends, (list, tuple)) else [backends]
+        if unknown or not backends:
+            raise ValueError(f"verification_backends={backends!r} is invalid: a list of back ends from {list(BACKENDS)}")
+    saved = hparams.get("save_scores")
+    if saved is not None and not (isinstance(saved, (list, tuple)) and all(isinstance(n, str) for n in saved)):
+        raise ValueError(f"save_scores={saved!r} is invalid: a list of system names, e.g. [LIM (nce), MFCC statistics]")
     num_negatives = hparams.get("num_negatives")
     if num_negatives is not None and (not isinstance(num_negatives, int) or num_negatives < 1):
         raise ValueError(f"num_negatives={num_negatives!r} is invalid: an integer >= 1, or null for all")

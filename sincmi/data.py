@@ -22,7 +22,8 @@ import torchaudio.functional as AF
 from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
-from tqdm import tqdm
+
+from sincmi.progress import progress_bar
 
 
 def read_segment(path, start, frames, audio=None):
@@ -47,7 +48,7 @@ def preload_audio(data, progress=True):
     """
     paths = sorted({row["wav"] for row in data.values()})
     audio = {}
-    for path in tqdm(paths, desc="Loading audio into memory", disable=not progress):
+    for path in progress_bar(paths, desc="Loading audio into memory", enabled=progress):
         info = sf.info(path)
         audio[path] = read_segment(path, 0, info.frames).share_memory_()
     return audio

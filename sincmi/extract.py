@@ -4,7 +4,10 @@ Writes ``OUT.npy`` (one row per utterance) and ``OUT.csv`` (row, id, path,
 speaker = the first folder below the source folder, as in ``DIR/<speaker>/**/*.wav``,
 or the manifest's ``spk_id``), or with
 ``--format pt`` one ``OUT.pt`` dict (``ids``, ``paths``, ``speakers``,
-``embeddings``). Files that cannot be read are listed in ``OUT_skipped.csv``
+``embeddings``). This is the one embeddings format: :func:`load_embeddings`
+reads either form, for ``tools/score_trials.py`` and your own scripts. The
+embeddings are the model's, after its back end (see ``python -m sincmi export
+--backend``). Files that cannot be read are listed in ``OUT_skipped.csv``
 (file, reason) and skipped.
 
 Utterances shorter than ``--max_batch_seconds`` are embedded in batches of
@@ -16,7 +19,7 @@ of ``OUT.csv``, lists ``starts``/``ends`` in ``OUT.pt``): speaker embeddings
 over time, for long recordings or diarisation.
 
 Usage:
-    python -m sincmi embed pretrained/demo_lim results/Demo/corpus emb/demo
+    python -m sincmi embed pretrained/demo_lim results/Demo/corpus_1234 emb/demo
     python -m sincmi embed pretrained/demo_lim meeting_recordings/ emb/meetings --window 1.5 --hop 0.75
     python -m sincmi embed pretrained/demo_lim save/test.csv emb/test --data_root /data/TIMIT
 """
@@ -28,11 +31,11 @@ import os
 import numpy as np
 import torch
 from speechbrain.dataio.batch import PaddedBatch
-from tqdm import tqdm
 
 from sincmi.data import read_segment, resampled
 from sincmi.inference import SpeakerEncoder
 from sincmi.prepare.manifest import inspect_audio
+from sincmi.progress import progress_bar
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".sph")
 
@@ -58,6 +61,62 @@ def list_utterances(source, data_root=None):
                 items.append((row["ID"], path, int(row.get("start") or 0), stop, row.get("spk_id", "")))
         return items
     raise FileNotFoundError(f"{source} is neither a folder nor a manifest .csv file")
+
+
+def load_embeddings(path):
+    """``{utterance id: embedding}`` from what ``python -m sincmi embed`` wrote (``OUT.pt``, or ``OUT.npy``
+    with ``OUT.csv`` beside it). Per-window embeddings (``--window``) are refused: they are not utterances.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> out = os.path.join(tempfile.mkdtemp(), "emb")
+    >>> save_embeddings(out, "npy", ["a", "b"], ["a.wav", "b.wav"], ["s1", "s2"], torch.eye(2))
+    >>> sorted(load_embeddings(out + ".npy"))
+    ['a', 'b']
+    """
+    if path.endswith(".pt"):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"{path}: cannot read embeddings ({type(error).__name__}: {error})") from error
+        if not isinstance(saved, dict) or not {"ids", "embeddings"} <= set(saved):
+            raise ValueError(f"{path} is not an embeddings file of python -m sincmi embed (a dict with 'ids' "
+                             "and 'embeddings'): write one with python -m sincmi embed MODEL SOURCE OUT --format pt")
+        ids, matrix, windowed = saved["ids"], saved["embeddings"], "starts" in saved
+    elif path.endswith(".npy"):
+        table = path[: -len(".npy")] + ".csv"
+        if not os.path.isfile(table):
+            raise ValueError(f"{path} needs {table} beside it (the utterance ids), as python -m sincmi embed writes")
+        with open(table, newline="") as f:
+            rows = list(csv.DictReader(f))
+        ids, matrix, windowed = [row["id"] for row in rows], torch.from_numpy(np.load(path)), "start" in (rows or [{}])[0]
+    else:
+        raise ValueError(f"{path}: expected the .pt or .npy file written by python -m sincmi embed")
+    if windowed:
+        raise ValueError(f"{path} holds per-window embeddings (--window): embed whole utterances to score trials")
+    if len(ids) != len(matrix) or len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: {len(ids)} ids ({len(set(ids))} distinct) for {len(matrix)} embeddings")
+    return dict(zip(ids, matrix))
+
+
+def save_embeddings(out, fmt, ids, paths, speakers, matrix, starts=None, ends=None):
+    """Writes ``OUT.pt`` or ``OUT.npy`` + ``OUT.csv`` (see the module); ``starts``/``ends``: window times."""
+    windowed = starts is not None
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if fmt == "pt":
+        saved = {"ids": ids, "paths": paths, "speakers": speakers, "embeddings": matrix}
+        if windowed:
+            saved.update(starts=starts, ends=ends)
+        torch.save(saved, out + ".pt")
+        return
+    np.save(out + ".npy", matrix.numpy())
+    with open(out + ".csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", "id", "path", "speaker"] + (["start", "end"] if windowed else []))
+        columns = (ids, paths, speakers, starts, ends) if windowed else (ids, paths, speakers)
+        for row, values in enumerate(zip(*columns)):
+            writer.writerow([row, *values])
 
 
 def main(argv=None):
@@ -103,7 +162,7 @@ def main(argv=None):
                 ids.append(item[0]), paths.append(item[1]), speakers.append(item[4]), embeddings.append(vector)
             batch.clear()
 
-    for item, check in tqdm(items, desc="Embedding"):
+    for item, check in progress_bar(items, desc="Embedding"):
         utt_id, path, start, stop, speaker = item
         stop = check.frames if stop is None else stop
         if args.window is not None:
@@ -135,24 +194,12 @@ def main(argv=None):
             flush()
     flush()
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     matrix = torch.stack(embeddings) if embeddings else torch.zeros(0)
     windowed = args.window is not None
-    if args.format == "pt":
-        saved = {"ids": ids, "paths": paths, "speakers": speakers, "embeddings": matrix}
-        if windowed:
-            saved.update(starts=starts, ends=ends)
-        torch.save(saved, args.out + ".pt")
-        print(f"written {args.out}.pt ({len(ids)} embeddings)")
-    else:
-        np.save(args.out + ".npy", matrix.numpy())
-        with open(args.out + ".csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["row", "id", "path", "speaker"] + (["start", "end"] if windowed else []))
-            columns = (ids, paths, speakers, starts, ends) if windowed else (ids, paths, speakers)
-            for row, values in enumerate(zip(*columns)):
-                writer.writerow([row, *values])
-        print(f"written {args.out}.npy and {args.out}.csv ({len(ids)} embeddings)")
+    save_embeddings(args.out, args.format, ids, paths, speakers, matrix, starts if windowed else None,
+                    ends if windowed else None)
+    written = f"{args.out}.pt" if args.format == "pt" else f"{args.out}.npy and {args.out}.csv"
+    print(f"written {written} ({len(ids)} embeddings)")
     if skipped:
         with open(args.out + "_skipped.csv", "w", newline="") as f:
             writer = csv.writer(f)

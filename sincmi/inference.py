@@ -13,7 +13,11 @@ in SpeechBrain's ``Pretrained`` style::
 
 An utterance embedding is the mean of the L2-normalised embeddings of its
 chunks (``chunk_size`` samples every ``shift`` samples), exactly as the
-recipes' evaluation computes it (:func:`sincmi.encoder.utterance_embeddings`).
+recipes' evaluation computes it (:func:`sincmi.encoder.utterance_embeddings`),
+then the model's back end (``backend.npz``: e.g. whitening, fitted in the run);
+two embeddings are scored by cosine, then normalised against the model's
+cohort when it carries the run's score normalisation. A model scores as the
+run's table did for the exported back end.
 """
 
 import json
@@ -28,11 +32,13 @@ import torch.nn.functional as F
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.inference.interfaces import Pretrained
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from sincmi.backend import Backend
 from sincmi.data import resampled
 from sincmi.encoder import utterance_embeddings
+from sincmi.scoring import cohort_statistics, normalize_scores
 from sincmi.thresholds import OperatingPoint, operating_point
+from sincmi.progress import progress_bar
 
 Verification = namedtuple("Verification", "score same_speaker operating_point")
 Verification.__doc__ = """A verification: the cosine ``score``, ``same_speaker`` (``score >
@@ -164,6 +170,7 @@ class SpeakerEncoder(Pretrained):
 
     MODULES_NEEDED = ["encoder"]
     HPARAMS_NEEDED = ["sample_rate", "shift", "threshold"]
+    BACKEND_FILE, COHORT_FILE = "backend.npz", "cohort.npz"
 
     @classmethod
     def from_hparams(cls, source, hparams_file="hyperparams.yaml", savedir=None, **kwargs):
@@ -178,6 +185,38 @@ class SpeakerEncoder(Pretrained):
     @property
     def encoder(self):
         return self.mods.encoder
+
+    def _model_file(self, name):
+        folder = getattr(self.hparams, "savedir", None)
+        return os.path.join(str(folder), name) if folder else name
+
+    @property
+    def backend(self):
+        """The :class:`sincmi.backend.Backend` applied to utterance embeddings (``none``: raw)."""
+        if not hasattr(self, "_backend"):
+            name = getattr(self.hparams, "backend", None) or "none"
+            if name == "none":
+                self._backend = Backend("none")
+            else:
+                path = self._model_file(self.BACKEND_FILE)
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"the model's back end is {name!r} but {path} is missing: export it again")
+                self._backend = Backend.load(path)
+        return self._backend
+
+    @property
+    def cohort(self):
+        """``(M, D)`` cohort embeddings of the model's score normalisation, or None without one."""
+        if not hasattr(self, "_cohort"):
+            self._cohort = None
+            if getattr(self.hparams, "score_norm", None):
+                path = self._model_file(self.COHORT_FILE)
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"the model normalises scores ({self.hparams.score_norm}) but {path} "
+                                            "is missing: export it again")
+                with np.load(path) as arrays:
+                    self._cohort = torch.from_numpy(arrays["embeddings"])
+        return self._cohort
 
     @property
     def threshold(self):
@@ -223,6 +262,7 @@ class SpeakerEncoder(Pretrained):
         if wav_lens is not None:
             wav_lens = wav_lens.to(self.device)
         emb = utterance_embeddings(self.encoder, wavs, wav_lens, self.encoder.chunk_size, self.hparams.shift)
+        emb = self.backend(emb.cpu()).to(emb.device)
         return F.normalize(emb, dim=-1) if normalize else emb
 
     @torch.no_grad()
@@ -238,15 +278,25 @@ class SpeakerEncoder(Pretrained):
             hop = window / 2 if hop is None else hop
             times, emb = window_embeddings(self.encoder, path, self.hparams.sample_rate, self.hparams.shift,
                                            window, hop, gain)
+            emb = self.backend(emb.cpu())
             return WindowEmbeddings(times, F.normalize(emb, dim=-1) if normalize else emb)
         if hop is not None:
             raise ValueError("hop needs a window (seconds)")
         emb = file_embedding(self.encoder, path, self.hparams.sample_rate, self.hparams.shift, gain)
+        emb = self.backend(emb.cpu()[None])[0]
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def score(self, emb_a, emb_b):
-        """Cosine similarity of two embeddings (the recipes' verification score)."""
-        return float(F.cosine_similarity(emb_a.flatten(), emb_b.flatten(), dim=0))
+        """The verification score of two embeddings: their cosine, as the recipes score trials,
+        normalised against the model's cohort when it carries the run's score normalisation."""
+        pair = F.normalize(torch.stack([emb_a.flatten(), emb_b.flatten()]).float().cpu(), dim=1)
+        score = (pair[0] * pair[1]).sum()
+        if self.cohort is not None:
+            method = self.hparams.score_norm
+            top_k = getattr(self.hparams, "cohort_top_k", None) if method == "as-norm" else None
+            mean, std = cohort_statistics(pair, self.cohort, top_k)
+            score = normalize_scores(score[None], torch.tensor([0]), torch.tensor([1]), mean, std, method)[0]
+        return float(score)
 
     def verify_files(self, path_a, path_b, threshold=None):
         """:class:`Verification` of two files: score, decision, operating point.
@@ -289,7 +339,7 @@ def embed_dataset(encoder, dataset, device="cpu", batch_size=8, shift=None, prog
     encoder = encoder.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PaddedBatch, sampler=sampler)
     embeddings = {}
-    for batch in tqdm(loader, desc="Embedding utterances", disable=not progress):
+    for batch in progress_bar(loader, desc="Embedding utterances", enabled=progress):
         wavs, lens = batch.sig
         wavs, lens = wavs.to(device), lens.to(device)
         if hasattr(encoder, "embed_utterances"):

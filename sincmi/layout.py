@@ -1,11 +1,11 @@
 """Where a recipe run keeps its things: the one home of the stage, folder, file and key names.
 
-A run's ``output_folder`` holds ``results.json``, one ``scores_<system>.txt`` per
+A run's ``output_folder`` holds ``results.json``, one ``scores_<system>.txt.gz`` per
 verification system (and back end) and ``save/<stage>/CKPT+...`` checkpoints.
 The training stages, the export and the tools all find them through here.
 
 >>> scores_file("results/x", "LIM (nce)", "whiten")
-'results/x/scores_lim_nce_whiten.txt'
+'results/x/scores_lim_nce_whiten.txt.gz'
 >>> stage_folder("results/x/save", PRETRAIN)
 'results/x/save/pretrain'
 """
@@ -51,7 +51,22 @@ def file_slug(name):
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
+def backend_file(folder, system, backend):
+    """The fitted back end of ``system`` in a run's output folder (:meth:`sincmi.backend.Backend.save`).
+
+    >>> backend_file("results/x", "LIM (nce)", "whiten")
+    'results/x/save/backends/lim_nce_whiten.npz'
+    """
+    return os.path.join(folder, "save", "backends", f"{file_slug(system)}_{backend}.npz")
+
+
+def cohort_file(folder, system, backend="none"):
+    """The score-normalisation cohort of ``system`` (embeddings after ``backend``) in a run's output folder."""
+    suffix = "" if backend == "none" else f"_{backend}"
+    return os.path.join(folder, "save", "cohort", f"{file_slug(system)}{suffix}.npz")
+
+
 def scores_file(folder, system, backend="none"):
     """The scores file of ``system`` (with ``backend``) in a run's output folder."""
     suffix = "" if backend == "none" else f"_{backend}"
-    return os.path.join(folder, f"scores_{file_slug(system)}{suffix}.txt")
+    return os.path.join(folder, f"scores_{file_slug(system)}{suffix}.txt.gz")

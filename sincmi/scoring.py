@@ -6,6 +6,8 @@ of L2-normalised embeddings, optionally normalised against a cohort (z-, t-,
 s- or adaptive s-norm). The error rates of the scores are in :mod:`sincmi.metrics`.
 """
 
+import gzip
+
 import numpy as np
 import torch
 
@@ -16,10 +18,11 @@ def labelled_lines(path, form, label_field, comments=False):
     ``form`` names the fields (``"label enrol test"``); the one at
     ``label_field`` must be 0 or 1. Blank lines (and, with ``comments``,
     lines starting with ``#``) are skipped; any other line that does not fit
-    raises ``ValueError`` naming the file, the line and the form.
+    raises ``ValueError`` naming the file, the line and the form. A file
+    whose name ends in ``.gz`` is read through gzip.
     """
     width = len(form.split())
-    with open(path) as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, start=1):
             fields = line.split()
             if not fields or (comments and fields[0].startswith("#")):
@@ -27,6 +30,20 @@ def labelled_lines(path, form, label_field, comments=False):
             if len(fields) != width or fields[label_field] not in ("0", "1"):
                 raise ValueError(f"{path}:{number}: expected '{form}' with label 0 or 1, got {line.strip()!r}")
             yield number, fields
+
+
+def open_text(path, mode="r"):
+    """Opens a text file, through gzip when its name ends in ``.gz``."""
+    if str(path).endswith(".gz"):
+        return gzip.open(path, mode + "t", compresslevel=6) if "w" in mode else gzip.open(path, mode + "t")
+    return open(path, mode)
+
+
+def write_scores(path, trials, scores):
+    """Writes ``enrol test score label`` lines (gzip-compressed when ``path`` ends in ``.gz``)."""
+    with open_text(path, "w") as f:
+        for (label, enrol, test), score in zip(trials, scores):
+            f.write(f"{enrol} {test} {score:.6f} {label}\n")
 
 
 def read_scores(path):

@@ -10,8 +10,11 @@ import inspect
 import json
 import logging
 import os
+import shutil
+import sys
 import time
 
+import numpy as np
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
@@ -19,15 +22,16 @@ from speechbrain.dataio.sampler import ReproducibleRandomSampler
 from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from sincmi import data, distributed, layout
+from sincmi import data, distributed, layout, progress
 from sincmi.backend import BACKEND_LABELS, Backend
 from sincmi.brains import LIMBrain, SpeakerIdBrain
 from sincmi.checkpoints import make_checkpointer
-from sincmi.config import check_hparams
+from sincmi.config import PRETRAIN_DATA, check_hparams
 from sincmi.inference import embed_dataset
 from sincmi.metrics import verification_metrics
-from sincmi.scoring import read_trials, score_trials
+from sincmi.scoring import read_trials, score_trials, write_scores
 from sincmi.plots import det_curve, embedding_map, training_curves
+from sincmi.provenance import run_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ def start_experiment(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     # Under torchrun: join the process group (a no-op in a single process).
     sb.utils.distributed.ddp_init_group(run_opts)
+    progress.configure(run_opts)
     with open(hparams_file) as f:
         hparams = load_hyperpyyaml(f, overrides)
     check_hparams(hparams)
@@ -59,7 +64,34 @@ def start_experiment(argv):
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    quiet_third_party_loggers()
+    if if_main_process():
+        keep_recipe_script(hparams["output_folder"])
     return hparams, run_opts
+
+
+# Libraries whose DEBUG lines would fill log.txt (matplotlib's font search: half of it).
+QUIET_LOGGERS = ("matplotlib", "PIL", "numba", "onnxscript", "onnx_ir", "urllib3", "fsspec", "filelock")
+
+
+def quiet_third_party_loggers():
+    """Third-party libraries log warnings and errors only (SpeechBrain's log file takes DEBUG)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def keep_recipe_script(output_folder):
+    """Copies the recipe's ``train.py`` (the ``__main__`` script) into the output folder.
+
+    SpeechBrain copies the file that called ``create_experiment_directory``,
+    which is this module; the run's own script is what a reader needs.
+    """
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    if script and os.path.isfile(script):
+        shutil.copy(script, output_folder)
+    copied_stages = os.path.join(output_folder, os.path.basename(__file__))
+    if os.path.isfile(copied_stages) and os.path.basename(script or "") != os.path.basename(__file__):
+        os.remove(copied_stages)
 
 
 def preparer_settings(preparer, hparams, given=()):
@@ -183,9 +215,6 @@ def identify(hparams, run_opts, stage, encoder, manifests, labels, timings, free
     return stats
 
 
-PRETRAIN_DATA = ("train", "all")
-
-
 def pretraining_rows(hparams, manifests):
     """The sentences LIM pretrains on, without their labels (``pretrain_data``).
 
@@ -202,14 +231,16 @@ def pretraining_rows(hparams, manifests):
     return {**manifests["train"], **manifests["valid"], **manifests.get("test", {})}
 
 
-def report(hparams, systems, timings):
+def report(hparams, systems, timings, run_opts=None):
     """Writes ``results.json`` in the output folder and prints the table.
 
-    ``systems`` maps a system name to its metrics (fractions). Also plots the
-    train log (``training_curves.png``).
+    ``systems`` maps a system name to its metrics (fractions). ``results.json``
+    also holds the stages' times and the run's provenance
+    (:func:`sincmi.provenance.run_provenance`: commit, packages, device,
+    threads, seed, command). Also plots the train log (``training_curves.png``).
     """
     timings = {**timings, "total": sum(v for k, v in timings.items() if k != "total")}  # the stages' sum
-    results = {"systems": systems, "timings_s": timings}
+    results = {"systems": systems, "timings_s": timings, "provenance": run_provenance(hparams, run_opts)}
     if not if_main_process():  # under DDP every process has the same figures; one writes them
         return results
     table = write_results(os.path.join(hparams["output_folder"], layout.RESULTS_FILE), results)
@@ -418,6 +449,9 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
     cohort_rows : dict, optional
         Cohort utterances for the hparams' ``score_norm``.
 
+    Score files are written for the systems named in ``save_scores`` (default:
+    the first, the run's own system).
+
     Returns
     -------
     dict
@@ -429,6 +463,7 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
     # One dataset when the cohort is the back ends' set (VoxCeleb): verify() then embeds it once.
     cohort_set = backend_set if cohort_rows is backend_rows else sets.sentences(cohort_rows) if cohort_rows else None
     speakers = {key: row["spk_id"] for key, row in rows.items()}
+    saved = hparams.get("save_scores") or list(systems)[:1]  # default: the run's own system
     results = {}
     for i, (name, encoder) in enumerate(systems.items()):
         start = time.time()
@@ -438,6 +473,7 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
             cohort_set=cohort_set, score_norm=hparams.get("score_norm"), top_k=hparams.get("cohort_top_k"),
             out_folder=hparams["output_folder"], name=name, speakers=speakers,
             backends=hparams.get("verification_backends", ["none"]), backend_set=backend_set,
+            save_scores=name in saved,
         )
         timings["verification" if i == 0 else f"verification ({name})"] = time.time() - start
         results.update(result_rows(name, by_backend, (stats or {}).get(name)))
@@ -446,7 +482,7 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
 
 def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, cohort_set=None,
            score_norm=None, top_k=None, out_folder=None, name="system", speakers=None,
-           backends=("none",), backend_set=None):
+           backends=("none",), backend_set=None, save_scores=True):
     """Scores a trial list by cosine on utterance embeddings, after each back end.
 
     Arguments
@@ -458,8 +494,10 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
         Utterances whose embeddings form the score-normalisation cohort.
     score_norm, top_k : see :func:`sincmi.scoring.score_trials`.
     out_folder : str, optional
-        Where ``scores_<name>.txt`` and ``det_<name>.png`` are written (one
-        pair per back end other than ``none``: ``scores_<name>_<back end>.txt``).
+        Where ``scores_<name>.txt.gz`` and ``det_<name>.png`` are written (one
+        pair per back end other than ``none``: ``scores_<name>_<back end>.txt.gz``),
+        with ``save_scores``, and the fitted back ends and cohort that the
+        export packs (:func:`save_model_parts`).
     speakers : dict, optional
         ``{utterance id: speaker}``: also draws ``embeddings_<name>.png``, a
         2-D map of the utterance embeddings (with ``out_folder``).
@@ -495,18 +533,34 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
             cohort = backend(torch.stack([cohort_emb[key] for key in sorted(cohort_emb)]))
         scores, labels = score_trials(backend.apply(embeddings), trials, cohort, score_norm, top_k)
         results[backend_name] = {**verification_metrics(scores[labels], scores[~labels]), "backend": backend_name}
-        if out_folder is not None and if_main_process():
+        if out_folder is not None and save_scores and if_main_process():
+            save_model_parts(out_folder, name, backend, cohort)
             scores_path = layout.scores_file(out_folder, name, backend_name)
-            slug = os.path.basename(scores_path)[len("scores_"):-len(".txt")]
-            with open(scores_path, "w") as f:
-                for (label, enrol, test), score in zip(trials, scores.tolist()):
-                    f.write(f"{enrol} {test} {score:.6f} {label}\n")
+            write_scores(scores_path, trials, scores.tolist())
+            slug = os.path.basename(scores_path)[len("scores_"):].split(".")[0]
             det_curve({name: (scores[labels], scores[~labels])}, os.path.join(out_folder, f"det_{slug}.png"))
     if out_folder is not None and speakers and if_main_process():
         ids = [key for key in embeddings if key in speakers]
         embedding_map(torch.stack([embeddings[key] for key in ids]).numpy(), [speakers[key] for key in ids],
                       os.path.join(out_folder, f"embeddings_{layout.file_slug(name)}.png"), title=f"{name}: embeddings (PCA)")
     return results
+
+
+def save_model_parts(out_folder, system, backend, cohort=None):
+    """Keeps what ``python -m sincmi export`` packs with the encoder: the fitted back end and the cohort.
+
+    The back end (not for ``none``) goes to :func:`sincmi.layout.backend_file`,
+    the cohort embeddings after it (with score normalisation) to
+    :func:`sincmi.layout.cohort_file`.
+    """
+    if backend.name != "none":
+        path = layout.backend_file(out_folder, system, backend.name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        backend.save(path)
+    if cohort is not None:
+        path = layout.cohort_file(out_folder, system, backend.name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.savez(path, embeddings=cohort.numpy())
 
 
 def result_rows(system, by_backend, stats=None):

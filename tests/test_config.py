@@ -19,6 +19,11 @@ from sincmi.config import check_hparams
         ({"critic": "dot"}, r"critic='dot' is invalid: choose one of \['bilinear', 'cosine', 'mlp'\]"),
         ({"score_norm": "x"}, r"score_norm='x' is invalid"),
         ({"num_negatives": 0}, r"num_negatives=0 is invalid"),
+        ({"verification_backends": ["none", "plda"]}, r"verification_backends=\['none', 'plda'\] is invalid"),
+        ({"verification_backends": "whiten"}, r"verification_backends='whiten' is invalid: a list"),
+        ({"pretrain_data": "everything"}, r"pretrain_data='everything' is invalid: choose one of \['train', 'all'\]"),
+        ({"save_scores": "LIM"}, r"save_scores='LIM' is invalid"),
+        ({"valid_pairs_per_sentence": 0}, r"valid_pairs_per_sentence=0 is invalid"),
     ],
 )
 def test_bad_values_are_named(hparams, message):
@@ -34,10 +39,15 @@ def test_missing_folders_are_named(tmp_path):
     check_hparams({"data_folder": str(tmp_path), "pretrained_folder": None})
 
 
-def test_recipe_fails_before_any_data_work(tmp_path):
-    _, proc = run_recipe("Demo", "lim_nce.yaml", tmp_path / "out", "--label_fraction=2.0",
+@pytest.mark.parametrize("override, message", [
+    ("--label_fraction=2.0", "label_fraction=2.0 is invalid"),
+    ("--verification_backends=[none,lda]", "verification_backends=['none', 'lda'] is invalid"),
+    ("--pretrain_data=everything", "pretrain_data='everything' is invalid"),
+])
+def test_recipe_fails_before_any_data_work(tmp_path, override, message):
+    _, proc = run_recipe("Demo", "lim_nce.yaml", tmp_path / "out", override,
                          f"--synth_folder={tmp_path / 'corpus'}", expect_ok=False)
-    assert proc.returncode != 0 and "label_fraction=2.0 is invalid" in proc.stdout + proc.stderr
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr
     assert not (tmp_path / "corpus").exists()  # nothing was synthesised
 
 

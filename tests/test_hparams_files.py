@@ -18,15 +18,20 @@ from speechbrain.utils.epoch_loop import EpochCounter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = ["TIMIT", "LibriSpeech", "Demo", "VoxCeleb"]
 
-# The settings that make one system differ from another within a recipe
-# (what a yaml's row in the results table is about); every other setting
-# must be the same in every yaml of the recipe that has it.
+# The settings that make one LIM system differ from another within a recipe
+# (what a yaml's row in the results table is about): any yaml may set them.
 SYSTEM_KEYS = {
     "system_name", "output_folder",
     "objective_name", "objective", "num_negatives", "mine_ema_decay",  # the LIM objective
-    "pretrain_epochs", "pretrain_data",  # supervised: 0; semi-supervised Demo: its own budget and data
-    "freeze_encoder", "label_fraction", "classifier", "finetune_epochs", "finetune_lr",  # probe or fine-tuning
-    "score_baselines",  # the Demo's baselines are scored with the probe yamls
+}
+# Settings that only the named yaml may set otherwise (its row is about them);
+# every other yaml of its recipe must agree on them.
+FILE_EXEMPTIONS = {
+    "supervised.yaml": {"pretrain_epochs", "freeze_encoder", "classifier", "finetune_epochs", "finetune_lr",
+                        "score_baselines"},  # no LIM; the encoder is trained with the classifier
+    "semisupervised.yaml": {"pretrain_epochs", "pretrain_data", "freeze_encoder", "label_fraction", "classifier",
+                            "finetune_epochs", "finetune_lr", "score_baselines"},  # its own LIM budget, few labels
+    "finetune.yaml": {"pretrain_epochs", "finetune_epochs"},  # VoxCeleb: fine-tunes a LIM run's encoder
 }
 
 
@@ -42,19 +47,22 @@ def _setting_text(key, node):
     return "\n".join(line for line in lines if line.strip() and not line.lstrip().startswith("#"))
 
 
-def conflicting_settings(paths, system_keys=SYSTEM_KEYS):
+def conflicting_settings(paths, system_keys=SYSTEM_KEYS, file_exemptions=FILE_EXEMPTIONS):
     """``{key: {value text: [file names]}}`` for settings whose copies differ.
 
     Keys outside ``system_keys`` that appear in two or more of ``paths`` with
-    different values; a key absent from a file is not a conflict (the
-    supervised yaml has no LIM settings).
+    different values, leaving out the files that ``file_exemptions`` lets set
+    the key; a key absent from a file is not a conflict (the supervised yaml
+    has no LIM settings).
     """
     values = {}
     for path in paths:
+        name = os.path.basename(path)
         with open(path) as f:
             tree = ruamel.yaml.YAML().load(f)
         for key, node in tree.items():
-            values.setdefault(key, {}).setdefault(_setting_text(key, node), []).append(os.path.basename(path))
+            if key not in file_exemptions.get(name, ()):
+                values.setdefault(key, {}).setdefault(_setting_text(key, node), []).append(name)
     return {key: texts for key, texts in values.items() if len(texts) > 1 and key not in system_keys}
 
 
@@ -74,6 +82,11 @@ def test_a_setting_changed_in_one_copy_is_found(tmp_path):
     conflicts = conflicting_settings([tmp_path / "a.yaml", tmp_path / "b.yaml"])
     assert list(conflicts) == ["chunk_size"]  # objective_name is a system setting
     assert sorted(conflicts["chunk_size"]) == ["chunk_size: 3200", "chunk_size: 4000"]
+    # A setting exempted for one file only is a conflict in any other file
+    (tmp_path / "supervised.yaml").write_text(text.replace("pretrain_epochs: ", "pretrain_epochs: 0 #"))
+    (tmp_path / "d.yaml").write_text(text.replace("finetune_epochs: ", "finetune_epochs: 1 #"))
+    conflicts = conflicting_settings([tmp_path / "a.yaml", tmp_path / "supervised.yaml", tmp_path / "d.yaml"])
+    assert list(conflicts) == ["finetune_epochs"]
     # A changed comment is not a change of setting
     (tmp_path / "c.yaml").write_text(text.replace("# 200 ms", "# a fifth of a second"))
     assert conflicting_settings([tmp_path / "a.yaml", tmp_path / "c.yaml"]) == {}

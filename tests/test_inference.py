@@ -29,7 +29,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def tool(name, *args, cwd=None):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *map(str, args)],
+    """Runs ``tools/<name>``, or ``python -m sincmi <command>`` for a name without ``.py``."""
+    command = [os.path.join(ROOT, "tools", name)] if name.endswith(".py") else ["-m", "sincmi", name]
+    proc = subprocess.run([sys.executable, *command, *map(str, args)],
                           capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc
@@ -43,7 +45,7 @@ def experiment(tmp_path_factory):
     run_recipe("Demo", "lim_nce.yaml", out, f"--data_folder={corpus}", "--num_verification_speakers=2",
                "--valid_per_speaker=1", "--test_per_speaker=1", "--score_baselines=False")
     model = base / "model"
-    summary = json.loads(tool("export_model.py", out, model).stdout)
+    summary = json.loads(tool("export", out, model, "--backend", "none").stdout)  # the encoder alone
     return {"base": base, "corpus": corpus, "exp": str(out), "model": str(model), "summary": summary}
 
 
@@ -129,7 +131,7 @@ def test_verify_files_uses_the_stored_threshold(experiment):
 def test_operating_points_are_chosen_on_the_runs_trials(experiment):
     """The stored summary is that of the run's scores: each operating point has the error rates it names."""
     model = SpeakerEncoder.from_hparams(source=experiment["model"])
-    targets, nontargets = read_scores(os.path.join(experiment["exp"], "scores_lim_nce.txt"))
+    targets, nontargets = read_scores(os.path.join(experiment["exp"], "scores_lim_nce.txt.gz"))
     for spec in ("far=0.1", "frr=0.2", "eer"):
         point = model.operating_point(spec)
         far = float((nontargets > point.threshold).mean())
@@ -149,15 +151,15 @@ def test_operating_points_are_chosen_on_the_runs_trials(experiment):
 
 def test_export_threshold_at_a_chosen_operating_point(experiment, tmp_path):
     out = tmp_path / "model_far"
-    summary = json.loads(tool("export_model.py", experiment["exp"], out, "--threshold", "far=0.05",
-                              "--no_traced").stdout)
-    targets, nontargets = read_scores(os.path.join(experiment["exp"], "scores_lim_nce.txt"))
+    summary = json.loads(tool("export", experiment["exp"], out, "--threshold", "far=0.05",
+                              "--no_traced", "--backend", "none").stdout)
+    targets, nontargets = read_scores(os.path.join(experiment["exp"], "scores_lim_nce.txt.gz"))
     expected = operating_point(score_summary(targets, nontargets), "far=0.05")
     assert summary["threshold"] == pytest.approx(expected.threshold)
     model = SpeakerEncoder.from_hparams(source=str(out))
     assert model.hparams.operating_point == "far=0.05"
     assert model.threshold == pytest.approx(expected.threshold, abs=1e-6)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export_model.py"), experiment["exp"],
+    proc = subprocess.run([sys.executable, "-m", "sincmi", "export", experiment["exp"],
                            str(tmp_path / "bad"), "--threshold", "far"], capture_output=True, text=True)
     assert proc.returncode != 0 and "eer" in proc.stderr and "far=<rate>" in proc.stderr
 
@@ -198,7 +200,7 @@ def test_extract_embeddings_on_a_folder_skips_broken_files(experiment, tmp_path)
     (folder / "spk0" / "session" / "broken.wav").write_text("not audio")
     (folder / "spk1" / "session" / "empty.wav").write_bytes(b"")
     out = tmp_path / "emb" / "corpus"
-    proc = tool("extract_embeddings.py", experiment["model"], folder, out)
+    proc = tool("embed", experiment["model"], folder, out)
     matrix = np.load(str(out) + ".npy")
     with open(str(out) + ".csv") as f:
         index = list(csv.DictReader(f))
@@ -216,7 +218,7 @@ def test_extract_embeddings_on_a_folder_skips_broken_files(experiment, tmp_path)
 def test_extract_embeddings_from_a_manifest_as_pt(experiment, tmp_path):
     manifest = os.path.join(experiment["exp"], "save", "verification.csv")
     out = tmp_path / "verification"
-    tool("extract_embeddings.py", experiment["model"], manifest, out, "--format", "pt",
+    tool("embed", experiment["model"], manifest, out, "--format", "pt",
          "--data_root", experiment["corpus"])
     saved = torch.load(str(out) + ".pt", weights_only=True)
     with open(manifest) as f:
@@ -242,9 +244,9 @@ def test_readme_example_runs(experiment, tmp_path):
     os.makedirs(tmp_path / "results" / "Demo" / "lim_nce")
     os.symlink(experiment["exp"], tmp_path / "results" / "Demo" / "lim_nce" / "1234")
     for speaker in ("spk000", "spk001"):
-        os.makedirs(tmp_path / "results" / "Demo" / "corpus" / speaker)
+        os.makedirs(tmp_path / "results" / "Demo" / "corpus_1234" / speaker)
         source = os.path.join(experiment["corpus"], f"spk{int(speaker[3:])}", "session", "u0.wav")
-        shutil.copy(source, tmp_path / "results" / "Demo" / "corpus" / speaker / f"{speaker}_u000.wav")
+        shutil.copy(source, tmp_path / "results" / "Demo" / "corpus_1234" / speaker / f"{speaker}_u000.wav")
     args = shell.split()
     assert args[:4] == ["python", "-m", "sincmi", "export"]
     proc = sincmi_cli(*args[3:], cwd=str(tmp_path))
@@ -342,7 +344,7 @@ def test_extract_embeddings_over_time_writes_one_row_per_window(experiment, tmp_
     rng = np.random.default_rng(4)
     sf.write(str(folder / "long.wav"), (0.1 * rng.standard_normal(16000 * 3)).astype(np.float32), 16000)
     out = tmp_path / "emb" / "windows"
-    tool("extract_embeddings.py", experiment["model"], tmp_path / "audio", out, "--window", "1.5", "--hop", "0.5")
+    tool("embed", experiment["model"], tmp_path / "audio", out, "--window", "1.5", "--hop", "0.5")
     matrix = np.load(str(out) + ".npy")
     with open(str(out) + ".csv") as f:
         index = list(csv.DictReader(f))
@@ -401,3 +403,93 @@ def test_command_line_threshold_on_known_pairs_of_ones_own_files(experiment, tmp
     pairs.write_text("1 nowhere.wav nowhere.wav\n")
     proc = sincmi_cli("threshold", model_folder, pairs)
     assert proc.returncode != 0 and "pairs.txt:1" in proc.stderr and "does not exist" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def whitened_model(experiment):
+    """The tiny run exported with its whitening back end (what the Demo's yaml exports by default)."""
+    model = experiment["base"] / "model_whiten"
+    summary = json.loads(tool("export", experiment["exp"], model, "--backend", "whiten").stdout)
+    return str(model), summary
+
+
+def test_the_exported_back_end_scores_the_trials_as_the_run_did(experiment, whitened_model, tmp_path):
+    model, summary = whitened_model
+    assert summary["backend"] == "whiten" and os.path.isfile(os.path.join(model, "backend.npz"))
+    with open(os.path.join(experiment["exp"], "results.json")) as f:
+        run_eer = json.load(f)["systems"]["LIM (nce), whitened"]["EER"]
+    assert summary["eer"] == pytest.approx(run_eer)  # the threshold is that back end's
+    # The run's verification files, embedded by the command line and scored by the tool
+    save = os.path.join(experiment["exp"], "save")
+    tool("embed", model, os.path.join(save, "verification.csv"), tmp_path / "emb", "--data_root",
+         experiment["corpus"])
+    tool("score_trials.py", str(tmp_path / "emb") + ".npy", os.path.join(save, "trials.txt"),
+         "--out_folder", tmp_path / "scored")
+    with open(tmp_path / "scored" / "results.json") as f:
+        assert json.load(f)["EER"] == pytest.approx(run_eer, abs=0.0005)  # within 0.05 points
+    ours = {tuple(line.split()[:2]): float(line.split()[2]) for line in open(tmp_path / "scored" / "scores.txt")}
+    import gzip
+    with gzip.open(os.path.join(experiment["exp"], "scores_lim_nce_whiten.txt.gz"), "rt") as f:
+        run = {tuple(line.split()[:2]): float(line.split()[2]) for line in f}
+    assert ours.keys() == run.keys()
+    assert max(abs(ours[key] - run[key]) for key in run) < 1e-4
+    # The raw model scores otherwise
+    raw = SpeakerEncoder.from_hparams(source=experiment["model"])
+    whitened = SpeakerEncoder.from_hparams(source=model)
+    path = os.path.join(experiment["corpus"], "spk0", "session", "u0.wav")
+    assert not torch.allclose(raw.encode_file(path), whitened.encode_file(path))
+
+
+def test_onnx_snippet_scores_a_pair_as_verify_does_with_the_back_end(whitened_model):
+    pytest.importorskip("onnxruntime")
+    model, _ = whitened_model
+    a, b = real_speech_files()
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "onnx_embed.py"), model, a, b],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    onnx_score = float(re.search(r"score (-?[0-9.]+)", proc.stdout).group(1))
+    proc = sincmi_cli("verify", model, a, b)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    verify_score = float(re.search(r"score (-?[0-9.]+)", proc.stdout).group(1))
+    exact = SpeakerEncoder.from_hparams(source=model).verify_files(a, b).score
+    assert verify_score == pytest.approx(exact, abs=5e-5)  # printed with 4 decimals
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("onnx_embed", os.path.join(ROOT, "tools", "onnx_embed.py"))
+    onnx_embed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(onnx_embed)
+    onnx_model = onnx_embed.OnnxSpeakerEncoder(model)
+    onnx_exact = onnx_model.score(onnx_model.encode_file(a), onnx_model.encode_file(b))
+    assert onnx_exact == pytest.approx(exact, rel=1e-4)
+    assert onnx_score == pytest.approx(onnx_exact, abs=5e-5)
+
+
+def test_export_refuses_a_back_end_the_run_did_not_fit(experiment, tmp_path):
+    proc = sincmi_cli("export", experiment["exp"], tmp_path / "m", "--backend", "center", "--no_traced")
+    assert proc.returncode != 0
+    assert "no fitted 'center' back end" in proc.stderr and "verification_backends" in proc.stderr
+
+
+def test_command_line_errors_come_before_any_work(experiment, tmp_path):
+    proc = sincmi_cli("bogus")
+    assert proc.returncode == 2 and "unknown command 'bogus'" in proc.stderr
+    # A missing audio file is named before the model is loaded (here: a folder that is no model)
+    proc = sincmi_cli("verify", tmp_path / "not_a_model", tmp_path / "a.wav", tmp_path / "b.wav")
+    assert proc.returncode != 0 and "a.wav does not exist" in proc.stderr
+
+
+def test_score_trials_reads_what_embed_writes_in_either_format(experiment, tmp_path):
+    save = os.path.join(experiment["exp"], "save")
+    results = {}
+    for fmt in ("npy", "pt"):
+        tool("embed", experiment["model"], os.path.join(save, "verification.csv"), tmp_path / fmt / "emb",
+             "--data_root", experiment["corpus"], "--format", fmt)
+        tool("score_trials.py", tmp_path / fmt / f"emb.{fmt}", os.path.join(save, "trials.txt"),
+             "--out_folder", tmp_path / fmt)
+        with open(tmp_path / fmt / "results.json") as f:
+            results[fmt] = json.load(f)["EER"]
+    assert results["npy"] == results["pt"]
+    torch.save({"utt": torch.ones(3)}, tmp_path / "old.pt")  # not embed's format: explained
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "score_trials.py"), str(tmp_path / "old.pt"),
+                           os.path.join(save, "trials.txt")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "python -m sincmi embed" in proc.stderr

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from sincmi.extract import save_embeddings
 
 
 def run_tool(name, *args):
@@ -20,13 +21,15 @@ def test_score_trials_end_to_end(tmp_path):
     gen = torch.Generator().manual_seed(0)
     centres = torch.randn(3, 8, generator=gen)
     emb = {f"s{s}_u{u}": centres[s] + 0.3 * torch.randn(8, generator=gen) for s in range(3) for u in range(4)}
-    torch.save(emb, tmp_path / "emb.pt")
     ids = sorted(emb)
+    save_embeddings(str(tmp_path / "emb"), "pt", ids, [f"{i}.wav" for i in ids], [i[:2] for i in ids],
+                    torch.stack([emb[i] for i in ids]))
     trials = [(int(a[:2] == b[:2]), a, b) for i, a in enumerate(ids) for b in ids[i + 1:]]
     (tmp_path / "trials.txt").write_text("".join(f"{l} {a} {b}\n" for l, a, b in trials))
-    torch.save(torch.randn(10, 8, generator=gen), tmp_path / "cohort.pt")
+    save_embeddings(str(tmp_path / "cohort"), "npy", [f"c{i}" for i in range(10)], [""] * 10, [""] * 10,
+                    torch.randn(10, 8, generator=gen))
     proc = run_tool("score_trials.py", tmp_path / "emb.pt", tmp_path / "trials.txt", "--out_folder",
-                    tmp_path / "out", "--cohort", tmp_path / "cohort.pt", "--score_norm", "s-norm")
+                    tmp_path / "out", "--cohort", tmp_path / "cohort.npy", "--score_norm", "s-norm")
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "out" / "results.json") as f:
         results = json.load(f)
@@ -38,7 +41,7 @@ def test_score_trials_end_to_end(tmp_path):
 
 
 def test_score_trials_rejects_a_malformed_line(tmp_path):
-    torch.save({"a": torch.ones(2), "b": torch.ones(2)}, tmp_path / "emb.pt")
+    save_embeddings(str(tmp_path / "emb"), "pt", ["a", "b"], ["a.wav", "b.wav"], ["", ""], torch.ones(2, 2))
     (tmp_path / "trials.txt").write_text("1 a b\nthis is wrong\n")
     proc = run_tool("score_trials.py", tmp_path / "emb.pt", tmp_path / "trials.txt")
     assert proc.returncode != 0 and "trials.txt:2" in proc.stderr

@@ -1,14 +1,19 @@
 """VoxCeleb preparation and recipe on a fixture in the VoxCeleb layout."""
 
 import glob
+import gzip
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import soundfile as sf
 
 from conftest import SHARED_DATA, run_recipe
 from sincmi.data import load_manifest, pair_dataset
+from sincmi.inference import SpeakerEncoder
+from sincmi.scoring import read_scores
 from sincmi.prepare.manifest import read_manifest
 from sincmi.prepare.synth import synthesize_corpus
 from sincmi.prepare.voxceleb import prepare_voxceleb
@@ -90,14 +95,40 @@ def test_recipe_lim_then_finetune(voxceleb, tmp_path):
     assert metrics["target_trials"] == 18 and metrics["nontarget_trials"] == 48
     assert 0 <= metrics["EER"] <= 1 and "minDCF_0.05" in metrics
     assert os.path.getsize(lim_out / "det_lim_nce.png") > 1000
-    with open(lim_out / "scores_lim_nce.txt") as f:
-        assert len(f.readlines()) == 66
+    targets, nontargets = read_scores(lim_out / "scores_lim_nce.txt.gz")
+    assert (len(targets), len(nontargets)) == (18, 48)
+    check_exported_score_normalisation(lim_out, voxceleb, tmp_path, metrics["EER"])
     ft_out = tmp_path / "ft"
     run_recipe("VoxCeleb", "finetune.yaml", ft_out, f"--voxceleb1_folder={voxceleb}", "--segment_seconds=1.0",
                "--valid_speakers=2", "--cohort_size=20", f"--pretrained_folder={lim_out}", pretrain=False)
     assert "Loaded the LIM encoder" in open(ft_out / "log.txt").read()
     with open(ft_out / "results.json") as f:
         assert json.load(f)["systems"]
+
+
+def check_exported_score_normalisation(run, voxceleb, tmp_path, run_eer):
+    """The run exported with its as-norm cohort verifies pairs with the scores of its trials."""
+    model = tmp_path / "model"
+    proc = subprocess.run([sys.executable, "-m", "sincmi", "export", str(run), str(model), "--no_traced"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    assert summary["score_norm"] == "as-norm" and os.path.isfile(model / "cohort.npz")
+    assert summary["eer"] == pytest.approx(run_eer)  # the threshold is chosen on the normalised scores
+    encoder = SpeakerEncoder.from_hparams(source=str(model))
+    rows = load_manifest(os.path.join(run, "save", "verification.csv"), {"voxceleb1": str(voxceleb), "voxceleb2": ""})
+    with gzip.open(run / "scores_lim_nce.txt.gz", "rt") as f:
+        scored = [line.split() for line in f][:10]
+    for enrol, test, score, _ in scored:
+        assert all(rows[u]["start"] == 0 for u in (enrol, test))  # whole files: the model embeds files
+        ours = encoder.verify_files(rows[enrol]["wav"], rows[test]["wav"]).score
+        assert ours == pytest.approx(float(score), abs=2e-4), (enrol, test)
+    # Without the normalisation the model scores by raw cosine, so the run's (normalised) trials give no threshold
+    raw = subprocess.run([sys.executable, "-m", "sincmi", "export", str(run), str(tmp_path / "raw"), "--no_traced",
+                          "--no_score_norm"], capture_output=True, text=True, timeout=300)
+    assert raw.returncode == 0, raw.stderr[-2000:]
+    assert json.loads(raw.stdout.split("\n", 1)[1])["threshold"] is None
+    assert not os.path.isfile(tmp_path / "raw" / "cohort.npz")
 
 
 def test_finetune_without_a_lim_run_is_explained(voxceleb, tmp_path):

@@ -2,7 +2,7 @@
 """Draws an experiment's figures as PNG files (the recipes draw them at the end of a run too).
 
 * ``training_curves.png``: every series of ``train_log.txt``, one row per stage;
-* ``det_<system>.png``: the DET curve of each ``scores_<system>.txt``;
+* ``det_<system>.png``: the DET curve of each ``scores_<system>.txt.gz``;
 * ``embeddings_map.png`` with ``--embeddings X.pt`` (from
   ``python -m sincmi embed ... --format pt``): a 2-D PCA map coloured by speaker.
 
@@ -33,15 +33,15 @@ def main(argv=None):
     log = os.path.join(args.experiment, "train_log.txt")
     if os.path.isfile(log):
         written.append(training_curves(log, os.path.join(out, "training_curves.png")))
-    for scores in sorted(glob.glob(os.path.join(args.experiment, "scores_*.txt"))):
-        name = os.path.basename(scores)[len("scores_"):-len(".txt")]
+    for scores in sorted(glob.glob(os.path.join(args.experiment, "scores_*.txt.gz"))):
+        name = os.path.basename(scores)[len("scores_"):-len(".txt.gz")]
         written.append(det_curve({name: read_scores(scores)}, os.path.join(out, f"det_{name}.png")))
     if args.embeddings:
         saved = torch.load(args.embeddings, weights_only=True)
         written.append(embedding_map(saved["embeddings"].numpy(), saved["speakers"],
                                      os.path.join(out, "embeddings_map.png")))
     if not written:
-        sys.exit(f"error: {args.experiment} has no train_log.txt or scores_*.txt to plot")
+        sys.exit(f"error: {args.experiment} has no train_log.txt or scores_*.txt.gz to plot")
     print("\n".join(written))
 
 

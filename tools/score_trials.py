@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Scores a trial list against an embedding file; usable without any recipe.
+"""Scores a trial list by cosine on embeddings written by ``python -m sincmi embed``.
 
-Embeddings: a ``.pt`` file holding ``{utterance id: 1-D tensor}`` (loaded
-with ``weights_only=True``, no pickled code is run). Trials: one
-``label enrol test`` per line (VoxCeleb format, label 0/1). Writes a score
+Embeddings: the ``OUT.pt`` or ``OUT.npy`` (with ``OUT.csv``) of ``python -m
+sincmi embed MODEL SOURCE OUT`` (:func:`sincmi.extract.load_embeddings`),
+after the model's back end. Trials: one ``label enrol test`` per line
+(VoxCeleb format, label 0/1), the ids being those of the embeddings (embed
+a recipe's ``save/verification.csv`` to get its trial ids). Writes a score
 file (``enrol test score label``), ``results.json`` (EER, minDCF at p_target
 0.01 and 0.05) and a DET curve PNG into ``--out_folder``.
 
 Usage:
-    python tools/score_trials.py EMBEDDINGS.pt TRIALS.txt --out_folder scores/
-    python tools/score_trials.py EMBEDDINGS.pt TRIALS.txt --cohort COHORT.pt --score_norm as-norm --top_k 300
+    python -m sincmi embed MODEL results/Demo/lim_nce/1234/save/verification.csv emb/verification --data_root DIR
+    python tools/score_trials.py emb/verification.npy results/Demo/lim_nce/1234/save/trials.txt --out_folder scores/
+    python tools/score_trials.py EMB.npy TRIALS.txt --cohort COHORT.npy --score_norm as-norm --top_k 300
 """
 
 import argparse
@@ -19,30 +22,26 @@ import sys
 
 import torch
 
+from sincmi import extract
 from sincmi.metrics import verification_metrics
-from sincmi.scoring import SCORE_NORMS, read_trials, score_trials
+from sincmi.scoring import SCORE_NORMS, read_trials, score_trials, write_scores
 from sincmi.plots import det_curve
 
 
 def load_embeddings(path):
-    """``{id: tensor}`` from a ``.pt`` file, with a clear error for anything else."""
+    """``{id: tensor}`` of an embed output, or a one-line error naming the file."""
     try:
-        embeddings = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise SystemExit(f"{path}: cannot read embeddings ({type(err).__name__}: {err})") from err
-    if isinstance(embeddings, torch.Tensor):
-        return embeddings
-    if not isinstance(embeddings, dict) or not embeddings:
-        raise SystemExit(f"{path}: expected a non-empty dict {{utterance id: tensor}}")
-    return embeddings
+        return extract.load_embeddings(path)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("embeddings", help=".pt file: {utterance id: embedding}")
+    parser.add_argument("embeddings", help="OUT.pt or OUT.npy written by python -m sincmi embed")
     parser.add_argument("trials", help="trial list: 'label enrol test' per line")
     parser.add_argument("--out_folder", default=".")
-    parser.add_argument("--cohort", help=".pt file: cohort embeddings (dict or (M, D) tensor)")
+    parser.add_argument("--cohort", help="cohort embeddings, also written by python -m sincmi embed")
     parser.add_argument("--score_norm", choices=[m for m in SCORE_NORMS if m], default=None)
     parser.add_argument("--top_k", type=int, default=None, help="cohort size per utterance for as-norm")
     args = parser.parse_args(argv)
@@ -54,9 +53,7 @@ def main(argv=None):
         raise SystemExit(str(err)) from err
     cohort = None
     if args.cohort:
-        cohort = load_embeddings(args.cohort)
-        if isinstance(cohort, dict):
-            cohort = torch.stack([v.float() for v in cohort.values()])
+        cohort = torch.stack([v.float() for v in load_embeddings(args.cohort).values()])
     if args.score_norm == "as-norm" and args.top_k is None:
         raise SystemExit("--score_norm as-norm needs --top_k (e.g. 300)")
     try:
@@ -65,9 +62,7 @@ def main(argv=None):
         raise SystemExit(f"{args.trials}: {err}") from err
 
     os.makedirs(args.out_folder, exist_ok=True)
-    with open(os.path.join(args.out_folder, "scores.txt"), "w") as f:
-        for (label, enrol, test), score in zip(trials, scores.tolist()):
-            f.write(f"{enrol} {test} {score:.6f} {label}\n")
+    write_scores(os.path.join(args.out_folder, "scores.txt"), trials, scores.tolist())
     metrics = verification_metrics(scores[labels], scores[~labels])
     metrics["score_norm"] = args.score_norm
     with open(os.path.join(args.out_folder, "results.json"), "w") as f:

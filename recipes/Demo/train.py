@@ -50,7 +50,7 @@ def main(argv):
     results = stages.verification(hparams, run_opts, systems, rows, training_rows, timings, stats, audio=audio)
 
     # 5. Report: results.json and the table
-    stages.report(hparams, results, timings)
+    stages.report(hparams, results, timings, run_opts)
 
 
 if __name__ == "__main__":

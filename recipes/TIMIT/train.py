@@ -22,7 +22,7 @@ def main(argv):
     manifests, labels = stages.load_speaker_id_data(hparams, hparams["data_folder"])
     encoder = stages.lim_pretraining(hparams, run_opts, manifests, timings)  # 2. no labels
     stats = stages.identify(hparams, run_opts, layout.SPEAKER_ID, encoder, manifests, labels, timings)  # 3. SI test
-    stages.report(hparams, {hparams["system_name"]: stats}, timings)  # 4. results.json, training curves
+    stages.report(hparams, {hparams["system_name"]: stats}, timings, run_opts)  # 4. results.json, training curves
     stages.plot_embeddings(hparams, encoder, manifests["test"], stages.device_of(run_opts))
 
 

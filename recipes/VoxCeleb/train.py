@@ -49,7 +49,7 @@ def main(argv):
                                   cohort, timings, cohort_rows=cohort, audio=audio)
 
     # 5. Report: results.json, score file, DET curve
-    stages.report(hparams, results, timings)
+    stages.report(hparams, results, timings, run_opts)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ import logging
 import os
 import random
 
-from tqdm import tqdm
-
 from sincmi.prepare.manifest import (
     already_prepared,
     inspect_audio,
@@ -26,6 +24,7 @@ from sincmi.prepare.manifest import (
     report_skipped,
     write_manifest,
 )
+from sincmi.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +162,7 @@ def prepare_folder(
         spk: sorted(files) for spk, files in sorted(speaker_files.items()) if files}
     rows, skipped, noted = {}, [], []
     for spk, files in speakers.items():
-        for rel in tqdm(files, desc=f"Checking {spk}", disable=len(speakers) > 50, leave=False):
+        for rel in progress_bar(files, desc=f"Checking {spk}", enabled=len(speakers) <= 50, leave=False):
             path = os.path.join(data_folder, rel)
             check = inspect_audio(path, sample_rate, min_samples, resample)
             if check.reason:

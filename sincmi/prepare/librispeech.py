@@ -23,7 +23,6 @@ import random
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
 from sincmi.prepare.manifest import (
     already_prepared,
@@ -33,6 +32,7 @@ from sincmi.prepare.manifest import (
     report_skipped,
     write_manifest,
 )
+from sincmi.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def prepare_librispeech(
     os.makedirs(save_folder, exist_ok=True)
 
     by_speaker, skipped, noted = {}, [], []
-    for path in tqdm(sorted(paths), desc="Preparing LibriSpeech"):
+    for path in progress_bar(sorted(paths), desc="Preparing LibriSpeech"):
         utt = os.path.splitext(os.path.basename(path))[0]
         check = inspect_audio(path, sample_rate, min_samples, resample)
         if check.reason:

@@ -21,9 +21,9 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from tqdm import tqdm
 
 from sincmi.prepare.espeak import synthesize_in_subprocess
+from sincmi.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def synthesize_corpus(folder, num_speakers=48, sentences_per_speaker=20, sample_
     # One fresh process per speaker makes the audio independent of what came before.
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as workers:
         results = workers.map(synthesize_in_subprocess, jobs)
-        for voice, text, (rate, waves) in tqdm(
+        for voice, text, (rate, waves) in progress_bar(
             zip(voices, scripts, results), total=len(voices), desc="Synthesising speakers"
         ):
             spk_dir = os.path.join(folder, voice["speaker"])

@@ -24,7 +24,6 @@ import logging
 import os
 
 import soundfile as sf
-from tqdm import tqdm
 
 from sincmi.prepare.manifest import (
     already_prepared,
@@ -34,6 +33,7 @@ from sincmi.prepare.manifest import (
     report_skipped,
     write_manifest,
 )
+from sincmi.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def prepare_timit(
 
     splits = {"train": [], "valid": [], "test": []}
     skipped, noted, sx_seen = [], [], {}
-    for path in tqdm(wavs, desc="Preparing TIMIT"):
+    for path in progress_bar(wavs, desc="Preparing TIMIT"):
         speaker = os.path.basename(os.path.dirname(path)).upper()
         utt = os.path.splitext(os.path.basename(path))[0].upper()
         kind = utt[:2]

@@ -29,8 +29,6 @@ import logging
 import os
 import random
 
-from tqdm import tqdm
-
 from sincmi.scoring import read_trials
 from sincmi.prepare.manifest import (
     already_prepared,
@@ -39,6 +37,7 @@ from sincmi.prepare.manifest import (
     report_skipped,
     write_manifest,
 )
+from sincmi.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +168,7 @@ def prepare_voxceleb(
     trial_files = sorted({p for _, a, b in official for p in (a, b)})
     trial_speakers = {p.replace("\\", "/").split("/")[0] for p in trial_files}
     skipped, noted, verification, usable = [], [], [], set()
-    for rel in tqdm(trial_files, desc="Checking trial utterances"):
+    for rel in progress_bar(trial_files, desc="Checking trial utterances"):
         check = inspect_audio(os.path.join(wav_root, rel), sample_rate, min_samples, resample)
         if check.reason:
             skipped.append((os.path.join(wav_root, rel), check.reason))
@@ -199,7 +198,7 @@ def prepare_voxceleb(
     segment_samples = int(segment_seconds * sample_rate)
     by_speaker = {}
     for prefix, root in sources:
-        for rel in tqdm(list_wavs(root), desc=f"Segmenting {root}"):
+        for rel in progress_bar(list_wavs(root), desc=f"Segmenting {root}"):
             spk = rel.replace(os.sep, "/").split("/")[0]
             if spk in trial_speakers:
                 continue
