@@ -49,7 +49,7 @@ class LIMBrain(DistributedBrain):
     """Local Info Max: encoder and discriminator minimise one MI objective together.
 
     Modules: ``encoder``, ``discriminator``, ``objective``
-    (:class:`sincmi.objectives.LIMObjective`). Hparams used:
+    (any :class:`sincmi.objectives.MIObjective`). Hparams used:
     ``num_negatives`` (None = every other sentence of the batch).
 
     Each step encodes exactly the 2B chunks of the batch (anchor and positive

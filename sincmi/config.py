@@ -6,12 +6,13 @@ mistyped override fails in a second instead of hours into a run.
 
 import os
 
+import torch
+
 from sincmi import layout
 from sincmi.backend import BACKENDS
 from sincmi.discriminator import CRITICS
 from sincmi.encoder import IMPLEMENTATIONS
 from sincmi.scoring import SCORE_NORMS
-from sincmi.objectives import OBJECTIVES
 
 # The choices of pretrain_data (sincmi.stages.pretraining_rows)
 PRETRAIN_DATA = ("train", "all")
@@ -51,7 +52,6 @@ def check_hparams(hparams):
     if fraction is not None and not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
         raise ValueError(f"label_fraction={fraction!r} is invalid: it must be in (0, 1]")
     choices = {
-        "objective_name": list(OBJECTIVES),
         "critic": sorted(CRITICS),
         "score_norm": list(SCORE_NORMS),
         "norm_over": ["time", "channel_time"],
@@ -69,6 +69,8 @@ def check_hparams(hparams):
     saved = hparams.get("save_scores")
     if saved is not None and not (isinstance(saved, (list, tuple)) and all(isinstance(n, str) for n in saved)):
         raise ValueError(f"save_scores={saved!r} is invalid: a list of system names, e.g. [LIM (nce), MFCC statistics]")
+    if hparams.get("objective") is not None:
+        check_objective(hparams["objective"], hparams.get("objective_name"))
     num_negatives = hparams.get("num_negatives")
     if num_negatives is not None and (not isinstance(num_negatives, int) or num_negatives < 1):
         raise ValueError(f"num_negatives={num_negatives!r} is invalid: an integer >= 1, or null for all")
@@ -83,3 +85,28 @@ def check_hparams(hparams):
             f"pretrained_folder={pretrained!r} holds no LIM run (no {lim_folder}): "
             "pass the output_folder of a finished LIM run"
         )
+
+
+def check_objective(objective, objective_name=None):
+    """The yaml's ``objective`` keeps :class:`sincmi.objectives.MIObjective`'s contract and is the one its
+    ``objective_name`` names (an override of the name alone would rename the run, not change its objective).
+
+    Example
+    -------
+    >>> from sincmi.objectives import InfoNCE
+    >>> check_objective(InfoNCE(), "nce")
+    >>> check_objective(InfoNCE(), "bce")
+    Traceback (most recent call last):
+    ...
+    ValueError: objective_name='bce' names the run, but the yaml's objective is InfoNCE (name 'nce'): declare objective: !new:sincmi.objectives.<Class> for that objective (e.g. use lim_bce.yaml), or set objective_name: nce
+    """
+    kind = type(objective).__name__
+    if not isinstance(objective, torch.nn.Module) or not isinstance(getattr(objective, "name", None), str) \
+            or not isinstance(getattr(objective, "rows_without_negatives", None), int):
+        raise ValueError(f"objective: a {kind} does not keep the contract of sincmi.objectives.MIObjective "
+                         "(an nn.Module with forward(pos, neg, valid), a str name and rows_without_negatives): "
+                         "subclass MIObjective (docs/new_objective.md)")
+    if objective_name is not None and objective_name != objective.name:
+        raise ValueError(f"objective_name={objective_name!r} names the run, but the yaml's objective is {kind} "
+                         f"(name {objective.name!r}): declare objective: !new:sincmi.objectives.<Class> for that "
+                         f"objective (e.g. use lim_{objective_name}.yaml), or set objective_name: {objective.name}")

@@ -6,6 +6,23 @@ input LayerNorm; 80 sinc band-pass filters of 251 taps (valid convolution),
 pool/norm/activation; flatten (60 x 107 for a 3200-sample chunk); three fully
 connected layers of 2048 units with BatchNorm and LeakyReLU. The chunk
 embedding is the output of the last fully connected layer.
+
+The encoder contract: what the stages, the export and the inference use of an
+encoder, so that another encoder class can take SincNetEncoder's place in a
+yaml (``encoder: !new:...``):
+
+* ``forward(chunks)``: ``(N, chunk_size)`` waveform chunks at ``sample_rate``
+  -> ``(N, embedding_size)`` chunk embeddings; an ``nn.Module`` (trained,
+  checkpointed, moved to the run's device);
+* ``chunk_size``, ``sample_rate``, ``embedding_size``: ints (the classifier's
+  input size, the utterance chunking);
+* ``config``: the constructor's keyword arguments (``type(encoder)(**config)``
+  makes an untrained copy: :func:`untrained_copy`, the random-weights baseline);
+* optional ``embed_utterances(wavs, lens, shift)``: a faster utterance embedding
+  than the default mean of L2-normalised chunk embeddings.
+
+``python -m sincmi export`` packs a SincNetEncoder (its ONNX and TorchScript
+exports trace its plain layers); the recipes' stages need only the contract.
 """
 
 import math
@@ -441,3 +458,20 @@ def utterance_embeddings(encoder, wavs, lens=None, chunk_size=3200, shift=None, 
     total.index_add_(0, owner, emb)
     counts = torch.bincount(owner, minlength=wavs.shape[0]).clamp(min=1)
     return total / counts.unsqueeze(1).to(emb.dtype)
+
+
+def untrained_copy(encoder):
+    """A new encoder with ``encoder``'s settings and freshly drawn weights (the random-weights baseline).
+
+    A yaml declares its baseline from its encoder, so that the two never differ in anything but training:
+    ``random_encoder: !apply:sincmi.encoder.untrained_copy [!ref <encoder>]``.
+
+    Example
+    -------
+    >>> encoder = SincNetEncoder(chunk_size=800, sinc_filters=4, sinc_kernel=33, conv_channels=[4],
+    ...                          conv_kernels=[5], fc_sizes=[8])
+    >>> copy = untrained_copy(encoder)
+    >>> copy.config == encoder.config, copy is encoder
+    (True, False)
+    """
+    return type(encoder)(**encoder.config)

@@ -78,7 +78,7 @@ def test_a_setting_changed_in_one_copy_is_found(tmp_path):
         text = f.read()
     (tmp_path / "a.yaml").write_text(text)
     (tmp_path / "b.yaml").write_text(text.replace("chunk_size: 3200", "chunk_size: 4000")
-                                     .replace("objective_name: nce", "objective_name: bce"))
+                                     .replace("objective_name: nce ", "objective_name: bce "))
     conflicts = conflicting_settings([tmp_path / "a.yaml", tmp_path / "b.yaml"])
     assert list(conflicts) == ["chunk_size"]  # objective_name is a system setting
     assert sorted(conflicts["chunk_size"]) == ["chunk_size: 3200", "chunk_size: 4000"]

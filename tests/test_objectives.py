@@ -5,7 +5,10 @@ import math
 import pytest
 import torch
 
-from sincmi.objectives import LIMObjective, bce_loss, mine_loss, nce_loss
+from sincmi.config import check_objective
+from sincmi.objectives import BCE, MINE, InfoNCE, MIObjective, bce_loss, mine_loss, nce_loss
+
+CLASSES = {"bce": BCE, "mine": MINE, "nce": InfoNCE}
 
 
 def sigmoid(x):
@@ -80,13 +83,27 @@ def test_objectives_decrease_when_positives_rise():
         assert fn(torch.full((3,), 2.0), neg) < fn(torch.zeros(3), neg)
 
 
-def test_unknown_objective_name():
-    with pytest.raises(ValueError, match="unknown name 'infonce'.*bce"):
-        LIMObjective("infonce")
+@pytest.mark.parametrize("name, function", [("bce", bce_loss), ("mine", mine_loss), ("nce", nce_loss)])
+def test_each_class_is_its_function_with_the_contract(name, function):
+    torch.manual_seed(1)
+    pos, neg = torch.randn(4), torch.randn(4, 3)
+    objective = CLASSES[name]()
+    assert isinstance(objective, MIObjective) and objective.name == name
+    assert objective(pos, neg).item() == pytest.approx(function(pos, neg).item(), abs=1e-6)
+    check_objective(objective, name)
+
+
+def test_an_objective_that_breaks_the_contract_or_its_name_is_refused():
+    with pytest.raises(ValueError, match="objective_name='bce' names the run, but the yaml's objective is InfoNCE"):
+        check_objective(InfoNCE(), "bce")
+    with pytest.raises(ValueError, match="does not keep the contract of sincmi.objectives.MIObjective"):
+        check_objective(torch.nn.Identity(), None)
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        MINE(ema_decay=1.0)
 
 
 def test_mine_moving_average_keeps_value_and_rescales_gradient():
-    objective = LIMObjective("mine", mine_ema_decay=0.9)
+    objective = MINE(ema_decay=0.9)
     pos = torch.tensor([1.0, 2.0])
     first = torch.tensor([[0.0, 1.0], [2.0, 0.5]])
     objective(pos, first)  # initialises the average with this batch's mean exp
@@ -109,11 +126,11 @@ def test_rows_without_negatives_are_left_out_and_counted(name):
     torch.manual_seed(0)
     pos, neg = torch.randn(3, requires_grad=True), torch.randn(3, 2, requires_grad=True)
     valid = torch.tensor([[True, True], [False, False], [True, False]])
-    objective = LIMObjective(name)
+    objective = CLASSES[name]()
     loss = objective(pos, neg, valid)
     rows = torch.tensor([0, 2])
     assert torch.isfinite(loss)
-    assert loss.item() == pytest.approx(LIMObjective(name)(pos[rows], neg[rows], valid[rows]).item(), abs=1e-6)
+    assert loss.item() == pytest.approx(CLASSES[name]()(pos[rows], neg[rows], valid[rows]).item(), abs=1e-6)
     assert objective.rows_without_negatives == 1
     loss.backward()
     assert torch.isfinite(pos.grad).all() and pos.grad[1] == 0
@@ -122,7 +139,8 @@ def test_rows_without_negatives_are_left_out_and_counted(name):
 @pytest.mark.parametrize("name", ["bce", "mine", "nce"])
 def test_a_batch_without_any_negative_gives_zero_loss(name):
     pos, neg = torch.randn(2, requires_grad=True), torch.randn(2, 1, requires_grad=True)
-    loss = LIMObjective(name, mine_ema_decay=0.9 if name == "mine" else 0.0)(pos, neg, torch.zeros(2, 1, dtype=torch.bool))
+    objective = MINE(ema_decay=0.9) if name == "mine" else CLASSES[name]()
+    loss = objective(pos, neg, torch.zeros(2, 1, dtype=torch.bool))
     assert loss.item() == 0.0
     loss.backward()
     assert (pos.grad == 0).all() and (neg.grad == 0).all()

@@ -79,7 +79,7 @@ def test_pretraining_batches_never_hold_a_single_sentence(tmp_path):
     from sincmi import stages
     from sincmi.data import pair_dataset
     from sincmi.encoder import SincNetEncoder
-    from sincmi.objectives import LIMObjective
+    from sincmi.objectives import InfoNCE
 
     rows = {}
     for i in range(5):
@@ -92,7 +92,7 @@ def test_pretraining_batches_never_hold_a_single_sentence(tmp_path):
     hparams = {
         "encoder": encoder,
         "pretrain_modules": {"encoder": encoder, "discriminator": CosineDiscriminator(),
-                             "objective": LIMObjective("nce")},
+                             "objective": InfoNCE()},
         "pretrain_epoch_counter": EpochCounter(1),
         "pretrain_epochs": 1,
         "pretrain_batch_size": 2,  # 5 valid sentences -> 2, 2, 1
