@@ -15,7 +15,7 @@ from sincmi.encoder import IMPLEMENTATIONS
 from sincmi.scoring import SCORE_NORMS
 
 # The choices of pretrain_data (sincmi.stages.pretraining_rows)
-PRETRAIN_DATA = ("train", "all")
+PRETRAIN_DATA = ("train", "all", "none")
 
 POSITIVE_INTS = [
     "chunk_size", "pretrain_batch_size", "finetune_batch_size", "eval_batch_size", "eval_shift",
@@ -78,6 +78,19 @@ def check_hparams(hparams):
         folder = hparams.get(key)
         if folder is not None and not os.path.isdir(folder):
             raise FileNotFoundError(f"{key}={folder!r} does not exist (or is not a folder)")
+    pool = hparams.get("unlabelled_folder")
+    for folder in [pool] if isinstance(pool, str) else (pool or []):
+        if not isinstance(folder, str) or not os.path.isdir(folder):
+            raise FileNotFoundError(f"unlabelled_folder: {folder!r} does not exist (or is not a folder); "
+                                    "give a folder of recordings, or a list of them: --unlabelled_folder=[DIR1,DIR2]")
+    if hparams.get("pretrain_data") == "none" and not pool:
+        raise ValueError("pretrain_data='none' needs an unlabelled pool: set unlabelled_folder")
+    fraction = hparams.get("pretrain_audio_fraction")
+    if fraction is not None and not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise ValueError(f"pretrain_audio_fraction={fraction!r} is invalid: it must be in (0, 1]")
+    segment = hparams.get("unlabelled_segment_seconds")
+    if segment is not None and not (isinstance(segment, (int, float)) and segment > 0):
+        raise ValueError(f"unlabelled_segment_seconds={segment!r} is invalid: a positive number of seconds")
     pretrained = hparams.get("pretrained_folder")
     lim_folder = layout.experiment_stage_folder(pretrained or "", layout.PRETRAIN)
     if pretrained is not None and not os.path.isdir(lim_folder):

@@ -49,8 +49,17 @@ def package_versions(names=PACKAGES):
     return versions
 
 
+_AT_START = {}
+
+
+def record_start():
+    """Notes the code version when a run starts (:func:`sincmi.stages.start_experiment`): a run
+    reports the commit it started from, even if the checkout changes while it runs."""
+    _AT_START["git"] = git_state()
+
+
 def run_provenance(hparams, run_opts=None, argv=None):
-    """The provenance block of ``results.json``.
+    """The provenance block of ``results.json`` (the commit: the one the run started from).
 
     Example
     -------
@@ -61,7 +70,7 @@ def run_provenance(hparams, run_opts=None, argv=None):
     argv = ["python", *sys.argv] if argv is None else argv
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     return {
-        "git": git_state(),
+        "git": _AT_START["git"] if "git" in _AT_START else git_state(),
         "packages": package_versions(),
         "device": str((run_opts or {}).get("device") or "cpu"),
         "torch_threads": torch.get_num_threads(),

@@ -23,6 +23,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from sincmi import data, distributed, layout, progress
+from sincmi.prepare import unlabelled
 from sincmi.backend import BACKEND_LABELS, Backend
 from sincmi.brains import LIMBrain, SpeakerIdBrain
 from sincmi.checkpoints import make_checkpointer
@@ -31,7 +32,7 @@ from sincmi.inference import embed_dataset
 from sincmi.metrics import verification_metrics
 from sincmi.scoring import read_trials, score_trials, write_scores
 from sincmi.plots import det_curve, embedding_map, training_curves
-from sincmi.provenance import run_provenance
+from sincmi.provenance import record_start, run_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def start_experiment(argv):
     # Under torchrun: join the process group (a no-op in a single process).
     sb.utils.distributed.ddp_init_group(run_opts)
     progress.configure(run_opts)
+    record_start()
     with open(hparams_file) as f:
         hparams = load_hyperpyyaml(f, overrides)
     check_hparams(hparams)
@@ -177,8 +179,13 @@ def lim_pretraining(hparams, run_opts, manifests, timings, audio=None):
     if audio is None:
         audio = training_audio(hparams, manifests["train"])
     sets = data.RecipeDatasets(hparams, audio)
-    encoder = pretrain(hparams, run_opts, sets.pairs(pretraining_rows(hparams, manifests)),
-                       sets.pairs(manifests["valid"], train=False))
+    rows = pretraining_rows(hparams, manifests)
+    pool = manifests.get("unlabelled") or {}
+    file_rate = sets.rates[0] if sets.rates else sets.sample_rate
+    minutes = sum((row["stop"] - row["start"]) / (row.get("rate") or file_rate) for row in rows.values()) / 60
+    logger.info(f"LIM pretrains on {len(rows)} segments, {minutes:.1f} min of audio "
+                f"({len(pool)} of the segments from the unlabelled pool)")
+    encoder = pretrain(hparams, run_opts, sets.pairs(rows), sets.pairs(manifests["valid"], train=False))
     timings[layout.PRETRAIN] = time.time() - start
     return encoder
 
@@ -216,19 +223,45 @@ def identify(hparams, run_opts, stage, encoder, manifests, labels, timings, free
 
 
 def pretraining_rows(hparams, manifests):
-    """The sentences LIM pretrains on, without their labels (``pretrain_data``).
+    """The sentences LIM pretrains on, without their labels (``pretrain_data``), and the unlabelled pool.
 
-    ``train`` (default): the training split. ``all``: every file of the
-    training speakers, their validation and test files too (unlabelled, so
-    the speaker-id test then scores sentences the encoder has heard, never
-    their labels); verification speakers are never used.
+    ``pretrain_data``: ``train`` (default): the training split. ``all``:
+    every file of the training speakers, their validation and test files too
+    (unlabelled, so the speaker-id test then scores sentences the encoder has
+    heard, never their labels). ``none``: none of them (the pool alone).
+    ``pretrain_audio_fraction`` (default 1) keeps that share of each training
+    speaker's audio (:func:`sincmi.data.label_subset`, drawn from the seed).
+    With ``unlabelled_folder``, the segments of the pool
+    (:func:`prepare_unlabelled_pool`) are added. Verification speakers are
+    never used.
     """
     choice = hparams.get("pretrain_data", "train")
     if choice not in PRETRAIN_DATA:
         raise ValueError(f"pretrain_data={choice!r} is invalid: choose one of {list(PRETRAIN_DATA)}")
-    if choice == "train":
-        return manifests["train"]
-    return {**manifests["train"], **manifests["valid"], **manifests.get("test", {})}
+    rows = {"train": manifests["train"], "none": {},
+            "all": {**manifests["train"], **manifests["valid"], **manifests.get("test", {})}}[choice]
+    fraction = hparams.get("pretrain_audio_fraction") or 1.0
+    if rows and fraction < 1.0:
+        rows = data.label_subset(rows, fraction, hparams["seed"], hparams["chunk_size"])
+    pool = manifests.get("unlabelled") or {}
+    if not rows and not pool:
+        raise ValueError("pretrain_data: none needs an unlabelled pool (unlabelled_folder)")
+    return {**rows, **pool}
+
+
+def prepare_unlabelled_pool(hparams, timings, labelled_folders):
+    """Stage 1b: the ``unlabelled_folder`` pool's manifest, without the audio of ``labelled_folders``.
+
+    A no-op without ``unlabelled_folder``. Files of the labelled corpus (every
+    speaker's, verification speakers' included) are left out of the pool
+    (:func:`sincmi.prepare.unlabelled.prepare_unlabelled`). Returns the
+    pool's rows (``{}`` without a pool), for ``manifests["unlabelled"]``.
+    """
+    if not hparams.get("unlabelled_folder"):
+        return {}
+    labelled = sorted({path for folder in labelled_folders if folder for path in unlabelled.audio_files(folder)})
+    prepare(hparams, unlabelled.prepare_unlabelled, timings, labelled_files=labelled)
+    return data.load_manifest(os.path.join(hparams["save_folder"], unlabelled.MANIFEST), "")
 
 
 def report(hparams, systems, timings, run_opts=None):

@@ -47,6 +47,7 @@ def test_demo_on_a_user_folder_and_rerun_resumes(tmp_path):
     args = ["--data_folder=" + folder, "--num_verification_speakers=2", "--valid_per_speaker=1",
             "--test_per_speaker=1"]
     first, _ = run_recipe("Demo", "lim_nce.yaml", tmp_path / "out", *args)
+    check_run_folder(tmp_path / "out", first)
     # A second run finds every stage finished and only re-evaluates: same numbers.
     second, proc = run_recipe("Demo", "lim_nce.yaml", tmp_path / "out", *args)
     assert second["systems"] == first["systems"]
@@ -58,3 +59,25 @@ def test_demo_missing_data_folder_is_explained(tmp_path):
                          expect_ok=False)
     assert proc.returncode != 0
     assert "does not exist" in proc.stderr + proc.stdout
+
+
+def check_run_folder(out, results):
+    """What a run leaves: its provenance, its own train.py, a quiet log, the main system's scores."""
+    import os
+    import subprocess
+
+    provenance = results["provenance"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(__file__)).stdout.strip()
+    assert provenance["git"]["commit"] == head and isinstance(provenance["git"]["modified"], bool)
+    assert provenance["packages"]["torch"] and provenance["packages"]["speechbrain"]
+    assert provenance["device"] == "cpu" and provenance["torch_threads"] >= 1 and provenance["seed"] == 1234
+    assert "recipes/Demo/train.py" in provenance["command"] and "--data_folder=" in provenance["command"]
+    assert {"prepare", "pretrain", "speaker_id", "verification", "total"} <= set(results["timings_s"])
+    names = os.listdir(out)
+    assert "train.py" in names and "stages.py" not in names and "hyperparams.yaml" in names
+    log = open(out / "log.txt").read()
+    assert " - matplotlib" not in log and "font_manager" not in log  # the library's loggers, not its version line
+    assert "\r" not in log
+    scores = sorted(n for n in names if n.startswith("scores_"))
+    assert scores == ["scores_lim_nce.txt.gz", "scores_lim_nce_standardize.txt.gz", "scores_lim_nce_whiten.txt.gz"]

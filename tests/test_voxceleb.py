@@ -146,3 +146,13 @@ def test_load_pretrained_encoder_needs_a_checkpoint(tmp_path):
                              conv_kernels=[5], fc_sizes=[8])
     with pytest.raises(FileNotFoundError, match="holds no LIM checkpoint"):
         load_pretrained_encoder(encoder, str(tmp_path))
+
+
+def test_the_recipe_takes_an_unlabelled_pool(voxceleb, tmp_path):
+    from test_unlabelled import write_calls
+
+    pool = write_calls(str(tmp_path / "pool"))
+    run_recipe("VoxCeleb", "lim_nce.yaml", tmp_path / "run", f"--voxceleb1_folder={voxceleb}",
+               f"--unlabelled_folder={pool}", "--segment_seconds=1.0", "--valid_speakers=2",
+               "--critic_hidden_size=16", "--cohort_size=20")
+    assert "(2 of the segments from the unlabelled pool)" in open(tmp_path / "run" / "log.txt").read()

@@ -28,6 +28,8 @@ def main(argv):
         stages.prepare(hparams, synthesize_corpus, timings, folder=data_folder)
     stages.prepare(hparams, prepare_folder, timings, data_folder=data_folder)
     manifests, labels = stages.load_speaker_id_data(hparams, data_folder)
+    # ... and recordings without speakers for LIM (--unlabelled_folder), never those of data_folder
+    manifests["unlabelled"] = stages.prepare_unlabelled_pool(hparams, timings, [data_folder])
 
     # 2. Pretrain without labels, 3. speaker id (probe or fine-tuning)
     audio = stages.training_audio(hparams, manifests["train"])  # None unless audio_cache
