@@ -11,7 +11,7 @@ import torch
 from sincmi import layout
 from sincmi.backend import BACKENDS
 from sincmi.discriminator import CRITICS
-from sincmi.encoder import IMPLEMENTATIONS
+from sincmi.encoder import FC_INITS, IMPLEMENTATIONS, LAYER_NORMS
 from sincmi.scoring import SCORE_NORMS
 
 # The choices of pretrain_data (sincmi.stages.pretraining_rows)
@@ -56,6 +56,8 @@ def check_hparams(hparams):
         "score_norm": list(SCORE_NORMS),
         "norm_over": ["time", "channel_time"],
         "encoder_implementation": list(IMPLEMENTATIONS),
+        "layer_norm": list(LAYER_NORMS),
+        "fc_init": list(FC_INITS),
         "pretrain_data": list(PRETRAIN_DATA),
     }
     for key, valid in choices.items():

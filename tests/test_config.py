@@ -20,7 +20,7 @@ from sincmi.config import check_hparams
         ({"num_negatives": 0}, r"num_negatives=0 is invalid"),
         ({"verification_backends": ["none", "plda"]}, r"verification_backends=\['none', 'plda'\] is invalid"),
         ({"verification_backends": "whiten"}, r"verification_backends='whiten' is invalid: a list"),
-        ({"pretrain_data": "everything"}, r"pretrain_data='everything' is invalid: choose one of \['train', 'all'\]"),
+        ({"pretrain_data": "everything"}, r"pretrain_data='everything' is invalid: choose one of \['train', 'all', 'none'\]"),
         ({"save_scores": "LIM"}, r"save_scores='LIM' is invalid"),
         ({"valid_pairs_per_sentence": 0}, r"valid_pairs_per_sentence=0 is invalid"),
     ],
