@@ -23,6 +23,7 @@ EXPORT_ORDER = (SPEAKER_ID, FINETUNE, PRETRAIN)
 RESULTS_FILE = "results.json"
 TRIALS_FILE = "trials.txt"
 LABEL_ENCODER_FILE = "label_encoder.txt"
+PRETRAINING_DATA_FILE = "pretraining_data.json"  # in save_folder: what LIM pretrained on
 
 
 def best_checkpoint_key(stage):

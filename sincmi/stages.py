@@ -185,6 +185,9 @@ def lim_pretraining(hparams, run_opts, manifests, timings, audio=None):
     minutes = sum((row["stop"] - row["start"]) / (row.get("rate") or file_rate) for row in rows.values()) / 60
     logger.info(f"LIM pretrains on {len(rows)} segments, {minutes:.1f} min of audio "
                 f"({len(pool)} of the segments from the unlabelled pool)")
+    if if_main_process():  # what LIM learned from, for results.json (report)
+        with open(os.path.join(hparams["save_folder"], layout.PRETRAINING_DATA_FILE), "w") as f:
+            json.dump({"segments": len(rows), "minutes": round(minutes, 3), "pool_segments": len(pool)}, f)
     encoder = pretrain(hparams, run_opts, sets.pairs(rows), sets.pairs(manifests["valid"], train=False))
     timings[layout.PRETRAIN] = time.time() - start
     return encoder
@@ -274,6 +277,10 @@ def report(hparams, systems, timings, run_opts=None):
     """
     timings = {**timings, "total": sum(v for k, v in timings.items() if k != "total")}  # the stages' sum
     results = {"systems": systems, "timings_s": timings, "provenance": run_provenance(hparams, run_opts)}
+    pretraining_data = os.path.join(hparams["save_folder"], layout.PRETRAINING_DATA_FILE)
+    if os.path.isfile(pretraining_data):  # the audio LIM pretrained on (segments, minutes, pool's share)
+        with open(pretraining_data) as f:
+            results["pretraining_data"] = json.load(f)
     if not if_main_process():  # under DDP every process has the same figures; one writes them
         return results
     table = write_results(os.path.join(hparams["output_folder"], layout.RESULTS_FILE), results)
