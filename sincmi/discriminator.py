@@ -143,6 +143,29 @@ class BilinearDiscriminator(PairDiscriminator):
 CRITICS = {"mlp": MLPDiscriminator, "cosine": CosineDiscriminator, "bilinear": BilinearDiscriminator}
 
 
+def build_critic(critics, critic, input_size):
+    """The critic named ``critic`` among the classes a yaml declares, made for ``input_size`` embeddings.
+
+    ``critics`` maps names to critic classes or partials (``!name:`` in the
+    yaml), so that ``--critic=mlp`` switches the critic with one override and
+    a new critic is one class and one line of the yaml. Only the chosen one is
+    made (the random draws of the others' weights would change the run).
+
+    Example
+    -------
+    >>> import functools
+    >>> critics = {"cosine": CosineDiscriminator, "mlp": functools.partial(MLPDiscriminator, hidden_size=16)}
+    >>> build_critic(critics, "mlp", 8).first
+    Linear(in_features=8, out_features=16, bias=True)
+    """
+    if critic not in critics:
+        raise ValueError(f"critic={critic!r} is invalid: choose one of {sorted(critics)} (the yaml's critics)")
+    made = critics[critic](input_size=input_size)
+    if not isinstance(made, PairDiscriminator):
+        raise TypeError(f"critic {critic!r} is a {type(made).__name__}, not a sincmi.discriminator.PairDiscriminator")
+    return made
+
+
 def make_discriminator(kind, input_size, hidden_size=1024, num_layers=1, init_scale=10.0):
     """Builds a critic by name, so that a yaml (or ``--critic=...``) can choose it.
 

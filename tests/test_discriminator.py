@@ -1,5 +1,6 @@
 """Critics: the fast pairwise path equals the direct definition."""
 
+import pytest
 import torch
 
 from sincmi.discriminator import BilinearDiscriminator, CosineDiscriminator, MLPDiscriminator
@@ -33,3 +34,23 @@ def test_cosine_and_bilinear_definitions():
         bil.bias.fill_(0.5)
     expected = torch.einsum("nd,de,ne->n", a, bil.weight, b) + 0.5
     assert torch.allclose(bil(a, b), expected, atol=1e-5)
+
+
+def test_the_yamls_critic_is_one_override_away_and_made_alone():
+    import os
+
+    from hyperpyyaml import load_hyperpyyaml
+
+    from conftest import ROOT
+    from sincmi.discriminator import CosineDiscriminator, MLPDiscriminator, build_critic
+
+    path = os.path.join(ROOT, "recipes", "Demo", "hparams", "lim_bce.yaml")
+    with open(path) as f:
+        assert isinstance(load_hyperpyyaml(f)["discriminator"], CosineDiscriminator)
+    with open(path) as f:
+        hparams = load_hyperpyyaml(f, {"critic": "mlp"})
+    critic = hparams["discriminator"]
+    assert isinstance(critic, MLPDiscriminator) and critic.first.out_features == hparams["critic_hidden_size"]
+    assert hparams["pretrain_modules"]["discriminator"] is critic
+    with pytest.raises(ValueError, match=r"critic='dot' is invalid: choose one of \['cosine', 'mlp'\]"):
+        build_critic({"cosine": CosineDiscriminator, "mlp": MLPDiscriminator}, "dot", 8)
