@@ -91,8 +91,9 @@ def main(argv=None):
         axis.set_title(title)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+    bottom = axes[0].get_ylim()[0]
     for label, minutes, *_ in points:
-        axes[0].annotate(label, (minutes, axes[0].get_ylim()[1]), fontsize=7, rotation=90, va="top")
+        axes[0].annotate(label, (minutes, bottom), xytext=(3, 3), textcoords="offset points", fontsize=7)
     fig.suptitle(f"{args.system}: mean over seeds, bars = range")
     fig.tight_layout()
     fig.savefig(args.png, dpi=120)
