@@ -52,7 +52,7 @@ def check_hparams(hparams):
     if fraction is not None and not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
         raise ValueError(f"label_fraction={fraction!r} is invalid: it must be in (0, 1]")
     choices = {
-        "critic": sorted(CRITICS),
+        "critic": sorted(hparams["critics"]) if isinstance(hparams.get("critics"), dict) else sorted(CRITICS),
         "score_norm": list(SCORE_NORMS),
         "norm_over": ["time", "channel_time"],
         "encoder_implementation": list(IMPLEMENTATIONS),

@@ -119,6 +119,37 @@ class CosineDiscriminator(PairDiscriminator):
         return self.log_scale.exp() * cos + self.bias
 
 
+class CosineThresholdDiscriminator(CosineDiscriminator):
+    """Scaled cosine around a learnable threshold: ``s * (cos(z1, z2) - t)``, learnable s and t.
+
+    The same function family as :class:`CosineDiscriminator` (``c = -s t``),
+    with the offset learned in cosine units. It matters for BCE, whose optimum
+    depends on where the critic puts its decision point: an optimiser step of
+    a given size moves ``t`` by that much in cosine, but a logit offset ``c``
+    only by that much against logits of about ``s`` (10), so the plain cosine
+    critic can barely move its threshold in a short run and the encoder must
+    push negative pairs to a cosine near 0 instead. InfoNCE and MINE do not
+    depend on the offset.
+
+    Example
+    -------
+    >>> critic = CosineThresholdDiscriminator(init_scale=5.0, init_threshold=0.5)
+    >>> z = torch.randn(3, 4)
+    >>> torch.allclose(critic(z, z), torch.full((3,), 2.5))
+    True
+    """
+
+    def __init__(self, input_size=None, init_scale=10.0, init_threshold=0.0):
+        super().__init__(input_size, init_scale)
+        del self.bias
+        self.threshold = nn.Parameter(torch.tensor(float(init_threshold)))
+
+    def pairwise(self, a, b, index):
+        """See :class:`PairDiscriminator`."""
+        cos = (F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T).gather(1, index)
+        return self.log_scale.exp() * (cos - self.threshold)
+
+
 class BilinearDiscriminator(PairDiscriminator):
     """Bilinear critic ``z1^T W z2 + c``, W initialised to a scaled identity.
 
@@ -140,7 +171,8 @@ class BilinearDiscriminator(PairDiscriminator):
         return (a @ self.weight @ b.T).gather(1, index) + self.bias
 
 
-CRITICS = {"mlp": MLPDiscriminator, "cosine": CosineDiscriminator, "bilinear": BilinearDiscriminator}
+CRITICS = {"mlp": MLPDiscriminator, "cosine": CosineDiscriminator, "cosine_threshold": CosineThresholdDiscriminator,
+           "bilinear": BilinearDiscriminator}
 
 
 def build_critic(critics, critic, input_size):

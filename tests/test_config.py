@@ -15,7 +15,7 @@ from sincmi.config import check_hparams
         ({"label_fraction": 1.2}, r"label_fraction=1.2"),
         ({"pretrain_epochs": -1}, r"pretrain_epochs=-1 is invalid: it must be an integer >= 0"),
         ({"num_verification_speakers": -2}, r"num_verification_speakers=-2"),
-        ({"critic": "dot"}, r"critic='dot' is invalid: choose one of \['bilinear', 'cosine', 'mlp'\]"),
+        ({"critic": "dot"}, r"critic='dot' is invalid: choose one of \['bilinear', 'cosine', 'cosine_threshold', 'mlp'\]"),
         ({"score_norm": "x"}, r"score_norm='x' is invalid"),
         ({"num_negatives": 0}, r"num_negatives=0 is invalid"),
         ({"verification_backends": ["none", "plda"]}, r"verification_backends=\['none', 'plda'\] is invalid"),
