@@ -22,7 +22,7 @@ RECIPES = ["TIMIT", "LibriSpeech", "Demo", "VoxCeleb"]
 # (what a yaml's row in the results table is about): any yaml may set them.
 SYSTEM_KEYS = {
     "system_name", "output_folder",
-    "objective_name", "objective", "num_negatives", "mine_ema_decay",  # the LIM objective
+    "objective_name", "objective", "num_negatives", "mine_ema_decay", "critic",  # the LIM objective and critic
 }
 # Settings that only the named yaml may set otherwise (its row is about them);
 # every other yaml of its recipe must agree on them.
