@@ -69,9 +69,8 @@ def check_hparams(hparams):
         if unknown or not backends:
             raise ValueError(f"verification_backends={backends!r} is invalid: a list of back ends from {list(BACKENDS)}")
     exported = hparams.get("export_backend")
-    if exported is not None and exported not in (backends or ["none"]):
-        raise ValueError(f"export_backend={exported!r} is invalid: the run must fit it, so it must be one of "
-                         f"verification_backends={list(backends or ['none'])}")
+    if exported is not None and exported not in BACKENDS:
+        raise ValueError(f"export_backend={exported!r} is invalid: choose one of {list(BACKENDS)}")
     saved = hparams.get("save_scores")
     if saved is not None and not (isinstance(saved, (list, tuple)) and all(isinstance(n, str) for n in saved)):
         raise ValueError(f"save_scores={saved!r} is invalid: a list of system names, e.g. [LIM (nce), MFCC statistics]")
