@@ -1,6 +1,5 @@
 """The unlabelled pool: recordings without speakers for LIM, never the labelled corpus's audio."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT, run_recipe, write_tone_corpus
+from conftest import run_recipe, write_tone_corpus
 from sincmi import data
 from sincmi.prepare.unlabelled import REPORT, prepare_unlabelled
 from test_prepare_timit import write_timit
