@@ -25,6 +25,10 @@ setup(
         "numpy>=1.24",
         "pandas>=2.0",
         "soundfile>=0.12",
+        # AAC (.m4a, VoxCeleb2's format): FFmpeg ships inside PyAV's wheels.
+        "av==18.1.0",
+        # Sequential tar shards for LIM on large corpora, the format SpeechBrain's recipes use.
+        "webdataset==1.0.2",
         "tqdm>=4.60",
         # DET curves and training plots (PNG, headless "Agg" backend).
         "matplotlib>=3.7",

@@ -4,6 +4,7 @@
     python -m sincmi embed MODEL DIR OUT [--window 1.5 --hop 0.75]
     python -m sincmi export EXPERIMENT MODEL [--backend whiten] [--threshold eer]
     python -m sincmi threshold MODEL PAIRS.txt [--set far=0.01]
+    python -m sincmi shards MANIFEST.csv [MANIFEST.csv ...] OUT --data_root DIR [--files_per_shard 500]
 
 MODEL is a folder written by ``export`` (from a recipe run's output folder): the
 encoder with the run's back end (and score normalisation), which ``verify``,
@@ -13,6 +14,8 @@ that ``tools/score_trials.py`` reads.
 per line, label 1 for the same speaker, 0 for different ones; relative paths
 are taken from the pairs file's folder) and shows the error rates of each
 operating point on them; ``--set`` stores one in MODEL.
+``shards`` packs a recipe's training manifest into WebDataset shards for LIM on
+large corpora (``--train_shards=OUT``; see :mod:`sincmi.shards`).
 """
 
 import argparse
@@ -22,7 +25,7 @@ import sys
 from sincmi.scoring import labelled_lines
 from sincmi.thresholds import SPEC_HELP, describe
 
-COMMANDS = ("verify", "embed", "export", "threshold")
+COMMANDS = ("verify", "embed", "export", "threshold", "shards")
 
 
 def verify(argv):
@@ -100,6 +103,31 @@ def threshold(argv):
         print(f"stored in {args.model}: {describe(point)}")
 
 
+def shards(argv):
+    from sincmi.shards import pack_shards
+
+    parser = argparse.ArgumentParser(prog="python -m sincmi shards",
+                                     description="Packs manifests' audio into WebDataset shards for LIM.")
+    parser.add_argument("paths", nargs="+", metavar="MANIFEST.csv ... OUT", help="manifests, then the output folder")
+    parser.add_argument("--data_root", nargs="+", default=[""],
+                        help="what $data_root stands for, or name=DIR pairs (voxceleb1=DIR voxceleb2=DIR)")
+    parser.add_argument("--files_per_shard", type=int, default=500)
+    parser.add_argument("--jobs", type=int, default=None, help="processes writing shards (default: every core)")
+    args = parser.parse_args(argv)
+    if len(args.paths) < 2:
+        parser.error("give at least one manifest and the output folder")
+    *manifests, out = args.paths
+    for manifest in manifests:
+        if not os.path.isfile(manifest):
+            sys.exit(f"error: manifest {manifest} not found: run the recipe's preparation first")
+    roots = dict(r.split("=", 1) for r in args.data_root if "=" in r)
+    data_root = roots or args.data_root[0]
+    index = pack_shards(manifests, out, data_root, args.files_per_shard, args.jobs)
+    if index["skipped"]:
+        print(f"{index['skipped']} file(s) not packed: see {os.path.join(out, 'shards_skipped.csv')}", file=sys.stderr)
+    print(f"{index['files']} files, {index['segments']} segments in {len(index['shards'])} shards: {out}")
+
+
 def load_model(folder, device="cpu"):
     from sincmi.inference import SpeakerEncoder
 
@@ -123,6 +151,8 @@ def main(argv=None):
         verify(rest)
     elif command == "threshold":
         threshold(rest)
+    elif command == "shards":
+        shards(rest)
     elif command == "embed":
         from sincmi.extract import main as embed
 

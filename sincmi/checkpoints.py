@@ -92,6 +92,25 @@ class RandomState:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+        rekey_other_ranks()
+
+
+def rekey_other_ranks():
+    """After loading the main process's generator states: on every other rank, a stream of its own.
+
+    Checkpoints hold the main process's states only; without this, every rank
+    of a resumed ``torchrun`` run would draw the same chunks. The new seed
+    follows from the loaded state and the rank, so a resumed run is
+    reproducible (a single process resumes exactly as it was).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+        from sincmi.distributed import process_seed
+
+        drawn = int(torch.randint(0, 2**31 - 1, (1,)))
+        seed = process_seed(drawn, torch.distributed.get_rank())
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
 
 
 def make_checkpointer(folder, recoverables):

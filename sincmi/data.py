@@ -7,15 +7,15 @@ Three views of a manifest (``ID,duration,wav,start,stop,spk_id``):
 * :func:`chunk_dataset`: one random labelled chunk per sentence (speaker id);
 * :func:`sentence_dataset`: whole sentences (evaluation; chunked in the Brain).
 
-Audio is read with soundfile, and only the frames needed: a chunk read never
-loads the whole file.
+Audio is read through :mod:`sincmi.audio`, and only the frames needed: a chunk read
+of a WAV or FLAC file never loads the whole file.
 """
 
 import math
 import os
 import random
 
-import soundfile as sf
+import numpy as np
 import speechbrain as sb
 import torch
 import torchaudio.functional as AF
@@ -23,6 +23,7 @@ from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 
+from sincmi.audio import audio_info, read_audio, to_mono
 from sincmi.progress import progress_bar
 
 
@@ -35,8 +36,7 @@ def read_segment(path, start, frames, audio=None):
     """
     if audio is not None and path in audio:
         return audio[path][start : start + frames]
-    data, _ = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
-    return torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])
+    return torch.from_numpy(to_mono(read_audio(path, start, frames)))
 
 
 def preload_audio(data, progress=True):
@@ -49,8 +49,7 @@ def preload_audio(data, progress=True):
     paths = sorted({row["wav"] for row in data.values()})
     audio = {}
     for path in progress_bar(paths, desc="Loading audio into memory", enabled=progress):
-        info = sf.info(path)
-        audio[path] = read_segment(path, 0, info.frames).share_memory_()
+        audio[path] = read_segment(path, 0, -1).share_memory_()
     return audio
 
 
@@ -97,7 +96,8 @@ def pair_offsets(span, frames, min_distance=0, generator=None):
     allows it (0: independent uniform draws, the paper's sampling); in a
     segment too short for that, they are as far apart as it allows. Both are
     uniform over the offsets that satisfy the distance. ``generator``: the
-    ``torch.Generator`` to draw from (default: the global one).
+    ``torch.Generator`` or ``numpy.random.Generator`` to draw from (default:
+    torch's global one).
 
     Example
     -------
@@ -108,17 +108,24 @@ def pair_offsets(span, frames, min_distance=0, generator=None):
     [0, 800]
     """
     last = max(span - frames, 0)
-    first = int(torch.randint(0, last + 1, (1,), generator=generator))
+    first = _randint(last + 1, generator)
     distance = min(min_distance, last)
     if distance <= 0:
-        return first, int(torch.randint(0, last + 1, (1,), generator=generator))
+        return first, _randint(last + 1, generator)
     # Offsets at least `distance` from `first`: [0, first - distance] and [first + distance, last].
     below = max(first - distance + 1, 0)
     above = max(last - (first + distance) + 1, 0)
     if below + above == 0:  # `first` is near the middle of a short segment: use the ends
         return (0, last) if first - 0 < last - first else (last, 0)
-    pick = int(torch.randint(0, below + above, (1,), generator=generator))
+    pick = _randint(below + above, generator)
     return first, pick if pick < below else first + distance + (pick - below)
+
+
+def _randint(high, generator=None):
+    """A uniform integer in ``[0, high)`` from a torch or NumPy generator (None: torch's global one)."""
+    if isinstance(generator, np.random.Generator):
+        return int(generator.integers(high))
+    return int(torch.randint(0, high, (1,), generator=generator))
 
 
 def load_manifest(csv_path, data_root):

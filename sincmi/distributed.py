@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+import numpy as np
 import speechbrain as sb
 import torch
 
@@ -50,6 +51,28 @@ def embed_all_processes(encoder, dataset, device, batch_size, shift):
         torch.distributed.all_gather_object(parts, embeddings)
         embeddings = {key: value for part in parts for key, value in part.items()}
     return embeddings
+
+
+def process_seed(seed, rank=None):
+    """The seed of this process's random streams: ``seed`` on rank 0 (a single process is unchanged),
+    a different one on every other rank, so that ranks do not draw the same chunk offsets and gains.
+
+    >>> process_seed(1234, rank=0), process_seed(1234, rank=1) != process_seed(1234, rank=2)
+    (1234, True)
+    """
+    if rank is None:
+        rank = torch.distributed.get_rank() if in_process_group() else 0
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def seed_this_process(seed):
+    """Seeds Python's, NumPy's and torch's global generators with :func:`process_seed` (rank 0: untouched).
+
+    Under ``torchrun`` the yaml seeds every rank alike (the models start
+    equal); the data drawn after that must differ between ranks.
+    """
+    if in_process_group() and torch.distributed.get_rank() > 0:
+        sb.utils.seed_everything(process_seed(seed))
 
 
 def in_process_group():

@@ -32,12 +32,13 @@ import numpy as np
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
+from sincmi.audio import is_audio_file
 from sincmi.data import read_segment, resampled
 from sincmi.inference import SpeakerEncoder
 from sincmi.prepare.manifest import inspect_audio
 from sincmi.progress import progress_bar
+from sincmi.scoring import EmbeddingTable
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".sph")
 
 
 def list_utterances(source, data_root=None):
@@ -46,7 +47,7 @@ def list_utterances(source, data_root=None):
         items = []
         for folder, _, files in sorted(os.walk(source)):
             for name in sorted(files):
-                if name.lower().endswith(AUDIO_EXTENSIONS):
+                if is_audio_file(name):
                     path = os.path.join(folder, name)
                     rel = os.path.relpath(path, source)
                     speaker = rel.split(os.sep)[0] if os.sep in rel else ""  # DIR/<speaker>/**/file
@@ -64,7 +65,13 @@ def list_utterances(source, data_root=None):
 
 
 def load_embeddings(path):
-    """``{utterance id: embedding}`` from what ``python -m sincmi embed`` wrote (``OUT.pt``, or ``OUT.npy``
+    """``{utterance id: embedding}`` (rows of :func:`load_embedding_table`'s matrix, not copies)."""
+    table = load_embedding_table(path)
+    return dict(zip(table.ids, table.matrix))
+
+
+def load_embedding_table(path):
+    """:class:`sincmi.scoring.EmbeddingTable` (ids and one matrix) from what ``python -m sincmi embed`` wrote (``OUT.pt``, or ``OUT.npy``
     with ``OUT.csv`` beside it). Per-window embeddings (``--window``) are refused: they are not utterances.
 
     Example
@@ -72,7 +79,7 @@ def load_embeddings(path):
     >>> import tempfile
     >>> out = os.path.join(tempfile.mkdtemp(), "emb")
     >>> save_embeddings(out, "npy", ["a", "b"], ["a.wav", "b.wav"], ["s1", "s2"], torch.eye(2))
-    >>> sorted(load_embeddings(out + ".npy"))
+    >>> load_embedding_table(out + ".npy").ids
     ['a', 'b']
     """
     if path.endswith(".pt"):
@@ -97,7 +104,7 @@ def load_embeddings(path):
         raise ValueError(f"{path} holds per-window embeddings (--window): embed whole utterances to score trials")
     if len(ids) != len(matrix) or len(set(ids)) != len(ids):
         raise ValueError(f"{path}: {len(ids)} ids ({len(set(ids))} distinct) for {len(matrix)} embeddings")
-    return dict(zip(ids, matrix))
+    return EmbeddingTable(list(ids), matrix)
 
 
 def save_embeddings(out, fmt, ids, paths, speakers, matrix, starts=None, ends=None):

@@ -33,6 +33,8 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.inference.interfaces import Pretrained
 from torch.utils.data import DataLoader
 
+from sincmi import audio
+from sincmi.audio import to_mono
 from sincmi.backend import Backend
 from sincmi.data import resampled
 from sincmi.encoder import utterance_embeddings
@@ -51,9 +53,8 @@ window in seconds, ``embeddings`` ``(n, D)``."""
 
 def read_audio(path, sample_rate):
     """Reads a whole file as mono float32 at ``sample_rate`` (down-mixed, resampled)."""
-    wav, rate = sf.read(path, dtype="float32", always_2d=True)
-    wav = torch.from_numpy(wav.mean(axis=1))
-    return resampled(wav, (rate, sample_rate))
+    wav = torch.from_numpy(to_mono(audio.read_audio(path)))
+    return resampled(wav, (audio.audio_info(path).samplerate, sample_rate))
 
 
 def file_embedding(encoder, path, sample_rate, shift, gain=None, block_chunks=512, max_chunks=64):
@@ -78,7 +79,7 @@ def file_embedding(encoder, path, sample_rate, shift, gain=None, block_chunks=51
         amplitude (as recipes trained with ``normalize_peak``).
     """
     chunk = encoder.chunk_size
-    info = sf.info(path)
+    info = audio.audio_info(path)
     whole = None
     if info.samplerate != sample_rate:
         whole = read_audio(path, sample_rate)
@@ -95,8 +96,7 @@ def file_embedding(encoder, path, sample_rate, shift, gain=None, block_chunks=51
         if whole is not None:
             wav = whole[start : start + frames]
         else:
-            data, _ = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
-            wav = torch.from_numpy(data.mean(axis=1))
+            wav = torch.from_numpy(to_mono(audio.read_audio(path, start, frames)))
         if wav.shape[0] < chunk:  # a file shorter than one chunk: zero-padded, as in evaluation
             wav = F.pad(wav, (0, chunk - wav.shape[0]))
         if gain is not None:
@@ -111,7 +111,9 @@ def file_embedding(encoder, path, sample_rate, shift, gain=None, block_chunks=51
 
 def _peak(path, block=16000 * 60):
     peak = 0.0
-    for data in sf.blocks(path, blocksize=block, dtype="float32", always_2d=True):
+    blocks = [audio.read_audio(path)] if audio.uses_pyav(path) else \
+        sf.blocks(path, blocksize=block, dtype="float32", always_2d=True)
+    for data in blocks:
         peak = max(peak, float(np.abs(data.mean(axis=1)).max()) if len(data) else 0.0)
     return peak
 
@@ -137,7 +139,7 @@ def window_embeddings(encoder, path, sample_rate, shift, window, hop, gain=None,
     """
     if not (window > 0 and hop > 0):
         raise ValueError(f"window and hop must be positive seconds, got window={window!r}, hop={hop!r}")
-    info = sf.info(path)
+    info = audio.audio_info(path)
     rate = info.samplerate
     length, step = int(round(window * rate)), int(round(hop * rate))
     if length < 1 or step < 1:
@@ -145,7 +147,7 @@ def window_embeddings(encoder, path, sample_rate, shift, window, hop, gain=None,
     device = next(encoder.parameters()).device
     times, embeddings = [], []
     for start in window_starts(info.frames, length, step):
-        data, _ = sf.read(path, start=start, frames=length, dtype="float32", always_2d=True)
+        data = audio.read_audio(path, start, length)
         wav = resampled(torch.from_numpy(data.mean(axis=1)), (rate, sample_rate))
         if gain == "peak" and wav.abs().max() > 0:
             wav = wav / wav.abs().max()

@@ -15,7 +15,7 @@ from importlib import metadata
 
 import torch
 
-PACKAGES = ("sincmi", "torch", "torchaudio", "speechbrain", "numpy", "soundfile")
+PACKAGES = ("sincmi", "torch", "torchaudio", "speechbrain", "numpy", "soundfile", "av", "webdataset")
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

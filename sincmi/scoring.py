@@ -7,9 +7,53 @@ s- or adaptive s-norm). The error rates of the scores are in :mod:`sincmi.metric
 """
 
 import gzip
+from typing import List, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+# Bytes of embeddings gathered at once while scoring: memory stays bounded whatever the number of trials.
+SCORING_CHUNK_BYTES = 128 << 20
+
+
+class EmbeddingTable(NamedTuple):
+    """Utterance embeddings as one ``(N, D)`` matrix (any norm) and the id of each row.
+
+    What scoring reads at Vox1-E/H size: the matrix is used as it is, never
+    copied, normalised or stacked again.
+    """
+
+    ids: List[str]
+    matrix: torch.Tensor
+
+
+def embedding_table(embeddings, needed=None):
+    """An :class:`EmbeddingTable` from ``{id: 1-D tensor}`` (only the ``needed`` ids), or the table itself.
+
+    Raises ``KeyError`` naming a needed utterance without an embedding.
+    """
+    if isinstance(embeddings, EmbeddingTable):
+        if needed is not None:
+            have = set(embeddings.ids)
+            missing = [u for u in sorted(needed) if u not in have]
+            if missing:
+                raise KeyError(f"{len(missing)} trial utterance(s) have no embedding, e.g. {missing[0]!r}")
+        return embeddings
+    ids = sorted(needed) if needed is not None else sorted(embeddings)
+    missing = [u for u in ids if u not in embeddings]
+    if missing:
+        raise KeyError(f"{len(missing)} trial utterance(s) have no embedding, e.g. {missing[0]!r}")
+    return EmbeddingTable(ids, torch.stack([embeddings[u].float() for u in ids]))
+
+
+def chunk_rows(dim, budget=SCORING_CHUNK_BYTES):
+    """Rows of ``dim`` float32 values that fit in ``budget`` bytes (at least one).
+
+    >>> chunk_rows(2048)
+    16384
+    """
+    return max(1, budget // (4 * dim))
 
 
 def labelled_lines(path, form, label_field, comments=False):
@@ -67,41 +111,51 @@ def read_trials(path):
 
 
 def trial_indices(embeddings, trials):
-    """Stacks the embeddings a trial list needs and indexes its trials.
+    """The embeddings a trial list needs, and the rows of its trials.
 
     Arguments
     ---------
-    embeddings : dict
-        ``{utterance id: 1-D tensor}``.
+    embeddings : dict or EmbeddingTable
+        ``{utterance id: 1-D tensor}`` (only the trials' utterances are
+        stacked), or a table (used as it is).
     trials : list
         ``(label, enrol, test)`` tuples.
 
     Returns
     -------
-    matrix : torch.Tensor
-        ``(num_utterances, D)`` L2-normalised embeddings.
+    table : EmbeddingTable
     enrol, test : torch.LongTensor
         Row of each trial's enrolment and test utterance.
     labels : torch.BoolTensor
         True for target trials.
     """
-    ids = sorted({u for _, a, b in trials for u in (a, b)})
-    missing = [u for u in ids if u not in embeddings]
-    if missing:
-        raise KeyError(f"{len(missing)} trial utterance(s) have no embedding, e.g. {missing[0]!r}")
-    row = {utt: i for i, utt in enumerate(ids)}
-    matrix = torch.nn.functional.normalize(torch.stack([embeddings[u].float() for u in ids]), dim=1)
+    table = embedding_table(embeddings, {u for _, a, b in trials for u in (a, b)})
+    row = {utt: i for i, utt in enumerate(table.ids)}
     enrol = torch.tensor([row[a] for _, a, _ in trials], dtype=torch.long)
     test = torch.tensor([row[b] for _, _, b in trials], dtype=torch.long)
     labels = torch.tensor([label for label, _, _ in trials], dtype=torch.bool)
-    return matrix, enrol, test, labels
+    return table, enrol, test, labels
 
 
-def cosine_scores(matrix, enrol, test, chunk=1_000_000):
-    """Cosine scores ``matrix[enrol[i]] . matrix[test[i]]`` in bounded memory."""
-    scores = torch.empty(len(enrol), dtype=matrix.dtype)
+def cosine_scores(matrix, enrol, test, chunk=None):
+    """Cosine scores of rows ``enrol[i]`` and ``test[i]`` of ``matrix``, in bounded memory.
+
+    The rows need not be normalised: each gathered row is L2-normalised, so
+    the scores are those of a normalised matrix, without a normalised copy of
+    it. ``chunk`` trials at a time (default: :data:`SCORING_CHUNK_BYTES` of
+    rows), so the memory used does not grow with the number of trials.
+
+    Example
+    -------
+    >>> cosine_scores(torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([0]), torch.tensor([1]))
+    tensor([0.6000])
+    """
+    chunk = chunk or chunk_rows(matrix.shape[1])
+    scores = torch.empty(len(enrol), dtype=torch.float32)
     for i in range(0, len(enrol), chunk):
-        scores[i : i + chunk] = (matrix[enrol[i : i + chunk]] * matrix[test[i : i + chunk]]).sum(1)
+        a = F.normalize(matrix[enrol[i : i + chunk]].float(), dim=1)
+        b = F.normalize(matrix[test[i : i + chunk]].float(), dim=1)
+        scores[i : i + chunk] = (a * b).sum(1)
     return scores
 
 
@@ -111,7 +165,7 @@ def cohort_statistics(matrix, cohort, top_k=None, chunk=4096):
     Arguments
     ---------
     matrix : torch.Tensor
-        ``(N, D)`` L2-normalised embeddings.
+        ``(N, D)`` embeddings (L2-normalised here, a chunk of rows at a time).
     cohort : torch.Tensor
         ``(M, D)`` cohort embeddings (normalised here).
     top_k : int or None
@@ -128,7 +182,7 @@ def cohort_statistics(matrix, cohort, top_k=None, chunk=4096):
         raise ValueError(f"top_k must be in [1, {len(cohort)}] (the cohort size), got {top_k}")
     means, stds = [], []
     for i in range(0, len(matrix), chunk):
-        scores = matrix[i : i + chunk] @ cohort.T
+        scores = F.normalize(matrix[i : i + chunk].float(), dim=1) @ cohort.T
         if top_k is not None:
             scores = scores.topk(top_k, dim=1).values
         means.append(scores.mean(1))
@@ -172,8 +226,10 @@ def score_trials(embeddings, trials, cohort=None, method=None, top_k=None):
 
     Arguments
     ---------
-    embeddings : dict
-        ``{utterance id: 1-D tensor}``.
+    embeddings : dict or EmbeddingTable
+        ``{utterance id: 1-D tensor}``, or a table used without a copy (the
+        memory then grows with neither the number of trials nor of
+        utterances: see :func:`cosine_scores`).
     trials : list
         ``(label, enrol, test)`` tuples.
     cohort : torch.Tensor, optional
@@ -191,12 +247,14 @@ def score_trials(embeddings, trials, cohort=None, method=None, top_k=None):
     labels : torch.BoolTensor
         True for target trials.
     """
-    matrix, enrol, test, labels = trial_indices(embeddings, trials)
-    scores = cosine_scores(matrix, enrol, test)
+    if method not in SCORE_NORMS:
+        raise ValueError(f"score_norm: unknown method {method!r}; choose one of {list(SCORE_NORMS)}")
+    table, enrol, test, labels = trial_indices(embeddings, trials)
+    scores = cosine_scores(table.matrix, enrol, test)
     if method is not None:
         if cohort is None:
             raise ValueError(f"score normalisation {method!r} needs a cohort of embeddings")
-        mean, std = cohort_statistics(matrix, cohort, top_k if method == "as-norm" else None)
+        mean, std = cohort_statistics(table.matrix, cohort, top_k if method == "as-norm" else None)
         scores = normalize_scores(scores, enrol, test, mean, std, method)
     return scores, labels
 

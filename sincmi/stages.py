@@ -18,11 +18,12 @@ import numpy as np
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.sampler import ReproducibleRandomSampler
 from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from sincmi import data, distributed, layout, progress
+from sincmi import data, distributed, layout, progress, shards
 from sincmi.prepare import unlabelled
 from sincmi.backend import BACKEND_LABELS, Backend
 from sincmi.brains import LIMBrain, SpeakerIdBrain
@@ -61,6 +62,7 @@ def start_experiment(argv):
     with open(hparams_file) as f:
         hparams = load_hyperpyyaml(f, overrides)
     check_hparams(hparams)
+    distributed.seed_this_process(hparams["seed"])
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
@@ -144,6 +146,19 @@ def prepare(hparams, preparer, timings=None, **settings):
         timings["prepare"] = timings.get("prepare", 0.0) + time.time() - start
 
 
+def stop_after_preparation(hparams):
+    """Ends the run once the manifests are written when ``prepare_only`` is set (exit status 0).
+
+    Preparation of a large corpus is then its own step, on one process, before
+    the ``torchrun`` run (which finds the manifests up to date): no rank waits
+    hours at a barrier while the main one reads a million files.
+    """
+    if hparams.get("prepare_only"):
+        logger.info(f"prepare_only: the manifests are in {hparams['save_folder']}; stopping before training")
+        distributed.leave_process_group()
+        sys.exit(0)
+
+
 def load_manifests(hparams, data_root, splits=("train", "valid", "test")):
     """``{split: rows}`` of the manifests the preparer wrote in ``save_folder``."""
     return {split: data.load_manifest(os.path.join(hparams["save_folder"], f"{split}.csv"), data_root)
@@ -188,7 +203,8 @@ def lim_pretraining(hparams, run_opts, manifests, timings, audio=None):
     if if_main_process():  # what LIM learned from, for results.json (report)
         with open(os.path.join(hparams["save_folder"], layout.PRETRAINING_DATA_FILE), "w") as f:
             json.dump({"segments": len(rows), "minutes": round(minutes, 3), "pool_segments": len(pool)}, f)
-    encoder = pretrain(hparams, run_opts, sets.pairs(rows), sets.pairs(manifests["valid"], train=False))
+    train_set = shard_pairs(hparams, pool) if hparams.get("train_shards") else sets.pairs(rows)
+    encoder = pretrain(hparams, run_opts, train_set, sets.pairs(manifests["valid"], train=False))
     timings[layout.PRETRAIN] = time.time() - start
     return encoder
 
@@ -223,6 +239,34 @@ def identify(hparams, run_opts, stage, encoder, manifests, labels, timings, free
     )
     timings[stage] = time.time() - start
     return stats
+
+
+def shard_pairs(hparams, pool):
+    """LIM's training pairs read from ``train_shards`` (:class:`sincmi.shards.ShardPairs`).
+
+    The shards must have been packed from the manifests of ``save_folder``
+    that ``pretrain_data`` names (``train``: ``train.csv``; ``all``: with
+    ``valid.csv`` and ``test.csv``), and ``unlabelled.csv`` with a pool;
+    ``pretrain_audio_fraction`` must be 1 (the shards hold what was packed).
+    """
+    if (hparams.get("pretrain_audio_fraction") or 1.0) < 1.0:
+        raise ValueError("train_shards holds whole manifests: pretrain_audio_fraction must be 1 "
+                         "(or leave train_shards null to read the files)")
+    splits = {"train": ["train"], "all": ["train", "valid", "test"], "none": []}[hparams.get("pretrain_data", "train")]
+    manifests = [path for path in (os.path.join(hparams["save_folder"], f"{split}.csv") for split in splits)
+                 if os.path.isfile(path)]
+    if pool:
+        manifests.append(os.path.join(hparams["save_folder"], unlabelled.MANIFEST))
+    rates = (hparams.get("file_sample_rate") or hparams["sample_rate"], hparams["sample_rate"])
+    if rates[0] != rates[1]:
+        raise ValueError("train_shards: the files must be at sample_rate (file_sample_rate differs)")
+    return shards.ShardPairs(
+        hparams["train_shards"], hparams["chunk_size"], seed=hparams["seed"],
+        pairs_per_segment=hparams.get("pairs_per_segment") or 1,
+        shuffle_buffer=hparams.get("shuffle_buffer") or 4096, gain_range=hparams.get("random_gain"),
+        min_pair_distance=hparams.get("min_pair_distance") or 0, sample_rate=hparams["sample_rate"],
+        manifests=manifests, epoch_counter=declared(hparams, "pretrain_epoch_counter"),
+    )
 
 
 def pretraining_rows(hparams, manifests):
@@ -343,24 +387,33 @@ def pretrain(hparams, run_opts, train_set, valid_set):
         run_opts=run_opts,
         checkpointer=checkpointer,
     )
-    sampler = epoch_sampler(train_set, hparams.get("pairs_per_epoch"), hparams["seed"])
-    brain.train_sampler = sampler
     # Every batch needs >= 2 sentences (a negative comes from another sentence):
     # full training batches only, and no 1-sentence remainder in validation.
-    batch_size = min(hparams["pretrain_batch_size"], len(sampler))
+    pairs = len(train_set) if isinstance(train_set, shards.ShardPairs) else hparams.get("pairs_per_epoch") or len(train_set)
+    batch_size = min(hparams["pretrain_batch_size"], pairs)
     if batch_size < 2:
         raise ValueError(
             f"LIM needs at least 2 training sentences per batch; pretrain_batch_size="
-            f"{hparams['pretrain_batch_size']}, pairs_per_epoch={len(sampler)}"
+            f"{hparams['pretrain_batch_size']}, pairs_per_epoch={pairs}"
         )
     loader_kwargs = {"batch_size": batch_size, "num_workers": hparams["num_workers"],
                      "generator": loader_generator(hparams["seed"])}
+    if isinstance(train_set, shards.ShardPairs):
+        # One endless stream over the epochs (SpeechBrain's LoopedLoader): its workers persist.
+        steps = shards.steps_per_epoch(hparams.get("pairs_per_epoch"), batch_size, len(train_set))
+        train_kwargs = {**loader_kwargs, "collate_fn": PaddedBatch, "looped_nominal_epoch": steps}
+        logger.info(f"LIM reads {len(train_set.shards)} shards of {hparams['train_shards']}: {steps} steps "
+                    f"per epoch, {train_set.pairs_per_segment} pair(s) per segment read")
+    else:
+        sampler = epoch_sampler(train_set, hparams.get("pairs_per_epoch"), hparams["seed"])
+        brain.train_sampler = sampler
+        train_kwargs = {**loader_kwargs, "sampler": sampler, "drop_last": True}
     logger.info(f"Stage pretrain: LIM ({modules['objective'].name}) for {counter.limit} epoch(s)")
     brain.fit(
         counter,
         train_set,
         valid_set,
-        train_loader_kwargs={**loader_kwargs, "sampler": sampler, "drop_last": True},
+        train_loader_kwargs=train_kwargs,
         valid_loader_kwargs={**loader_kwargs, "drop_last": len(valid_set) % batch_size == 1},
     )
     checkpointer.recover_if_possible(min_key=layout.best_checkpoint_key(layout.PRETRAIN))
@@ -368,13 +421,15 @@ def pretrain(hparams, run_opts, train_set, valid_set):
 
 
 def loader_generator(seed):
-    """The DataLoader's own generator (for its workers' seeds).
+    """The DataLoader's own generator (for its workers' seeds), different on every rank.
 
     Without it, creating a loader iterator draws from the global generator,
     which a run resumed in the middle of an epoch would draw at another point
-    than the uninterrupted run, changing every later random chunk.
+    than the uninterrupted run, changing every later random chunk. Each rank
+    gets its own (:func:`sincmi.distributed.process_seed`), so that no two
+    ranks' workers draw the same offsets and gains.
     """
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(distributed.process_seed(seed))
 
 
 def epoch_sampler(dataset, items_per_epoch, seed):

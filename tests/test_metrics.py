@@ -115,7 +115,7 @@ def test_score_normalisation_matches_direct_computation(method, top_k):
     assert torch.allclose(scores.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-5)
     assert labels.tolist() == [True, False, False, True]
     # Statistics computed in chunks equal the one-shot computation.
-    matrix, *_ = trial_indices(emb, trials)
+    matrix = trial_indices(emb, trials)[0].matrix
     one = cohort_statistics(matrix, cohort, top_k)
     chunked = cohort_statistics(matrix, cohort, top_k, chunk=2)
     assert torch.allclose(one[0], chunked[0]) and torch.allclose(one[1], chunked[1])
@@ -133,3 +133,24 @@ def test_score_normalisation_errors_name_the_problem():
         score_trials(emb, [(1, "a", "b")], torch.ones(3, 2), "as-norm", top_k=5)
     with pytest.raises(KeyError, match="no embedding"):
         score_trials(emb, [(1, "a", "zzz")])
+
+
+def test_scoring_a_table_in_chunks_equals_scoring_at_once():
+    """Chunked cosine scoring of an un-normalised table (what Vox1-E/H scoring uses) gives the scores
+    of the normalised embeddings, whatever the chunk."""
+    from sincmi.scoring import EmbeddingTable, cosine_scores, score_trials
+
+    gen = torch.Generator().manual_seed(1)
+    matrix = 3 * torch.randn(50, 8, generator=gen)
+    ids = [f"u{i}" for i in range(50)]
+    pairs = torch.randint(0, 50, (2, 333), generator=gen)
+    trials = [(int(a % 2), ids[a], ids[b]) for a, b in pairs.T.tolist()]
+    normalised = torch.nn.functional.normalize(matrix, dim=1)
+    expected = (normalised[pairs[0]] * normalised[pairs[1]]).sum(1)
+    assert torch.allclose(cosine_scores(matrix, pairs[0], pairs[1], chunk=7), expected, atol=1e-6)
+    scores, labels = score_trials(EmbeddingTable(ids, matrix), trials)
+    assert torch.equal(scores, cosine_scores(matrix, pairs[0], pairs[1]))
+    dict_scores, _ = score_trials(dict(zip(ids, matrix)), trials)
+    assert torch.allclose(scores, dict_scores, atol=1e-6)
+    with pytest.raises(KeyError, match="no embedding"):
+        score_trials(EmbeddingTable(ids[:10], matrix[:10]), trials)

@@ -29,9 +29,13 @@ from sincmi.plots import det_curve
 
 
 def load_embeddings(path):
-    """``{id: tensor}`` of an embed output, or a one-line error naming the file."""
+    """The :class:`~sincmi.scoring.EmbeddingTable` of an embed output, or a one-line error naming the file.
+
+    Scored as one matrix in bounded chunks: the peak memory is the embeddings'
+    own size plus a constant, whatever the number of trials.
+    """
     try:
-        return extract.load_embeddings(path)
+        return extract.load_embedding_table(path)
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: {err}") from err
 
@@ -53,7 +57,7 @@ def main(argv=None):
         raise SystemExit(str(err)) from err
     cohort = None
     if args.cohort:
-        cohort = torch.stack([v.float() for v in load_embeddings(args.cohort).values()])
+        cohort = load_embeddings(args.cohort).matrix.float()
     if args.score_norm == "as-norm" and args.top_k is None:
         raise SystemExit("--score_norm as-norm needs --top_k (e.g. 300)")
     try:

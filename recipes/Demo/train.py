@@ -30,6 +30,7 @@ def main(argv):
     manifests, labels = stages.load_speaker_id_data(hparams, data_folder)
     # ... and recordings without speakers for LIM (--unlabelled_folder), never those of data_folder
     manifests["unlabelled"] = stages.prepare_unlabelled_pool(hparams, timings, [data_folder])
+    stages.stop_after_preparation(hparams)  # --prepare_only=True: manifests only
 
     # 2. Pretrain without labels, 3. speaker id (probe or fine-tuning)
     audio = stages.training_audio(hparams, manifests["train"])  # None unless audio_cache

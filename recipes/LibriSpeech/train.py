@@ -22,6 +22,7 @@ def main(argv):
     stages.prepare(hparams, prepare_librispeech, timings)  # 1. manifests
     manifests, labels = stages.load_speaker_id_data(hparams, hparams["data_folder"])
     manifests["unlabelled"] = stages.prepare_unlabelled_pool(hparams, timings, [hparams["data_folder"]])  # optional
+    stages.stop_after_preparation(hparams)  # --prepare_only=True: manifests only
     encoder = stages.lim_pretraining(hparams, run_opts, manifests, timings)  # 2. no labels
     stats = stages.identify(hparams, run_opts, layout.SPEAKER_ID, encoder, manifests, labels, timings)  # 3. held-out
     stages.report(hparams, {hparams["system_name"]: stats}, timings, run_opts)  # 4. results.json, training curves

@@ -30,6 +30,7 @@ def main(argv):
     roots = {"voxceleb1": hparams["voxceleb1_folder"], "voxceleb2": hparams["voxceleb2_folder"] or ""}
     rows = stages.load_manifests(hparams, roots, ["train", "valid", "verification"])
     rows["unlabelled"] = stages.prepare_unlabelled_pool(hparams, timings, list(roots.values()))  # optional
+    stages.stop_after_preparation(hparams)  # --prepare_only=True: manifests only
 
     # 2. Encoder: LIM pretraining, continuing from a finished LIM run's encoder if given
     if hparams.get("pretrained_folder"):

@@ -17,6 +17,7 @@ import logging
 import os
 import random
 
+from sincmi.audio import AUDIO_EXTENSIONS, is_audio_file
 from sincmi.prepare.manifest import (
     already_prepared,
     inspect_audio,
@@ -28,7 +29,6 @@ from sincmi.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac")
 OUTPUTS = ["train.csv", "valid.csv", "test.csv", "verification.csv", "trials.txt"]
 
 
@@ -37,7 +37,7 @@ def find_speaker_files(data_folder):
     if not data_folder or not os.path.isdir(data_folder):
         raise FileNotFoundError(
             f"data_folder {data_folder!r} does not exist. Pass --data_folder=DIR with "
-            "DIR/<speaker>/**/*.wav (or .flac), or leave it null to synthesise the Demo corpus."
+            "DIR/<speaker>/**/*.wav (or .flac, .m4a), or leave it null to synthesise the Demo corpus."
         )
     speakers = {}
     for spk in sorted(os.listdir(data_folder)):
@@ -47,7 +47,7 @@ def find_speaker_files(data_folder):
         files = []
         for root, _, names in os.walk(spk_dir):
             for name in names:
-                if name.lower().endswith(AUDIO_EXTENSIONS):
+                if is_audio_file(name):
                     files.append(os.path.relpath(os.path.join(root, name), data_folder))
         if files:
             speakers[spk] = sorted(files)

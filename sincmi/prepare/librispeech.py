@@ -22,8 +22,8 @@ import os
 import random
 
 import numpy as np
-import soundfile as sf
 
+from sincmi.audio import is_audio_file, read_audio
 from sincmi.prepare.manifest import (
     already_prepared,
     inspect_audio,
@@ -37,7 +37,6 @@ from sincmi.progress import progress_bar
 logger = logging.getLogger(__name__)
 
 OUTPUTS = ["train.csv", "valid.csv", "test.csv"]
-AUDIO_EXTENSIONS = (".flac", ".wav")
 
 
 def find_subset(data_folder, subset):
@@ -141,7 +140,7 @@ def prepare_librispeech(
     for subset in subsets:
         root = find_subset(data_folder, subset)
         for folder, _, names in os.walk(root):
-            paths += [os.path.join(folder, n) for n in names if n.lower().endswith(AUDIO_EXTENSIONS)]
+            paths += [os.path.join(folder, n) for n in names if is_audio_file(n)]
     os.makedirs(save_folder, exist_ok=True)
 
     by_speaker, skipped, noted = {}, [], []
@@ -155,7 +154,7 @@ def prepare_librispeech(
         rate = check.rate
         start, stop, gain = 0, check.frames, 1.0
         if trim_silence or normalize_peak:
-            wav = sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1)
+            wav = read_audio(path).mean(axis=1)
             if trim_silence:
                 start, stop = trim_bounds(wav, rate, trim_db)
             if (stop - start) * sample_rate / rate < min_samples:

@@ -20,12 +20,12 @@ import os
 import numpy as np
 import soundfile as sf
 
+from sincmi.audio import AUDIO_EXTENSIONS, is_audio_file, read_audio, uses_pyav
 from sincmi.prepare.manifest import inspect_audio, write_manifest
 from sincmi.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".sph")
 MANIFEST = "unlabelled.csv"
 REPORT = "unlabelled_skipped.csv"
 OPTS_FILE = "unlabelled_opts.json"
@@ -35,7 +35,7 @@ def audio_files(folder):
     """Every audio file below ``folder`` (sorted), whatever the layout."""
     found = []
     for root, _, names in sorted(os.walk(folder, followlinks=True)):
-        found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(AUDIO_EXTENSIONS)]
+        found += [os.path.join(root, n) for n in sorted(names) if is_audio_file(n)]
     return found
 
 
@@ -48,18 +48,37 @@ def file_digest(path, block=1 << 20):
     return digest.hexdigest()
 
 
+def content_key(path, edge=1 << 16):
+    """A cheap key of a file's content: its size and the SHA-1 of its first and last ``edge`` bytes.
+
+    Two copies have the same key; two different recordings of one size almost
+    never do (their encoded samples differ within the first block), so the
+    full hash (:func:`file_digest`) is needed only where keys match.
+    """
+    size = os.path.getsize(path)
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        digest.update(f.read(edge))
+        if size > 2 * edge:
+            f.seek(size - edge)
+            digest.update(f.read(edge))
+    return size, digest.hexdigest()
+
+
 def overlapping_files(pool, labelled):
     """``{pool file: why}`` for the pool files that are files of the labelled corpus.
 
-    Same real path, or same content: only files of equal size are hashed, so
-    a pool with no copy of the labelled audio costs no hashing.
+    Same real path, or same content. Content is compared in two steps: the
+    size first (no read), then :func:`content_key` (two small reads) of the
+    files whose size matches, and the full hash only where the keys match, so
+    a pool of same-sized WAV files with no copy of the labelled audio reads
+    128 KiB of each such file, not all of it.
     """
     labelled_paths = {os.path.realpath(p) for p in labelled}
     by_size = {}
     for path in labelled:
         by_size.setdefault(os.path.getsize(path), []).append(path)
-    digests = {}
-    overlap = {}
+    keys, digests, overlap = {}, {}, {}
     for path in pool:
         if os.path.realpath(path) in labelled_paths:
             overlap[path] = "in the labelled folder (same file)"
@@ -68,12 +87,15 @@ def overlapping_files(pool, labelled):
         if not same_size:
             continue
         for other in same_size:
+            if other not in keys:
+                keys[other] = content_key(other)
+        key = content_key(path)
+        for other in (o for o in same_size if keys[o] == key):
             if other not in digests:
                 digests[other] = file_digest(other)
-        digest = file_digest(path)
-        twin = next((other for other in same_size if digests[other] == digest), None)
-        if twin is not None:
-            overlap[path] = f"a copy of the labelled file {twin}"
+            if file_digest(path) == digests[other]:
+                overlap[path] = f"a copy of the labelled file {other}"
+                break
     return overlap
 
 
@@ -87,13 +109,15 @@ def scan_audio(path, sample_rate, min_samples, resample, block_seconds=60):
         return 0, 0, check.reason
     frames = 0
     try:
-        for block in sf.blocks(path, blocksize=int(block_seconds * check.rate), dtype="float32", always_2d=True):
+        blocks = [read_audio(path)] if uses_pyav(path) else \
+            sf.blocks(path, blocksize=int(block_seconds * check.rate), dtype="float32", always_2d=True)
+        for block in blocks:
             if not np.isfinite(block).all():
                 return 0, 0, "NaN or infinite samples"
             frames += len(block)
     except Exception as error:
         return 0, 0, f"truncated or corrupt audio data ({error})".replace("\n", " ")
-    if frames < check.frames:
+    if frames < check.frames and not uses_pyav(path):  # AAC's header length is approximate
         return 0, 0, f"truncated: the header announces {check.frames} samples, the file holds {frames}"
     return frames, check.rate, None
 

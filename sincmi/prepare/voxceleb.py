@@ -7,9 +7,8 @@ Layouts read (nothing is downloaded):
   ``label enrol test`` with paths relative to ``wav/``:
   ``veri_test2.txt`` (VoxCeleb1-O cleaned), ``list_test_all2.txt`` (-E),
   ``list_test_hard2.txt`` (-H).
-* VoxCeleb2 dev, after the usual m4a -> wav conversion:
-  ``<voxceleb2_folder>/<spk>/<video>/<utt>.wav`` (see recipes/VoxCeleb/README.md
-  for the conversion command).
+* VoxCeleb2 dev as distributed (AAC, read with PyAV) or converted to wav:
+  ``<voxceleb2_folder>/<spk>/<video>/<utt>.m4a`` (or ``.wav``).
 
 Training manifests cut every utterance into segments of ``segment_seconds``
 (the last, shorter one is kept when it holds at least one chunk); the rows of
@@ -29,15 +28,15 @@ import logging
 import os
 import random
 
+from sincmi.audio import is_audio_file
 from sincmi.scoring import read_trials
 from sincmi.prepare.manifest import (
     already_prepared,
-    inspect_audio,
+    inspect_many,
     mark_prepared,
     report_skipped,
     write_manifest,
 )
-from sincmi.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +49,10 @@ def utterance_id(relative_path):
 
 
 def list_wavs(root):
-    """Relative paths of ``<spk>/<video>/<utt>.wav`` below ``root``."""
+    """Relative paths of ``<spk>/<video>/<utt>.<ext>`` below ``root`` (any audio extension: .wav, .m4a...)."""
     found = []
-    for folder, _, names in os.walk(root):
-        found += [os.path.relpath(os.path.join(folder, n), root) for n in names if n.lower().endswith(".wav")]
+    for folder, _, names in os.walk(root, followlinks=True):
+        found += [os.path.relpath(os.path.join(folder, n), root) for n in names if is_audio_file(n)]
     return sorted(found)
 
 
@@ -99,6 +98,7 @@ def prepare_voxceleb(
     seed=1234,
     resample=False,
     verify_samples=True,
+    prepare_jobs=None,
 ):
     """Writes the VoxCeleb manifests and trial list; skipped if already done.
 
@@ -109,7 +109,7 @@ def prepare_voxceleb(
     trial_list : str
         Trial list file: a path, or a name inside ``voxceleb1_folder``.
     voxceleb2_folder : str, optional
-        VoxCeleb2 dev as wav: ``<spk>/<video>/<utt>.wav``.
+        VoxCeleb2 dev as distributed, ``<spk>/<video>/<utt>.m4a``, or as wav.
     train_sets : list of str
         ``voxceleb1`` and/or ``voxceleb2``: the utterances used for training
         (without the trial list's speakers).
@@ -125,6 +125,8 @@ def prepare_voxceleb(
     verify_samples : bool
         Read every training recording whole to find truncated files and
         NaN/infinite samples (VoxCeleb2 is large: False checks headers only).
+    prepare_jobs : int, optional
+        Processes reading the files (default: every core).
     """
     unknown = set(train_sets) - {"voxceleb1", "voxceleb2"}
     if unknown or not train_sets:
@@ -143,8 +145,8 @@ def prepare_voxceleb(
         )
     if "voxceleb2" in train_sets and not (voxceleb2_folder and os.path.isdir(voxceleb2_folder)):
         raise FileNotFoundError(
-            f"voxceleb2_folder {voxceleb2_folder!r} not found: expected <spk>/<video>/<utt>.wav "
-            "(VoxCeleb2 dev converted to wav, see recipes/VoxCeleb/README.md)."
+            f"voxceleb2_folder {voxceleb2_folder!r} not found: expected <spk>/<video>/<utt>.m4a "
+            "(VoxCeleb2 dev as distributed) or .wav."
         )
     opts = {
         "voxceleb1_folder": os.path.abspath(voxceleb1_folder),
@@ -168,8 +170,9 @@ def prepare_voxceleb(
     trial_files = sorted({p for _, a, b in official for p in (a, b)})
     trial_speakers = {p.replace("\\", "/").split("/")[0] for p in trial_files}
     skipped, noted, verification, usable = [], [], [], set()
-    for rel in progress_bar(trial_files, desc="Checking trial utterances"):
-        check = inspect_audio(os.path.join(wav_root, rel), sample_rate, min_samples, resample)
+    checks = inspect_many([os.path.join(wav_root, rel) for rel in trial_files], sample_rate, min_samples, resample,
+                          jobs=prepare_jobs, desc="Checking trial utterances")
+    for rel, check in zip(trial_files, checks):
         if check.reason:
             skipped.append((os.path.join(wav_root, rel), check.reason))
             continue
@@ -198,11 +201,11 @@ def prepare_voxceleb(
     segment_samples = int(segment_seconds * sample_rate)
     by_speaker = {}
     for prefix, root in sources:
-        for rel in progress_bar(list_wavs(root), desc=f"Segmenting {root}"):
+        files = [rel for rel in list_wavs(root) if rel.replace(os.sep, "/").split("/")[0] not in trial_speakers]
+        checks = inspect_many([os.path.join(root, rel) for rel in files], sample_rate, min_samples, resample,
+                              verify_samples, prepare_jobs, desc=f"Checking {root}")
+        for rel, check in zip(files, checks):
             spk = rel.replace(os.sep, "/").split("/")[0]
-            if spk in trial_speakers:
-                continue
-            check = inspect_audio(os.path.join(root, rel), sample_rate, min_samples, resample, verify_samples)
             if check.reason:
                 skipped.append((os.path.join(root, rel), check.reason))
                 continue
