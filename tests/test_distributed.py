@@ -157,3 +157,62 @@ def test_a_failing_recipe_under_torchrun_exits_non_zero(tmp_path, processes):
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-3000:]
     assert "ValueError" in output
+
+
+RANK_STREAMS_SCRIPT = r'''
+import os, sys, json
+import torch, speechbrain as sb
+from speechbrain.dataio.batch import PaddedBatch
+from sincmi import data, distributed, stages
+from sincmi.checkpoints import RandomState
+
+torch.distributed.init_process_group("gloo")
+rank = torch.distributed.get_rank()
+sb.utils.seed_everything(1234)            # what every rank's yaml does
+distributed.seed_this_process(1234)       # what stages.start_experiment then does
+rows = data.load_manifest(sys.argv[1], sys.argv[2])
+pairs = data.pair_dataset(rows, 3200)
+out = {}
+for workers in (0, 2):
+    # The same sentences in the same order on both ranks: only the random draws can differ.
+    loader = torch.utils.data.DataLoader(pairs, batch_size=4, num_workers=workers, collate_fn=PaddedBatch,
+                                         generator=stages.loader_generator(1234))
+    batch = next(iter(loader))
+    out[f"workers{workers}"] = [batch.id, batch.anchor.data.sum(1).tolist()]
+state = sys.argv[3] + "/random_state.pt"
+if rank == 0:
+    RandomState().save(state)              # a checkpoint holds the main process's generators only
+torch.distributed.barrier()
+RandomState().load(state)
+out["after_load"] = torch.rand(3).tolist()
+RandomState().load(state)
+out["after_load_again"] = torch.rand(3).tolist()
+with open(f"{sys.argv[3]}/rank{rank}.json", "w") as f:
+    json.dump(out, f)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
+'''
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_two_ranks_draw_different_chunks_at_the_same_batch_position(tmp_path):
+    from sincmi.prepare.folder import prepare_folder
+
+    corpus = write_tone_corpus(str(tmp_path / "corpus"), speakers=4, utterances=4, seconds=1.0)
+    prepare_folder(corpus, str(tmp_path / "save"), num_verification_speakers=2, valid_per_speaker=1,
+                   test_per_speaker=1)
+    script = tmp_path / "streams.py"
+    script.write_text(RANK_STREAMS_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(tmp_path / "save" / "train.csv"), corpus, str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for workers in ("workers0", "workers2"):
+        (ids0, sums0), (ids1, sums1) = ranks[0][workers], ranks[1][workers]
+        assert ids0 == ids1  # same sentences at the same positions...
+        assert all(abs(a - b) > 1e-4 for a, b in zip(sums0, sums1)), (workers, sums0, sums1)  # ...other chunks
+    # After loading the main process's generators, rank 1 still draws its own stream, reproducibly.
+    assert ranks[0]["after_load"] != ranks[1]["after_load"]
+    assert ranks[1]["after_load"] == ranks[1]["after_load_again"]
+    assert ranks[0]["after_load"] == ranks[0]["after_load_again"]
