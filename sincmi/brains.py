@@ -83,9 +83,15 @@ class LIMBrain(DistributedBrain):
         )
 
     def compute_objectives(self, predictions, batch, stage):
-        """The MI objective; in evaluation, also the pair ranking accuracy."""
+        """The MI objective; in evaluation, also the pair ranking accuracy.
+
+        Under mixed precision (``--precision=bf16|fp16``) the encoder and the
+        critic run in the lower precision; the objective (its log-sum-exp, and
+        MINE's moving average) always runs in float32, outside autocast.
+        """
         pos, neg, valid = predictions
-        loss = self.modules.objective(pos.float(), neg.float(), valid)
+        with torch.autocast(device_type=torch.device(self.device).type, enabled=False):
+            loss = self.modules.objective(pos.float(), neg.float(), valid)
         if stage != sb.Stage.TRAIN:
             # Fraction of negatives scored below their anchor's positive.
             self.pair_accuracy.append((pos.unsqueeze(1) > neg)[valid].float())
@@ -181,7 +187,7 @@ class SpeakerIdBrain(DistributedBrain):
         labels = batch.spk_id_encoded.data.squeeze(1)
         if stage == sb.Stage.TRAIN:
             return self.modules.classifier(outputs, labels)  # the training loss, through forward (DDP)
-        log_probs = outputs
+        log_probs = outputs.float()  # float32 statistics under mixed precision
         self.error_stats.append(log_probs.detach(), owner, labels)
         return F.nll_loss(log_probs, labels[owner])
 
