@@ -7,8 +7,13 @@ Three views of a manifest (``ID,duration,wav,start,stop,spk_id``):
 * :func:`chunk_dataset`: one random labelled chunk per sentence (speaker id);
 * :func:`sentence_dataset`: whole sentences (evaluation; chunked in the Brain).
 
-Audio is read through :mod:`sincmi.audio`, and only the frames needed: a chunk read
-of a WAV or FLAC file never loads the whole file.
+Manifests are read into :class:`~sincmi.manifest_table.ManifestTable` (columns,
+not a dict per row); the training datasets (pairs, labelled chunks) read their
+rows from its arrays, so a million-row manifest costs tens of MB and loader
+workers share it without copying. Audio is read through :mod:`sincmi.audio`, and
+only the frames needed: a chunk read of a WAV or FLAC file never loads the
+whole file. For corpora of a million files, LIM reads shards instead
+(:mod:`sincmi.shards`).
 """
 
 import math
@@ -19,11 +24,11 @@ import numpy as np
 import speechbrain as sb
 import torch
 import torchaudio.functional as AF
-from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 
-from sincmi.audio import audio_info, read_audio, to_mono
+from sincmi.audio import read_audio, to_mono
+from sincmi.manifest_table import ManifestTable, as_table
 from sincmi.progress import progress_bar
 
 
@@ -129,21 +134,16 @@ def _randint(high, generator=None):
 
 
 def load_manifest(csv_path, data_root):
-    """Reads a manifest into SpeechBrain's ``{id: row}`` form.
+    """Reads a manifest into a :class:`~sincmi.manifest_table.ManifestTable` (columns, not a dict per row).
 
-    ``data_root`` replaces ``$data_root`` in the paths; a dict replaces several
-    placeholders (``{"voxceleb1": ..., "voxceleb2": ...}``).
+    It is a read-only ``{id: row}`` mapping as SpeechBrain's ``load_data_csv``
+    gives; ``data_root`` replaces ``$data_root`` in the paths; a dict replaces
+    several placeholders (``{"voxceleb1": ..., "voxceleb2": ...}``).
     """
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"manifest {csv_path} is missing: run the recipe's preparation first")
     replacements = data_root if isinstance(data_root, dict) else {"data_root": data_root}
-    data = load_data_csv(csv_path, replacements=replacements)
-    for row in data.values():
-        row["start"] = int(row["start"])
-        row["stop"] = int(row["stop"])
-        row["gain"] = float(row.get("gain") or 1.0)
-        row["rate"] = int(row.get("rate") or 0)  # 0: the recipe's sample rate
-    return data
+    return ManifestTable.from_csv(csv_path, replacements)
 
 
 def _with_defaults(data):
@@ -158,14 +158,71 @@ def _row_rates(rate, rates, sample_rate):
     return rates
 
 
+class _TableDataset(torch.utils.data.Dataset):
+    """Items made from the rows of a :class:`~sincmi.manifest_table.ManifestTable`, read column by column
+    (no dict per row is held: loader workers share the arrays without copying them)."""
+
+    def __init__(self, data, chunk_size, gain_range=None, rates=None, audio=None, sample_rate=16000):
+        self.table = as_table(data)
+        self.chunk_size = chunk_size
+        self.gain_range = gain_range
+        self.rates = rates
+        self.audio = audio
+        self.sample_rate = sample_rate
+        self.numbers = self.table.numbers
+
+    def __len__(self):
+        return len(self.table)
+
+    def _fields(self, i):
+        """``(wav, start, stop, gain, (file_rate, model_rate) or None)`` of row ``i``."""
+        rate = int(self.numbers["rate"][i])
+        return (self.table.text("wav", i), int(self.numbers["start"][i]), int(self.numbers["stop"][i]),
+                float(self.numbers["gain"][i]), _row_rates(rate, self.rates, self.sample_rate))
+
+
+class PairDataset(_TableDataset):
+    """``{id, sentence, anchor, positive}``: two random chunks of row ``i`` (see :func:`pair_dataset`)."""
+
+    def __init__(self, data, chunk_size, gain_range=None, rates=None, audio=None, sample_rate=16000,
+                 min_pair_distance=0):
+        super().__init__(data, chunk_size, gain_range, rates, audio, sample_rate)
+        self.min_pair_distance = min_pair_distance
+        self.has_sentence = "sentence" in self.table.strings
+
+    def __getitem__(self, i):
+        wav, start, stop, gain, rs = self._fields(i)
+        key = self.table.key(i)
+        distance = file_frames(self.min_pair_distance, rs) if self.min_pair_distance else 0
+        first, second = pair_offsets(stop - start, file_frames(self.chunk_size, rs), distance)
+        chunks = [random_chunk(wav, start, stop, self.chunk_size, self.gain_range, gain, rs, self.audio, offset=o)
+                  for o in (first, second)]
+        sentence = (self.table.text("sentence", i) if self.has_sentence else "") or key
+        return {"id": key, "sentence": sentence, "anchor": chunks[0], "positive": chunks[1]}
+
+
+class ChunkDataset(_TableDataset):
+    """``{id, chunk, spk_id_encoded}``: one random labelled chunk of row ``i`` (see :func:`chunk_dataset`)."""
+
+    def __init__(self, data, chunk_size, label_encoder, gain_range=None, rates=None, audio=None, sample_rate=16000):
+        super().__init__(data, chunk_size, gain_range, rates, audio, sample_rate)
+        codes, speakers = self.table.strings["spk_id"]
+        self.labels = np.array([label_encoder.encode_label(s.decode()) for s in speakers], dtype=np.int64)[codes]
+
+    def __getitem__(self, i):
+        wav, start, stop, gain, rs = self._fields(i)
+        chunk = random_chunk(wav, start, stop, self.chunk_size, self.gain_range, gain, rs, self.audio)
+        return {"id": self.table.key(i), "chunk": chunk, "spk_id_encoded": torch.LongTensor([self.labels[i]])}
+
+
 def pair_dataset(data, chunk_size, gain_range=None, rates=None, audio=None, sample_rate=16000,
                  min_pair_distance=0):
     """Dataset of ``(anchor, positive)`` chunk pairs, one pair per sentence.
 
     Arguments
     ---------
-    data : dict
-        ``{id: row}`` from :func:`load_manifest`.
+    data : ManifestTable or dict
+        The rows (:func:`load_manifest`, or ``{id: row}``).
     chunk_size : int
         Samples per chunk.
     gain_range : tuple of float, optional
@@ -182,25 +239,12 @@ def pair_dataset(data, chunk_size, gain_range=None, rates=None, audio=None, samp
         samples of the model's rate (:func:`pair_offsets`); 0 draws them
         independently (the paper), so they may overlap.
 
-    Output keys: ``id``, ``sentence``, ``anchor``, ``positive``. ``sentence``
-    is the row's ``sentence`` column when the manifest has one (segments of one
-    recording share it, so they are never negatives of each other), else its id.
+    Items are dicts with ``id``, ``sentence``, ``anchor``, ``positive``
+    (batch them with SpeechBrain's ``PaddedBatch``). ``sentence`` is the row's
+    ``sentence`` column when the manifest has one (segments of one recording
+    share it, so they are never negatives of each other), else its id.
     """
-    data = {key: {**row, "sentence": row.get("sentence") or key} for key, row in _with_defaults(data).items()}
-    dataset = DynamicItemDataset(data)
-
-    @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain", "rate")
-    @sb.utils.data_pipeline.provides("anchor", "positive")
-    def pair_pipeline(wav, start, stop, gain, rate):
-        rs = _row_rates(rate, rates, sample_rate)
-        distance = file_frames(min_pair_distance, rs) if min_pair_distance else 0
-        first, second = pair_offsets(stop - start, file_frames(chunk_size, rs), distance)
-        yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, rs, audio, offset=first)
-        yield random_chunk(wav, start, stop, chunk_size, gain_range, gain, rs, audio, offset=second)
-
-    dataset.add_dynamic_item(pair_pipeline)
-    dataset.set_output_keys(["id", "sentence", "anchor", "positive"])
-    return dataset
+    return PairDataset(data, chunk_size, gain_range, rates, audio, sample_rate, min_pair_distance)
 
 
 def fixed_pair_dataset(data, chunk_size, seed, pairs_per_sentence=1, rates=None, audio=None, sample_rate=16000,
@@ -255,20 +299,9 @@ def fixed_pair_dataset(data, chunk_size, seed, pairs_per_sentence=1, rates=None,
 def chunk_dataset(data, chunk_size, label_encoder, gain_range=None, rates=None, audio=None, sample_rate=16000):
     """Dataset of one random labelled chunk per sentence (other arguments: see :func:`pair_dataset`).
 
-    Output keys: ``id``, ``chunk``, ``spk_id_encoded``.
+    Items: ``id``, ``chunk``, ``spk_id_encoded``.
     """
-    dataset = DynamicItemDataset(_with_defaults(data))
-
-    @sb.utils.data_pipeline.takes("wav", "start", "stop", "gain", "rate")
-    @sb.utils.data_pipeline.provides("chunk")
-    def chunk_pipeline(wav, start, stop, gain, rate):
-        rs = _row_rates(rate, rates, sample_rate)
-        return random_chunk(wav, start, stop, chunk_size, gain_range, gain, rs, audio)
-
-    dataset.add_dynamic_item(chunk_pipeline)
-    _add_label_pipeline(dataset, label_encoder)
-    dataset.set_output_keys(["id", "chunk", "spk_id_encoded"])
-    return dataset
+    return ChunkDataset(data, chunk_size, label_encoder, gain_range, rates, audio, sample_rate)
 
 
 def sentence_dataset(data, label_encoder=None, rates=None, sample_rate=16000):

@@ -318,7 +318,8 @@ class SpeakerEncoder(Pretrained):
 
 
 @torch.no_grad()
-def embed_dataset(encoder, dataset, device="cpu", batch_size=8, shift=None, progress=True, sampler=None):
+def embed_dataset(encoder, dataset, device="cpu", batch_size=8, shift=None, progress=True, sampler=None,
+                  num_workers=0, max_chunks=64):
     """Utterance embeddings of every item of a sentence dataset.
 
     Arguments
@@ -332,6 +333,11 @@ def embed_dataset(encoder, dataset, device="cpu", batch_size=8, shift=None, prog
         Hop between chunks (default: half a chunk).
     sampler : torch.utils.data.Sampler, optional
         The items to embed (default: all, in order).
+    num_workers : int
+        Loader processes reading (and decoding) the utterances while the
+        encoder runs: at Vox1-E/H size the reading is no longer serial.
+    max_chunks : int
+        Chunks encoded per forward call (``eval_chunks_per_batch``).
 
     Returns
     -------
@@ -339,15 +345,17 @@ def embed_dataset(encoder, dataset, device="cpu", batch_size=8, shift=None, prog
         ``{id: embedding}`` on the CPU.
     """
     encoder = encoder.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PaddedBatch, sampler=sampler)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PaddedBatch, sampler=sampler,
+                        num_workers=num_workers, prefetch_factor=4 if num_workers else None)
     embeddings = {}
     for batch in progress_bar(loader, desc="Embedding utterances", enabled=progress):
         wavs, lens = batch.sig
         wavs, lens = wavs.to(device), lens.to(device)
-        if hasattr(encoder, "embed_utterances"):
-            emb = encoder.embed_utterances(wavs, lens, shift=shift)
-        else:
-            emb = utterance_embeddings(encoder, wavs, lens, encoder.chunk_size, shift)
+        with torch.no_grad():
+            if hasattr(encoder, "embed_utterances"):
+                emb = encoder.embed_utterances(wavs, lens, shift=shift, max_chunks=max_chunks)
+            else:
+                emb = utterance_embeddings(encoder, wavs, lens, encoder.chunk_size, shift, max_chunks)
         for utt_id, vector in zip(batch.id, emb.cpu()):
             embeddings[utt_id] = vector
     return embeddings

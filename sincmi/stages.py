@@ -28,6 +28,7 @@ from sincmi.prepare import unlabelled
 from sincmi.backend import BACKEND_LABELS, Backend
 from sincmi.brains import LIMBrain, SpeakerIdBrain
 from sincmi.checkpoints import make_checkpointer
+from sincmi.manifest_table import ManifestTable, as_table
 from sincmi.config import PRETRAIN_DATA, check_hparams
 from sincmi.inference import embed_dataset
 from sincmi.metrics import verification_metrics
@@ -197,7 +198,7 @@ def lim_pretraining(hparams, run_opts, manifests, timings, audio=None):
     rows = pretraining_rows(hparams, manifests)
     pool = manifests.get("unlabelled") or {}
     file_rate = sets.rates[0] if sets.rates else sets.sample_rate
-    minutes = sum((row["stop"] - row["start"]) / (row.get("rate") or file_rate) for row in rows.values()) / 60
+    minutes = as_table(rows).seconds(file_rate) / 60
     logger.info(f"LIM pretrains on {len(rows)} segments, {minutes:.1f} min of audio "
                 f"({len(pool)} of the segments from the unlabelled pool)")
     if if_main_process():  # what LIM learned from, for results.json (report)
@@ -285,15 +286,17 @@ def pretraining_rows(hparams, manifests):
     choice = hparams.get("pretrain_data", "train")
     if choice not in PRETRAIN_DATA:
         raise ValueError(f"pretrain_data={choice!r} is invalid: choose one of {list(PRETRAIN_DATA)}")
-    rows = {"train": manifests["train"], "none": {},
-            "all": {**manifests["train"], **manifests["valid"], **manifests.get("test", {})}}[choice]
+    parts = {"train": [manifests["train"]], "none": [],
+             "all": [manifests["train"], manifests["valid"], manifests.get("test", {})]}[choice]
     fraction = hparams.get("pretrain_audio_fraction") or 1.0
-    if rows and fraction < 1.0:
-        rows = data.label_subset(rows, fraction, hparams["seed"], hparams["chunk_size"])
+    if fraction < 1.0:
+        parts = [data.label_subset(dict(part), fraction, hparams["seed"], hparams["chunk_size"]) for part in parts]
     pool = manifests.get("unlabelled") or {}
-    if not rows and not pool:
+    parts = [part for part in parts + [pool] if len(part)]
+    if not parts:
         raise ValueError("pretrain_data: none needs an unlabelled pool (unlabelled_folder)")
-    return {**rows, **pool}
+    # One table, never a dict per row: at VoxCeleb2 size the training manifest has millions of rows.
+    return parts[0] if len(parts) == 1 else ManifestTable.concat(parts)
 
 
 def prepare_unlabelled_pool(hparams, timings, labelled_folders):
@@ -397,11 +400,11 @@ def pretrain(hparams, run_opts, train_set, valid_set):
             f"{hparams['pretrain_batch_size']}, pairs_per_epoch={pairs}"
         )
     loader_kwargs = {"batch_size": batch_size, "num_workers": hparams["num_workers"],
-                     "generator": loader_generator(hparams["seed"])}
+                     "generator": loader_generator(hparams["seed"]), "collate_fn": PaddedBatch}
     if isinstance(train_set, shards.ShardPairs):
         # One endless stream over the epochs (SpeechBrain's LoopedLoader): its workers persist.
         steps = shards.steps_per_epoch(hparams.get("pairs_per_epoch"), batch_size, len(train_set))
-        train_kwargs = {**loader_kwargs, "collate_fn": PaddedBatch, "looped_nominal_epoch": steps}
+        train_kwargs = {**loader_kwargs, "looped_nominal_epoch": steps}
         logger.info(f"LIM reads {len(train_set.shards)} shards of {hparams['train_shards']}: {steps} steps "
                     f"per epoch, {train_set.pairs_per_segment} pair(s) per segment read")
     else:
@@ -512,6 +515,7 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
         "generator": loader_generator(hparams["seed"]),
         "sampler": sampler,
         "drop_last": len(sampler) > hparams["finetune_batch_size"],
+        "collate_fn": PaddedBatch,
     }
     eval_kwargs = {"batch_size": hparams["eval_batch_size"], "num_workers": hparams["num_workers"]}
     mode = "frozen encoder" if freeze_encoder else "fine-tuned encoder"
@@ -568,7 +572,8 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
             cohort_set=cohort_set, score_norm=hparams.get("score_norm"), top_k=hparams.get("cohort_top_k"),
             out_folder=hparams["output_folder"], name=name, speakers=speakers,
             backends=hparams.get("verification_backends", ["none"]), backend_set=backend_set,
-            save_scores=name in saved,
+            save_scores=name in saved, num_workers=hparams.get("num_workers") or 0,
+            max_chunks=hparams.get("eval_chunks_per_batch") or 64,
         )
         timings["verification" if i == 0 else f"verification ({name})"] = time.time() - start
         results.update(result_rows(name, by_backend, (stats or {}).get(name)))
@@ -577,8 +582,12 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
 
 def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, cohort_set=None,
            score_norm=None, top_k=None, out_folder=None, name="system", speakers=None,
-           backends=("none",), backend_set=None, save_scores=True):
+           backends=("none",), backend_set=None, save_scores=True, num_workers=0, max_chunks=64):
     """Scores a trial list by cosine on utterance embeddings, after each back end.
+
+    Every process embeds its share of the utterances (with ``num_workers``
+    loader processes, ``max_chunks`` chunks per forward call); the main
+    process alone scores, in bounded memory (:func:`sincmi.scoring.score_trials`).
 
     Arguments
     ---------
@@ -605,19 +614,24 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
     Returns
     -------
     dict
-        ``{back end: metrics}`` (EER, minDCF, trial counts).
+        ``{back end: metrics}`` (EER, minDCF, trial counts); empty on the other processes.
     """
-    embeddings = distributed.embed_all_processes(encoder, dataset, device, batch_size, shift)
-    cohort_emb = training = None
+    def embed(items):
+        return distributed.embed_all_processes(encoder, items, device, batch_size, shift, num_workers, max_chunks)
+
+    embeddings = embed(dataset)
+    cohort_emb = fitted = training = None
     if score_norm is not None:
         if cohort_set is None:
             raise ValueError(f"score_norm={score_norm!r} needs a cohort")
-        cohort_emb = distributed.embed_all_processes(encoder, cohort_set, device, batch_size, shift)
+        cohort_emb = embed(cohort_set)
     if any(b != "none" for b in backends):
         if backend_set is None:
             raise ValueError(f"verification back ends {list(backends)} need the training utterances (backend_set)")
-        fitted = cohort_emb if backend_set is cohort_set and cohort_emb is not None else \
-            distributed.embed_all_processes(encoder, backend_set, device, batch_size, shift)
+        fitted = cohort_emb if backend_set is cohort_set and score_norm is not None else embed(backend_set)
+    if embeddings is None:  # not the main process: it only embedded its share
+        return {}
+    if fitted is not None:
         training = torch.stack(list(fitted.values()))
     trials = read_trials(trials_file)
     results = {}

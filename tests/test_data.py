@@ -195,3 +195,31 @@ def test_validation_pairs_are_drawn_once_from_the_seed(manifests):
     # Training pairs are redrawn every time
     train = sets.pairs(rows)
     assert [sentence_of(train[0]["anchor"]) for _ in range(5)] != [sentence_of(train[0]["anchor"])] * 5
+
+
+def test_a_manifest_table_holds_what_speechbrains_reader_gives(manifests, tmp_path):
+    """load_manifest's columns give, row by row, the values of SpeechBrain's dict-per-row reader."""
+    from speechbrain.dataio.dataio import load_data_csv
+
+    from sincmi.manifest_table import ManifestTable
+
+    root, save = manifests
+    path = os.path.join(save, "train.csv")
+    table = data.load_manifest(path, root)
+    expected = load_data_csv(path, replacements={"data_root": root})
+    assert list(table) == list(expected) and len(table) == len(expected)
+    for key, row in expected.items():
+        got = table[key]
+        assert got["wav"] == row["wav"] and got["spk_id"] == row["spk_id"]
+        assert (got["start"], got["stop"]) == (int(row["start"]), int(row["stop"]))
+        assert got["gain"] == float(row["gain"]) and got["duration"] == float(row["duration"])
+    assert "nope" not in table and sorted(table)[0] in table
+    with pytest.raises(KeyError):
+        table["nope"]
+    both = ManifestTable.concat([table, {"x": {"wav": "/a.wav", "start": 0, "stop": 5, "spk_id": "z",
+                                               "sentence": "rec"}}])
+    assert list(both) == list(table) + ["x"]
+    assert both["x"]["sentence"] == "rec" and "sentence" not in both[list(table)[0]]
+    assert both[list(table)[0]] == table[list(table)[0]]
+    assert table.seconds(16000) == pytest.approx(sum((int(r["stop"]) - int(r["start"])) / 16000
+                                                     for r in expected.values()))

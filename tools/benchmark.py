@@ -15,12 +15,11 @@ Sections (``--sections``; the first four by default):
   10 ms shift over 3 s sentences; SincNet's way (a Python loop cutting chunks,
   batches of 128 through the straightforward encoder) versus
   :func:`sincmi.encoder.utterance_embeddings` on the fast encoder.
-* ``data``: random chunk pairs per second through the recipes' loader
-  (:func:`sincmi.data.pair_dataset`, partial soundfile reads, batches of 128),
-  from the audio files of ``--data_folder`` (default: the LibriSpeech sample
-  in ``../shared/data`` when present, else generated 10 s noise files), with
-  and without the in-memory waveform cache, against what the fast training
-  step consumes.
+* ``data``: the LIM training loader as the VoxCeleb yaml configures it, from
+  files and from shards, FLAC and WAV, in pairs per worker CPU-second (see
+  ``tools/scale_benchmark.py``); its last line is one JSON object with the keys
+  ``files_flac``, ``shards_flac``, ``files_wav``, ``shards_wav``. With the step
+  section, the worker cores each device's training step needs are printed.
 * ``scoring``: EER + minDCF (p_target 0.01 and 0.05) by sorting, for 1 M and
   10 M trials, time and peak memory (peak RSS of the process, which includes
   the ~0.5 GiB of the imported libraries, and what the computation added);
@@ -41,6 +40,11 @@ the straightforward implementation a large share of its time. ``--allocator
 keep`` runs the measurements with glibc's malloc keeping freed memory for
 reuse, which removes most of them: compare both runs before reading a ratio.
 
+* ``scale`` (not run by default, about 10 minutes on 2 cores): a generated
+  corpus of ``--scale_files`` short files in VoxCeleb's layout through
+  preparation, the manifest, shards, LIM steps, embedding and Vox1-E-size
+  scoring, with each stage's time and peak memory (``tools/scale_benchmark.py``;
+  ``docs/performance.md`` extrapolates it to the full corpora).
 * ``profile`` (not run by default): where a CPU training step and a CPU
   evaluation spend their time, for the straightforward and the fast
   implementation: the ``--profile_top`` operators by ``torch.profiler`` self
@@ -52,10 +56,12 @@ Usage:
     python tools/benchmark.py --sections step eval --allocator keep --out benchmark_keep.json
     python tools/benchmark.py --sections profile --allocator keep --out profile.json
     python tools/benchmark.py --sections step eval --device cuda
+    python tools/benchmark.py --sections data          # the loader, files against shards
+    python tools/benchmark.py --sections scale         # every stage at simulated scale
+    python tools/benchmark.py --sections step data --device cuda   # GPU step beside the loader
 """
 
 import argparse
-import glob
 import io
 import json
 import multiprocessing
@@ -63,13 +69,13 @@ import os
 import platform
 import resource
 import sys
-import tempfile
 import time
 
 import numpy as np
 
+import scale_benchmark
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_LIBRISPEECH = os.path.join(ROOT, "..", "shared", "data", "LibriSpeech_sample")
 # glibc malloc settings: serve large blocks from the heap and never return freed memory to the system.
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2**31), "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 TIMIT_ENCODER = dict(chunk_size=3200, sinc_filters=80, sinc_kernel=251, conv_channels=[60, 60],
@@ -263,50 +269,6 @@ def _profile(section, kind, top, calls=2):
              "share": e.self_cpu_time_total / total, "calls": e.count / calls} for e in events[:top]]
 
 
-def _audio_manifest(data_folder, folder):
-    """A manifest of every audio file under ``data_folder`` (or of generated noise)."""
-    import soundfile as sf
-
-    files = []
-    if data_folder and os.path.isdir(data_folder):
-        for ext in ("wav", "flac", "WAV"):
-            files += glob.glob(os.path.join(data_folder, "**", f"*.{ext}"), recursive=True)
-    if not files:
-        rng = np.random.default_rng(0)
-        for i in range(20):
-            path = os.path.join(folder, f"noise_{i}.wav")
-            sf.write(path, (0.1 * rng.standard_normal(160000)).astype(np.float32), 16000)
-            files.append(path)
-    data = {}
-    for i, path in enumerate(sorted(files)):
-        frames = sf.info(path).frames
-        data[f"utt{i}"] = {"wav": path, "start": 0, "stop": frames, "gain": 1.0, "duration": frames / 16000}
-    return data
-
-
-def _measure_data(data_folder, num_workers, cache, pairs_per_batch=128, batches=40):
-    """Random chunk pairs per second through the training loader."""
-    import torch
-    from speechbrain.dataio.batch import PaddedBatch
-    from speechbrain.dataio.sampler import ReproducibleRandomSampler
-    from sincmi.data import pair_dataset, preload_audio
-
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as folder:
-        data = _audio_manifest(data_folder, folder)
-        audio = preload_audio(data, progress=False) if cache else None
-        dataset = pair_dataset(data, 3200, gain_range=(0.8, 1.2), audio=audio)
-        sampler = ReproducibleRandomSampler(dataset, num_samples=pairs_per_batch * batches, replacement=True)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=pairs_per_batch, sampler=sampler,
-                                             num_workers=num_workers, collate_fn=PaddedBatch,
-                                             # as in the recipes on Linux (this child was spawned)
-                                             multiprocessing_context="fork" if num_workers else None)
-        start = time.perf_counter()
-        n = sum(len(batch.id) for batch in loader)
-        elapsed = time.perf_counter() - start
-    return {"files": len(data), "pairs_per_s": n / elapsed, "peak_mib": _peak_memory_mib("cpu")}
-
-
 def _rounds(measure, variants, rounds):
     """Measures every variant once per round, interleaved, and keeps each one's median round.
 
@@ -355,15 +317,6 @@ def step_section(devices, amp, rounds):
 
 def eval_section(devices, rounds):
     return _compare_on_devices(_measure_eval, devices, rounds, ("straightforward", "fast"))
-
-
-def data_section(data_folder, workers):
-    rows = []
-    for num_workers in workers:
-        for cache in (False, True):
-            rows.append({"num_workers": num_workers, "cache": cache,
-                         **_in_child(_measure_data, data_folder, num_workers, cache)})
-    return rows
 
 
 def profile_section(sections, top):
@@ -484,14 +437,14 @@ def _range(digits):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sections = ["step", "eval", "data", "scoring"]
-    parser.add_argument("--sections", nargs="+", default=sections, choices=sections + ["profile"])
+    parser.add_argument("--sections", nargs="+", default=sections, choices=sections + ["profile", "scale"])
     parser.add_argument("--device", nargs="+", default=None,
                         help="devices for step/eval (default: cpu, and cuda when present)")
     parser.add_argument("--no_amp", action="store_true", help="skip the bf16 autocast row on GPU")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved repetitions of the step and eval measurements (median reported)")
-    parser.add_argument("--data_folder", default=SHARED_LIBRISPEECH)
-    parser.add_argument("--data_workers", nargs="+", type=int, default=[0, 4])
+    parser.add_argument("--data_files", type=int, default=400, help="8 s files of the data section's corpus")
+    parser.add_argument("--scale_files", type=int, default=20000, help="training files of the scale section")
     parser.add_argument("--trials", nargs="+", type=int, default=[1_000_000, 10_000_000])
     parser.add_argument("--speechbrain_trials", nargs="+", type=int, default=[2_000, 10_000])
     parser.add_argument("--allocator", choices=["default", "keep"], default="default",
@@ -567,20 +520,21 @@ def run_sections(args):
     if "profile" in args.sections:
         results["profile"] = profile_section(("step", "eval"), args.profile_top)
     if "data" in args.sections:
-        print("== Data pipeline: random chunk pairs per second (batches of 128) ==")
-        rows = data_section(args.data_folder, args.data_workers)
-        consumed = None
-        if "step" in results:
-            fast = [r for r in results["step"] if r["device"] == "cpu" and r["implementation"] == "fast"]
-            consumed = fast[0]["chunks_per_s"] / 2 if fast else None
-        for row in rows:
-            if consumed:
-                row["times_step_consumption"] = row["pairs_per_s"] / consumed
-        print_rows(rows, [("num_workers", str, 11), ("cache", str, 6), ("files", str, 6),
-                          ("pairs_per_s", _f(0), 11), ("times_step_consumption", _f(1), 22)])
-        if consumed:
-            print(f"the fast CPU training step consumes {consumed:.0f} pairs/s")
-        results["data"] = rows
+        print("== LIM training loader as the VoxCeleb yaml configures it: pairs per worker CPU-second ==")
+        data = scale_benchmark.data_section(_in_child, args.data_files)
+        scale_benchmark.print_data(data)
+        for row in results.get("step", []):
+            if row["implementation"] == "fast":  # what this device's training step consumes
+                pairs = row["chunks_per_s"] / 2
+                cores = {k: pairs / data["summary"][k] for k in ("files_flac", "shards_flac")}
+                print(f"{row['device']}: the fast step takes {pairs:,.0f} pairs/s: "
+                      f"{cores['files_flac']:.2f} worker cores from FLAC files, {cores['shards_flac']:.2f} from shards")
+        results["data"] = data
+        print(json.dumps(data["summary"]))
+    if "scale" in args.sections:
+        print(f"== Every stage at simulated scale: {args.scale_files:,} files in VoxCeleb's layout ==")
+        results["scale"] = scale_benchmark.scale_section(_in_child, args.scale_files)
+        scale_benchmark.print_scale(results["scale"])
     if "scoring" in args.sections:
         print("== EER + minDCF (p_target 0.01 and 0.05) ==")
         rows = scoring_section(args.trials, args.speechbrain_trials)
@@ -589,6 +543,8 @@ def run_sections(args):
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
     print(f"written {args.out}")
+    if "data" in results:  # the last line: the loader's figures, one JSON object
+        print(json.dumps(results["data"]["summary"]))
 
 
 if __name__ == "__main__":
