@@ -71,33 +71,42 @@ class ManifestTable(Mapping):
         return cls(_bytes_array(keys), numbers, strings)
 
     @classmethod
-    def from_csv(cls, path, replacements=None):
-        """Reads a manifest CSV (``ID`` first), replacing ``$name`` in text columns by ``replacements[name]``."""
+    def from_csv(cls, path, replacements=None, rows_per_read=200_000):
+        """Reads a manifest CSV (``ID`` first), replacing ``$name`` in text columns by ``replacements[name]``.
+
+        Read ``rows_per_read`` rows at a time, each part turned into arrays
+        at once, so that reading costs little more memory than the table.
+        """
         import pandas as pd
 
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, engine="c")
-        if "ID" not in frame.columns:
-            raise ValueError(f"{path}: a manifest needs an ID column")
-        numbers, strings = {}, {}
-        for name in frame.columns:
-            if name == "ID":
-                continue
-            column = frame[name]
-            if name in INTEGER_COLUMNS:
-                numbers[name] = pd.to_numeric(column.replace("", "0")).to_numpy(np.int64)
-            elif name in FLOAT_COLUMNS:
-                numbers[name] = pd.to_numeric(column.replace("", str(DEFAULTS.get(name, 0.0)))).to_numpy(np.float64)
-            else:
-                codes, distinct = pd.factorize(column)
-                distinct = [_replace(value, replacements) for value in distinct]
-                strings[name] = (codes.astype(np.int32), _bytes_array(distinct))
+        parts = {}
+        for frame in pd.read_csv(path, dtype=str, keep_default_na=False, engine="c", chunksize=rows_per_read):
+            if "ID" not in frame.columns:
+                raise ValueError(f"{path}: a manifest needs an ID column")
+            for name in frame.columns:
+                column = frame[name]
+                if name in INTEGER_COLUMNS:
+                    values = pd.to_numeric(column.replace("", "0")).to_numpy(np.int64)
+                elif name in FLOAT_COLUMNS:
+                    values = pd.to_numeric(column.replace("", str(DEFAULTS.get(name, 0.0)))).to_numpy(np.float64)
+                else:
+                    values = column.str.encode("utf-8").to_numpy(dtype=bytes)
+                parts.setdefault(name, []).append(values)
+        if not parts:  # a header without rows
+            return cls.from_rows({})
+        columns = {name: np.concatenate(values) for name, values in parts.items()}
+        del parts
+        ids = columns.pop("ID")
+        numbers = {name: columns.pop(name) for name in list(columns) if name in INTEGER_COLUMNS + FLOAT_COLUMNS}
         for name, value in DEFAULTS.items():
             if name not in numbers:
-                dtype = np.int64 if name in INTEGER_COLUMNS else np.float64
-                numbers[name] = np.full(len(frame), value, dtype=dtype)
-        ids = frame["ID"].to_numpy()
-        del frame
-        return cls(_bytes_array(ids), numbers, strings)
+                numbers[name] = np.full(len(ids), value, dtype=np.int64 if name in INTEGER_COLUMNS else np.float64)
+        strings = {}
+        for name, values in columns.items():
+            distinct, codes = np.unique(values, return_inverse=True)
+            distinct = [_replace(value.decode(), replacements) for value in distinct]
+            strings[name] = (codes.astype(np.int32), _bytes_array(distinct))
+        return cls(ids, numbers, strings)
 
     @staticmethod
     def _codes(values):

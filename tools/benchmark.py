@@ -521,7 +521,7 @@ def run_sections(args):
         results["profile"] = profile_section(("step", "eval"), args.profile_top)
     if "data" in args.sections:
         print("== LIM training loader as the VoxCeleb yaml configures it: pairs per worker CPU-second ==")
-        data = scale_benchmark.data_section(_in_child, args.data_files)
+        data = scale_benchmark.data_section(_in_child, args.data_files, args.rounds)
         scale_benchmark.print_data(data)
         for row in results.get("step", []):
             if row["implementation"] == "fast":  # what this device's training step consumes

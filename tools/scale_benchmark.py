@@ -99,6 +99,13 @@ def write_loader_corpus(folder, files=400, seconds=8.0, segment_seconds=3.0):
     return manifests, origin
 
 
+def _fork_workers():
+    """Loader workers forked, as the recipes' are on Linux (this child process was spawned)."""
+    import multiprocessing
+
+    multiprocessing.set_start_method("fork", force=True)
+
+
 def _one_thread():
     import torch
 
@@ -151,23 +158,35 @@ def measure_shards(manifest, data_root, settings, folder, batches=60):
             "shard_mib": sum(os.path.getsize(os.path.join(folder, s["name"])) for s in index["shards"]) / 2**20}
 
 
-def data_section(in_child, files=400):
-    """``{files_flac, shards_flac, files_wav, shards_wav}`` pairs per worker CPU-second, and the details."""
+def data_section(in_child, files=400, rounds=3):
+    """``{files_flac, shards_flac, files_wav, shards_wav, ...}``: median pairs per worker CPU-second over
+    ``rounds`` interleaved rounds (each measurement in a fresh process), with the rows of every round."""
     settings = voxceleb_loader_settings()
     with tempfile.TemporaryDirectory() as folder:
         manifests, origin = write_loader_corpus(folder, files, 8.0, settings["segment_seconds"])
-        rows, summary = [], {}
-        for fmt in FORMATS:
-            root = os.path.join(folder, fmt)
-            for reader, result in (
-                ("files", in_child(measure_files, manifests[fmt], root, settings)),
-                ("shards", in_child(measure_shards, manifests[fmt], root, settings, os.path.join(folder, f"shards_{fmt}"))),
-            ):
-                rows.append({"format": fmt, "reader": reader, **result})
-                summary[f"{reader}_{fmt}"] = round(result["pairs_per_cpu_s"], 1)
+        rows = []
+        for round_ in range(rounds):
+            for fmt in FORMATS:
+                root = os.path.join(folder, fmt)
+                shards = os.path.join(folder, f"shards_{fmt}_{round_}")
+                for reader, result in (
+                    ("files", in_child(measure_files, manifests[fmt], root, settings)),
+                    ("shards", in_child(measure_shards, manifests[fmt], root, settings, shards)),
+                ):
+                    rows.append({"round": round_, "format": fmt, "reader": reader, **result})
+    summary, ranges = {}, {}
     for fmt in FORMATS:
-        summary[f"ratio_{fmt}"] = round(summary[f"shards_{fmt}"] / summary[f"files_{fmt}"], 2)
-    return {"settings": settings, "corpus": f"{files} files of 8 s ({origin})", "rows": rows, "summary": summary}
+        for reader in ("files", "shards"):
+            values = sorted(r["pairs_per_cpu_s"] for r in rows if r["format"] == fmt and r["reader"] == reader)
+            summary[f"{reader}_{fmt}"] = round(values[len(values) // 2], 1)
+            ranges[f"{reader}_{fmt}"] = [round(values[0], 1), round(values[-1], 1)]
+        ratios = sorted(s["pairs_per_cpu_s"] / f["pairs_per_cpu_s"] for f, s in zip(
+            [r for r in rows if r["format"] == fmt and r["reader"] == "files"],
+            [r for r in rows if r["format"] == fmt and r["reader"] == "shards"]))
+        summary[f"ratio_{fmt}"] = round(ratios[len(ratios) // 2], 2)
+        ranges[f"ratio_{fmt}"] = [round(ratios[0], 2), round(ratios[-1], 2)]
+    return {"settings": settings, "corpus": f"{files} files of 8 s ({origin})", "rows": rows, "summary": summary,
+            "ranges": ranges}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -210,49 +229,116 @@ def write_voxceleb_corpus(folder, files=20000, seconds=1.5, aac_share=0.25, tria
     return vox1, vox2
 
 
-def _usage():
+def _cpu_seconds():
+    """CPU time of this process and of the worker processes it has waited for."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"cpu_s": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
-            "peak_mib": own.ru_maxrss / 1024, "workers_peak_mib": kids.ru_maxrss / 1024}
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class Usage:
+    """What a stage used: CPU seconds (its workers' included) and peak memory, from its start.
+
+    ``peak_mib`` is the process's peak resident memory (the imported libraries
+    included, about 500 MiB), ``added_mib`` what the stage added to it.
+    """
+
+    def __init__(self):
+        self.cpu = _cpu_seconds()
+        self.rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def __call__(self):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"cpu_s": _cpu_seconds() - self.cpu, "peak_mib": peak / 1024, "added_mib": (peak - self.rss) / 1024}
 
 
 def stage_prepare(vox1, vox2, save):
     from sincmi.prepare.voxceleb import prepare_voxceleb
 
-    start = time.perf_counter()
+    usage, start = Usage(), time.perf_counter()
     prepare_voxceleb(vox1, save, voxceleb2_folder=vox2, train_sets=["voxceleb2"], segment_seconds=3.0,
                      valid_speakers=20, verify_samples=False, prepare_jobs=2)
     with open(os.path.join(save, "train.csv")) as f:
         rows = sum(1 for _ in f) - 1
-    return {"wall_s": time.perf_counter() - start, "rows": rows, **_usage()}
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "rows": rows, "files_per_s": rows / wall, **usage()}
 
 
-def stage_manifest(save, roots):
-    """The training manifest as a table, against SpeechBrain's dict per row (``load_data_csv``)."""
-    from speechbrain.dataio.dataio import load_data_csv
+def write_million_row_manifest(path, rows=1_000_000, segments_per_file=3):
+    """A VoxCeleb2-like training manifest of ``rows`` segments (no audio: the manifest alone is measured)."""
+    with open(path, "w") as f:
+        f.write("ID,duration,wav,start,stop,spk_id,gain,sentence\n")
+        for i in range(rows):
+            file, k = divmod(i, segments_per_file)
+            spk = f"id{file % 5994:05d}"
+            utt = f"{spk}-v{file // 5994:07d}-{file % 1000:05d}"
+            f.write(f"{utt}_{k},3.0,$voxceleb2/{spk}/v{file // 5994:07d}/{file % 1000:05d}.m4a,"
+                    f"{48000 * k},{48000 * (k + 1)},{spk},1.0,{utt}\n")
+    return path
+
+
+def _private_dirty_mib():
+    """This process's private dirty memory (pages it wrote or copied), from /proc/self/smaps_rollup."""
+    with open("/proc/self/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith("Private_Dirty")) / 1024
+
+
+def _resident_mib():
+    """This process's resident memory now."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def _touch_rows(rows, kind, connection):
+    """In a forked loader-like worker: read every row as the training datasets do; report the growth."""
+    before = _private_dirty_mib()
+    total = 0
+    if kind == "table":
+        for i in range(len(rows)):
+            total += len(rows.text("wav", i)) + int(rows.numbers["stop"][i]) - int(rows.numbers["start"][i])
+    else:
+        for key in rows.data_ids:
+            row = rows.data[key]
+            total += len(row["wav"]) + int(row["stop"]) - int(row["start"])
+    connection.send(_private_dirty_mib() - before)
+
+
+def stage_manifest(path, kind):
+    """A manifest as a table (``load_manifest``) or as SpeechBrain's dict per row (``DynamicItemDataset``):
+    load time, memory added, and what a forked worker copies by reading every row once."""
+    import multiprocessing
+
+    from speechbrain.dataio.dataset import DynamicItemDataset
 
     from sincmi.data import load_manifest
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    table = load_manifest(os.path.join(save, "train.csv"), roots)
+    usage, start = Usage(), time.perf_counter()
+    if kind == "table":
+        rows = load_manifest(path, {"voxceleb2": "/data/VoxCeleb2"})
+    else:
+        rows = DynamicItemDataset.from_csv(path, replacements={"voxceleb2": "/data/VoxCeleb2"})
     wall = time.perf_counter() - start
-    after_table = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rows = load_data_csv(os.path.join(save, "train.csv"), replacements=roots)
-    after_dicts = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"wall_s": wall, "rows": len(table), "table_mib": table.nbytes() / 2**20,
-            "table_added_peak_mib": (after_table - before) / 1024,
-            "dicts_added_peak_mib": (after_dicts - after_table) / 1024, "dict_rows": len(rows), **_usage()}
+    loaded = {**usage(), "held_mib": _resident_mib() - usage.rss / 1024}
+    if kind == "table":
+        loaded["table_mib"] = rows.nbytes() / 2**20
+    context = multiprocessing.get_context("fork")
+    parent, child = context.Pipe()
+    worker = context.Process(target=_touch_rows, args=(rows, kind, child))
+    worker.start()
+    growth = parent.recv()
+    worker.join()
+    return {"wall_s": wall, "rows": len(rows), **loaded, "worker_copied_mib": growth}
 
 
 def stage_shards(save, roots, out):
     from sincmi.shards import pack_shards
 
-    start = time.perf_counter()
+    usage, start = Usage(), time.perf_counter()
     index = pack_shards(os.path.join(save, "train.csv"), out, roots, files_per_shard=500, jobs=2, progress=False)
-    return {"wall_s": time.perf_counter() - start, "shards": len(index["shards"]), "files": index["files"],
-            **_usage()}
+    wall = time.perf_counter() - start
+    size = sum(os.path.getsize(os.path.join(out, s["name"])) for s in index["shards"])
+    return {"wall_s": wall, "shards": len(index["shards"]), "files": index["files"], "files_per_s": index["files"] / wall,
+            "mib": size / 2**20, **usage()}
 
 
 def stage_lim_steps(shards, steps=6, workers=2, batch=128):
@@ -266,6 +352,7 @@ def stage_lim_steps(shards, steps=6, workers=2, batch=128):
     from sincmi.pairs import pair_logits
     from sincmi.shards import ShardPairs
 
+    _fork_workers()
     torch.manual_seed(0)
     encoder = SincNetEncoder(chunk_size=3200, sinc_filters=80, sinc_kernel=251, conv_channels=[60, 60],
                              conv_kernels=[5, 5], fc_sizes=[2048, 2048, 2048])
@@ -273,6 +360,7 @@ def stage_lim_steps(shards, steps=6, workers=2, batch=128):
     optimizer = torch.optim.RMSprop(list(encoder.parameters()) + list(critic.parameters()), lr=1e-3)
     stream = ShardPairs(shards, 3200, seed=0, pairs_per_segment=8, shuffle_buffer=1024)
     loader = torch.utils.data.DataLoader(stream, batch_size=batch, num_workers=workers, collate_fn=PaddedBatch)
+    usage = Usage()
     start, waiting, computing = time.perf_counter(), 0.0, 0.0
     batches = iter(loader)
     for _ in range(steps):
@@ -286,7 +374,7 @@ def stage_lim_steps(shards, steps=6, workers=2, batch=128):
         optimizer.step()
         waiting, computing = waiting + t1 - t0, computing + time.perf_counter() - t1
     return {"wall_s": time.perf_counter() - start, "steps": steps, "first_batch_and_waits_s": waiting,
-            "step_s": computing / steps, "chunks_per_s": 2 * batch * steps / computing, **_usage()}
+            "step_s": computing / steps, "chunks_per_s": 2 * batch * steps / computing, **usage()}
 
 
 def stage_embed(save, roots, workers=2):
@@ -294,14 +382,16 @@ def stage_embed(save, roots, workers=2):
     from sincmi.encoder import SincNetEncoder
     from sincmi.inference import embed_dataset
 
+    _fork_workers()
     encoder = SincNetEncoder(chunk_size=3200, sinc_filters=80, sinc_kernel=251, conv_channels=[60, 60],
                              conv_kernels=[5, 5], fc_sizes=[2048, 2048, 2048])
     rows = load_manifest(os.path.join(save, "verification.csv"), roots)
     dataset = RecipeDatasets({"chunk_size": 3200, "sample_rate": RATE}).sentences(rows)
-    start = time.perf_counter()
+    usage, start = Usage(), time.perf_counter()
     embeddings = embed_dataset(encoder, dataset, batch_size=1, shift=1600, progress=False, num_workers=workers,
                                max_chunks=1024)
-    return {"wall_s": time.perf_counter() - start, "utterances": len(embeddings), **_usage()}
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "utterances": len(embeddings), "utterances_per_s": len(embeddings) / wall, **usage()}
 
 
 def stage_scoring(folder, utterances=145_160, dim=2048, trials=579_818):
@@ -314,15 +404,17 @@ def stage_scoring(folder, utterances=145_160, dim=2048, trials=579_818):
     pairs = rng.integers(0, utterances, (trials, 2))
     with open(os.path.join(folder, "trials.txt"), "w") as f:
         f.write("".join(f"{int(a // 50 == b // 50)} u{a} u{b}\n" for a, b in pairs))
-    start = time.perf_counter()
+    usage, start = Usage(), time.perf_counter()
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "score_trials.py"), path + ".npy",
                            os.path.join(folder, "trials.txt"), "--out_folder", os.path.join(folder, "scores")],
                           capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])
-    return {"wall_s": wall, "embeddings_mib": utterances * dim * 4 / 2**20, "trials": trials, **_usage(),
-            "peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # score_trials.py's own peak
+    embeddings = utterances * dim * 4 / 2**20
+    return {"wall_s": wall, "embeddings_mib": embeddings, "trials": trials, "cpu_s": usage()["cpu_s"],
+            "peak_mib": peak, "peak_over_embeddings_mib": peak - embeddings}
 
 
 def scale_section(in_child, files=20000, folder=None):
@@ -337,7 +429,9 @@ def scale_section(in_child, files=20000, folder=None):
                                                  "voxceleb2": os.path.join(folder, "VoxCeleb2", "aac")}
     stages = {}
     stages["prepare (parallel headers)"] = in_child(stage_prepare, vox1, vox2, save)
-    stages["manifest as a table"] = in_child(stage_manifest, save, roots)
+    million = write_million_row_manifest(os.path.join(folder, "million.csv"))
+    stages["1 M-row manifest, table"] = in_child(stage_manifest, million, "table")
+    stages["1 M-row manifest, dicts"] = in_child(stage_manifest, million, "dicts")
     stages["pack shards"] = in_child(stage_shards, save, roots, os.path.join(folder, "shards"))
     stages["LIM steps from shards"] = in_child(stage_lim_steps, os.path.join(folder, "shards"))
     stages["embed trial utterances"] = in_child(stage_embed, save, roots)
@@ -352,17 +446,24 @@ def scale_section(in_child, files=20000, folder=None):
 def print_data(result):
     print(f"settings (recipes/VoxCeleb/hparams/lim_nce.yaml): {json.dumps(result['settings'])}")
     print(f"corpus: {result['corpus']}")
-    print(f"{'format':>6}  {'reader':>6}  {'pairs per worker CPU-s':>22}  {'pairs':>6}  note")
+    print(f"{'round':>5}  {'format':>6}  {'reader':>6}  {'pairs per worker CPU-s':>22}  {'pairs':>6}  note")
     for row in result["rows"]:
         note = (f"packed in {row['packing_s']:.1f} s, {row['shards']} shards, {row['shard_mib']:.0f} MiB"
                 if "packing_s" in row else "")
-        print(f"{row['format']:>6}  {row['reader']:>6}  {row['pairs_per_cpu_s']:>22,.0f}  {row['pairs']:>6}  {note}")
+        print(f"{row['round']:>5}  {row['format']:>6}  {row['reader']:>6}  {row['pairs_per_cpu_s']:>22,.0f}  "
+              f"{row['pairs']:>6}  {note}")
+    print("median (range) over the rounds:")
+    for key, value in result["summary"].items():
+        low, high = result["ranges"][key]
+        print(f"  {key:<12} {value:>10,.2f}  ({low:,.2f}-{high:,.2f})")
 
 
 def print_scale(result):
     print(f"{result['files']:,} training files written in {result['corpus_written_s']:.0f} s")
-    print(f"{'stage':<28}{'wall s':>9}{'CPU s':>9}{'peak MiB':>10}  details")
+    print(f"{'stage':<28}{'wall s':>8}{'CPU s':>8}{'peak MiB':>10}{'added MiB':>10}  details")
     for name, row in result["stages"].items():
         details = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()
-                   if k not in ("wall_s", "cpu_s", "peak_mib")}
-        print(f"{name:<28}{row['wall_s']:>9.1f}{row['cpu_s']:>9.1f}{row['peak_mib']:>10.0f}  {json.dumps(details)}")
+                   if k not in ("wall_s", "cpu_s", "peak_mib", "added_mib")}
+        added = f"{row['added_mib']:.0f}" if "added_mib" in row else "-"
+        print(f"{name:<28}{row['wall_s']:>8.1f}{row['cpu_s']:>8.1f}{row['peak_mib']:>10.0f}{added:>10}  "
+              f"{json.dumps(details)}")

@@ -20,7 +20,6 @@ import json
 import os
 import sys
 
-import torch
 
 from sincmi import extract
 from sincmi.metrics import verification_metrics
