@@ -26,7 +26,7 @@ import numpy as np
 from sincmi.audio import is_audio_file, read_audio
 from sincmi.prepare.manifest import (
     already_prepared,
-    inspect_audio,
+    inspect_many,
     mark_prepared,
     peak_gain,
     report_skipped,
@@ -84,6 +84,7 @@ def prepare_librispeech(
     min_samples=3200,
     seed=1234,
     resample=False,
+    prepare_jobs=None,
 ):
     """Writes the LibriSpeech speaker-id manifests; skipped if already done.
 
@@ -113,6 +114,8 @@ def prepare_librispeech(
         Files at another sample rate than ``sample_rate``: True keeps them
         (resampled when read), False skips them. Every skipped or changed file
         is listed in ``skipped.csv`` (see :func:`sincmi.prepare.manifest.inspect_audio`).
+    prepare_jobs : int, optional
+        Processes checking the files (default: every core).
     """
     opts = {
         "data_folder": os.path.abspath(data_folder) if data_folder else data_folder,
@@ -144,9 +147,10 @@ def prepare_librispeech(
     os.makedirs(save_folder, exist_ok=True)
 
     by_speaker, skipped, noted = {}, [], []
-    for path in progress_bar(sorted(paths), desc="Preparing LibriSpeech"):
+    paths = sorted(paths)
+    checks = inspect_many(paths, sample_rate, min_samples, resample, jobs=prepare_jobs, desc="Checking LibriSpeech")
+    for path, check in zip(progress_bar(paths, desc="Preparing LibriSpeech"), checks):
         utt = os.path.splitext(os.path.basename(path))[0]
-        check = inspect_audio(path, sample_rate, min_samples, resample)
         if check.reason:
             skipped.append((path, check.reason))
             continue
