@@ -37,6 +37,12 @@ class DistributedBrain(sb.Brain):
             loader_kwargs["sampler"] = ShardSampler(len(dataset))
         return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
 
+    def _train_loader_specifics(self, dataset, loader_kwargs):
+        """As SpeechBrain's; a stream that splits itself between ranks (``ShardPairs``) is left as it is."""
+        if getattr(dataset, "splits_by_rank", False):
+            return loader_kwargs
+        return super()._train_loader_specifics(dataset, loader_kwargs)
+
     def _wrap_distributed(self):
         if not (self.distributed_launch and torch.device(self.device).type == "cpu"):
             return super()._wrap_distributed()

@@ -22,7 +22,6 @@ manifests of the run is refused.
 """
 
 import csv
-import hashlib
 import io
 import itertools
 import json
@@ -36,6 +35,7 @@ import soundfile as sf
 import torch
 
 from sincmi.audio import decode_bytes, file_extension, uses_pyav
+from sincmi.prepare.unlabelled import file_digest
 from sincmi.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -43,15 +43,6 @@ logger = logging.getLogger(__name__)
 INDEX_FILE = "shards.json"
 SKIPPED_FILE = "shards_skipped.csv"
 SHARD_NAME = "shard-{:06d}.tar"
-
-
-def file_sha1(path, block=1 << 20):
-    """SHA-1 of a file's bytes."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(block), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def _resolve(path, data_root):
@@ -154,7 +145,7 @@ def pack_shards(manifests, out_folder, data_root="", files_per_shard=500, jobs=N
     if skipped:
         logger.warning(f"{len(skipped)} file(s) not packed; see {os.path.join(out_folder, SKIPPED_FILE)}")
     index = {
-        "manifests": [{"path": os.path.abspath(m), "sha1": file_sha1(m)} for m in manifests],
+        "manifests": [{"path": os.path.abspath(m), "sha1": file_digest(m)} for m in manifests],
         "files": sum(r[1] for r in results),
         "segments": sum(r[2] for r in results),
         "skipped": len(skipped),
@@ -177,7 +168,7 @@ def read_index(folder, manifests=None):
         index = json.load(f)
     if manifests is not None:
         packed = sorted(m["sha1"] for m in index["manifests"])
-        wanted = sorted(file_sha1(m) for m in manifests)
+        wanted = sorted(file_digest(m) for m in manifests)
         if packed != wanted:
             raise ValueError(
                 f"the shards in {folder} were packed from {', '.join(m['path'] for m in index['manifests'])}, "
@@ -239,6 +230,8 @@ class ShardPairs(torch.utils.data.IterableDataset):
     A member that cannot be decoded is logged with its key and reason and
     skipped (``bad_members`` counts them).
     """
+
+    splits_by_rank = True  # each rank reads its own shards (no DistributedSampler)
 
     def __init__(self, folder, chunk_size, seed=1234, pairs_per_segment=4, shuffle_buffer=4096, gain_range=None,
                  min_pair_distance=0, sample_rate=16000, manifests=None, epoch_counter=None):

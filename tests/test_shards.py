@@ -165,3 +165,36 @@ def test_the_same_corpus_trained_from_files_and_from_shards_learns_alike(tmp_pat
     files_eer, shards_eer = results["files"]["EER"], results["shards_run"]["EER"]
     assert files_eer < 0.2 and shards_eer < 0.2, (files_eer, shards_eer)
     assert abs(files_eer - shards_eer) < 0.1, (files_eer, shards_eer)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_two_ranks_train_lim_from_shards(tmp_path):
+    """torchrun with 2 processes and 2 loader workers each: the shard stream, SpeechBrain's LoopedLoader and
+    DDP together; each rank reads its own shards, and the run ends with its results."""
+    from conftest import TINY_MODEL
+
+    corpus = write_tone_corpus(str(tmp_path / "corpus"), speakers=6, utterances=4, seconds=0.6)
+    demo = [os.path.join(ROOT, "recipes", "Demo", "train.py"), os.path.join(ROOT, "recipes", "Demo", "hparams",
+                                                                             "lim_nce.yaml"),
+            f"--output_folder={tmp_path / 'out'}", f"--data_folder={corpus}",
+            *[a for a in TINY_MODEL if not a.startswith("--num_workers")],
+            "--num_verification_speakers=2", "--valid_per_speaker=1", "--test_per_speaker=1",
+            "--score_baselines=False", "--pretrain_epochs=2", "--pairs_per_epoch=32", "--pretrain_batch_size=4"]
+    prep = subprocess.run([sys.executable, *demo, "--prepare_only=True", "--num_workers=0"], capture_output=True,
+                          text=True, timeout=300)
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    save = tmp_path / "out" / "save"
+    index = pack_shards([str(save / f"{s}.csv") for s in ("train", "valid", "test")], str(tmp_path / "shards"),
+                        corpus, files_per_shard=2, progress=False)
+    assert len(index["shards"]) >= 4  # 2 ranks x 2 workers
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *demo,
+           "--distributed_backend=gloo", f"--train_shards={tmp_path / 'shards'}", "--num_workers=2",
+           "--pairs_per_segment=2", "--shuffle_buffer=8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    log = (tmp_path / "out" / "train_log.txt").read_text()
+    assert log.count("stage: pretrain, epoch:") == 2
+    assert "LIM reads" in (tmp_path / "out" / "log.txt").read_text()
+    assert "Cannot automatically solve distributed sampling" not in proc.stdout + proc.stderr
+    with open(tmp_path / "out" / "results.json") as f:
+        assert "LIM (nce)" in json.load(f)["systems"]

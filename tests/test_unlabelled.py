@@ -137,3 +137,25 @@ def test_the_timit_and_librispeech_recipes_take_a_pool(tmp_path):
     run_recipe("LibriSpeech", "lim_nce.yaml", tmp_path / "libri", f"--data_folder={tmp_path / 'libri_data'}",
                f"--unlabelled_folder={pool}", "--train_seconds=2.0", "--critic_hidden_size=16")
     assert "(2 of the segments from the unlabelled pool)" in open(tmp_path / "libri" / "log.txt").read()
+
+
+def test_same_sized_recordings_are_told_apart_without_hashing_them_whole(tmp_path, monkeypatch):
+    """A pool of WAV files of the labelled files' size: copies are found, other recordings are told apart by
+    the cheap content key, and only a copy's bytes are hashed in full."""
+    from sincmi.prepare import unlabelled
+
+    rng = np.random.default_rng(0)
+    labelled, pool = [], []
+    for i in range(3):
+        wav = (0.1 * rng.standard_normal(48000)).astype("float32")
+        for folder, names in (("labelled", labelled), ("pool", pool)):
+            os.makedirs(tmp_path / folder, exist_ok=True)
+            path = str(tmp_path / folder / f"f{i}.wav")
+            sf.write(path, wav if folder == "labelled" or i == 0 else -wav, 16000, subtype="PCM_16")
+            names.append(path)
+    hashed = []
+    real_digest = unlabelled.file_digest
+    monkeypatch.setattr(unlabelled, "file_digest", lambda path: hashed.append(path) or real_digest(path))
+    overlap = unlabelled.overlapping_files(pool, labelled)
+    assert list(overlap) == [pool[0]] and "a copy of the labelled file" in overlap[pool[0]]
+    assert sorted(hashed) == sorted([pool[0], labelled[0]])  # the two other pool files: never hashed whole
