@@ -1,7 +1,9 @@
 """SpeechBrain ``Brain`` classes: LIM pretraining and speaker identification."""
 
 import logging
+import random
 
+import numpy as np
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,33 @@ class DistributedBrain(sb.Brain):
     """
 
     shard_evaluation = False  # True: VALID/TEST sets are split across processes
+
+    def _fit_train(self, train_set, epoch, enable):
+        """As SpeechBrain's; under DDP the random streams are keyed first (see :meth:`key_random_streams`)."""
+        self._epoch = epoch
+        self.key_random_streams()
+        return super()._fit_train(train_set, epoch, enable)
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Keys the random streams for the next batch (under DDP)."""
+        self.key_random_streams()
+
+    def key_random_streams(self):
+        """Under DDP, seeds every generator from ``(seed, rank, epoch, step)`` before each batch is drawn.
+
+        Each rank draws its own chunks, and a run resumed from a checkpoint
+        inside an epoch draws exactly what the uninterrupted run drew: the
+        checkpoint holds the main process's generators only, but the next
+        batch's draws follow from the step it restores. One process keeps
+        its single stream (its checkpoints resume it exactly).
+        """
+        if not self.distributed_launch:
+            return
+        key = [getattr(self.hparams, "seed", 0), self.rank or 0, self._epoch, self.step]
+        seed = int(np.random.SeedSequence(key).generate_state(1)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         """As SpeechBrain's; with ``shard_evaluation``, each process evaluates 1/N of the set."""

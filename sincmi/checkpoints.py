@@ -26,7 +26,7 @@ from speechbrain.utils.checkpoints import (
     mark_as_saver,
     register_checkpoint_hooks,
 )
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import MainProcessContext, ddp_barrier, if_main_process
 
 PARTIAL = ".partial-"  # not "CKPT+...": never taken for a checkpoint
 
@@ -52,6 +52,21 @@ class AtomicCheckpointer(Checkpointer):
         os.replace(checkpoint.path, final)
         paramfiles = {key: final / path.name for key, path in checkpoint.paramfiles.items()}
         return Checkpoint(final, checkpoint.meta, paramfiles)
+
+    def delete_checkpoints(self, **kwargs):
+        """As SpeechBrain's, decided and done by the main process alone, between two barriers.
+
+        SpeechBrain's version lets every process list the checkpoints and
+        broadcast once per deletion; under DDP a process that lists the
+        folder while the main one renames a new checkpoint into place counts
+        other deletions, and the processes wait on different collectives for
+        ever (seen with a checkpoint every step under ``torchrun``).
+        """
+        ddp_barrier()
+        if if_main_process():
+            with MainProcessContext():  # SpeechBrain's barriers and broadcasts inside are no-ops
+                super().delete_checkpoints(**kwargs)
+        ddp_barrier()
 
     def _custom_checkpoint_dirpath(self, name):
         if name.startswith(PARTIAL):

@@ -309,8 +309,7 @@ def prepare_unlabelled_pool(hparams, timings, labelled_folders):
     """
     if not hparams.get("unlabelled_folder"):
         return {}
-    labelled = sorted({path for folder in labelled_folders if folder for path in unlabelled.audio_files(folder)})
-    prepare(hparams, unlabelled.prepare_unlabelled, timings, labelled_files=labelled)
+    prepare(hparams, unlabelled.prepare_unlabelled, timings, labelled_folders=list(labelled_folders))
     return data.load_manifest(os.path.join(hparams["save_folder"], unlabelled.MANIFEST), "")
 
 
@@ -410,7 +409,9 @@ def pretrain(hparams, run_opts, train_set, valid_set):
     else:
         sampler = epoch_sampler(train_set, hparams.get("pairs_per_epoch"), hparams["seed"])
         brain.train_sampler = sampler
-        train_kwargs = {**loader_kwargs, "sampler": sampler, "drop_last": True}
+        # Workers that persist across epochs (not forked again each epoch)
+        train_kwargs = {**loader_kwargs, "sampler": sampler, "drop_last": True,
+                        "persistent_workers": hparams["num_workers"] > 0}
     logger.info(f"Stage pretrain: LIM ({modules['objective'].name}) for {counter.limit} epoch(s)")
     brain.fit(
         counter,
@@ -516,6 +517,7 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
         "sampler": sampler,
         "drop_last": len(sampler) > hparams["finetune_batch_size"],
         "collate_fn": PaddedBatch,
+        "persistent_workers": hparams["num_workers"] > 0,
     }
     eval_kwargs = {"batch_size": hparams["eval_batch_size"], "num_workers": hparams["num_workers"]}
     mode = "frozen encoder" if freeze_encoder else "fine-tuned encoder"

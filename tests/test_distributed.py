@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, TINY_MODEL, TINY_PRETRAIN, write_tone_corpus
 
@@ -216,3 +217,68 @@ def test_two_ranks_draw_different_chunks_at_the_same_batch_position(tmp_path):
     assert ranks[0]["after_load"] != ranks[1]["after_load"]
     assert ranks[1]["after_load"] == ranks[1]["after_load_again"]
     assert ranks[0]["after_load"] == ranks[0]["after_load_again"]
+
+
+def descendants(pid):
+    """Every process below ``pid`` (Linux /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_a_ddp_run_killed_inside_lim_resumes_exactly(tmp_path):
+    """torchrun, 2 processes: kill -9 while LIM trains (checkpoints every step), run the same command again;
+    the figures equal those of a run that was never interrupted, although each rank draws its own chunks."""
+    import signal
+    import time
+
+    corpus = write_tone_corpus(str(tmp_path / "corpus"), speakers=6, utterances=4, seconds=0.6)
+
+    def command(out):
+        overrides = ["--pretrain_epochs=3", "--pairs_per_epoch=96", "--pretrain_batch_size=4",
+                     "--ckpt_interval_minutes=0", "--ckpt_interval_steps=1"]
+        keys = {a.split("=")[0] for a in overrides}
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                *[a for a in demo_args(corpus, out) if a.split("=")[0] not in keys], *overrides,
+                "--distributed_backend=gloo"]
+
+    def results(out):
+        with open(out / "results.json") as f:
+            return json.load(f)["systems"]["LIM (nce)"]
+
+    uninterrupted = subprocess.run(command(tmp_path / "whole"), cwd=str(tmp_path), capture_output=True, text=True,
+                                   timeout=600)
+    assert uninterrupted.returncode == 0, (uninterrupted.stdout + uninterrupted.stderr)[-3000:]
+    resumed = tmp_path / "resumed"
+    proc = subprocess.Popen(command(resumed), cwd=str(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    folder, deadline = resumed / "save" / "pretrain", time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if folder.is_dir() and any(n.startswith("CKPT+") for n in os.listdir(folder)):
+            for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun and both ranks (their own groups)
+                os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode != 0 and not (resumed / "save" / "speaker_id").exists(), "LIM ended before the kill"
+    again = subprocess.run(command(resumed), cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "Loading a checkpoint from " + str(folder) in (resumed / "log.txt").read_text()
+    assert results(resumed) == results(tmp_path / "whole")
+    for stage in ("pretrain", "speaker_id"):  # the same weights, to the bit
+        weights = [torch.load(next((out / "save" / stage).glob("CKPT+*/encoder.ckpt")), map_location="cpu")
+                   for out in (resumed, tmp_path / "whole")]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), stage

@@ -102,6 +102,22 @@ def test_pretraining_batches_never_hold_a_single_sentence(tmp_path):
         "save_folder": str(tmp_path / "save"),
         "train_logger": FileTrainLogger(str(tmp_path / "log.txt")),
     }
-    stages.pretrain(hparams, {"device": "cpu"}, pair_dataset(rows, 800), pair_dataset(rows, 800))
+    from sincmi.brains import LIMBrain
+
+    seen = {"TRAIN": [], "VALID": []}
+    forward = LIMBrain.compute_forward
+
+    def recording_forward(self, batch, stage):
+        seen[stage.name].append(sorted(batch.sentence))
+        return forward(self, batch, stage)
+
+    LIMBrain.compute_forward = recording_forward
+    try:
+        stages.pretrain(hparams, {"device": "cpu"}, pair_dataset(rows, 800), pair_dataset(rows, 800))
+    finally:
+        LIMBrain.compute_forward = forward
+    # Full training batches of 2; validation: 2 + 2, the 5th sentence left out rather than alone.
+    assert [len(b) for b in seen["TRAIN"]] == [2, 2] and [len(b) for b in seen["VALID"]] == [2, 2]
+    assert all(len(set(b)) == 2 for b in seen["TRAIN"] + seen["VALID"])
     with open(tmp_path / "log.txt") as f:
         assert "valid loss" in f.read()

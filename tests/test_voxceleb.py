@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import soundfile as sf
+import torch
 
 from conftest import SHARED_DATA, run_recipe
 from sincmi.data import load_manifest, pair_dataset
@@ -103,7 +104,20 @@ def test_recipe_lim_then_finetune(voxceleb, tmp_path):
                "--valid_speakers=2", "--cohort_size=20", f"--pretrained_folder={lim_out}", pretrain=False)
     assert "Loaded the LIM encoder" in open(ft_out / "log.txt").read()
     with open(ft_out / "results.json") as f:
-        assert json.load(f)["systems"]
+        (fine_tuned,) = json.load(f)["systems"].values()
+    assert (fine_tuned["target_trials"], fine_tuned["nontarget_trials"]) == (18, 48)  # the same trials
+    assert 0 <= fine_tuned["EER"] <= 1
+    assert sum(line.startswith("stage: finetune, epoch:") for line in open(ft_out / "train_log.txt")) == 1
+    # Fine-tuning trained the LIM encoder further: its weights moved from the loaded ones.
+    lim_weights = load_encoder_weights(lim_out / "save" / "pretrain")
+    tuned_weights = load_encoder_weights(ft_out / "save" / "finetune")
+    assert lim_weights.keys() == tuned_weights.keys()
+    assert any(not torch.equal(lim_weights[k], tuned_weights[k]) for k in lim_weights)
+
+
+def load_encoder_weights(stage_folder):
+    (checkpoint,) = [n for n in os.listdir(stage_folder) if n.startswith("CKPT+")]
+    return torch.load(os.path.join(stage_folder, checkpoint, "encoder.ckpt"), map_location="cpu")
 
 
 def check_exported_score_normalisation(run, voxceleb, tmp_path, run_eer):

@@ -149,8 +149,8 @@ def segment_rows(file_id, path, frames, rate, sample_rate, segment_seconds, min_
     return rows
 
 
-def prepare_unlabelled(unlabelled_folder, save_folder, labelled_files, sample_rate=16000, min_samples=3200,
-                       resample=False, unlabelled_segment_seconds=10.0):
+def prepare_unlabelled(unlabelled_folder, save_folder, labelled_files=None, sample_rate=16000, min_samples=3200,
+                       resample=False, unlabelled_segment_seconds=10.0, labelled_folders=()):
     """Writes ``save_folder/unlabelled.csv`` from one or more folders of recordings; skipped if done.
 
     Arguments
@@ -159,9 +159,13 @@ def prepare_unlabelled(unlabelled_folder, save_folder, labelled_files, sample_ra
         Folders searched recursively for audio files (any layout).
     save_folder : str
         Where ``unlabelled.csv`` and ``unlabelled_skipped.csv`` are written.
-    labelled_files : list of str
+    labelled_files : list of str, optional
         Every audio file of the labelled corpus (training and verification
         speakers): pool files that are one of them are left out.
+    labelled_folders : list of str
+        Instead of ``labelled_files``: the labelled corpus's folders, walked
+        only when the pool is prepared (not on a run that finds it up to date:
+        a million-file corpus is not walked on every run and rank).
     unlabelled_segment_seconds : float
         Length of the segments long recordings are cut into.
 
@@ -174,7 +178,8 @@ def prepare_unlabelled(unlabelled_folder, save_folder, labelled_files, sample_ra
     folders = [unlabelled_folder] if isinstance(unlabelled_folder, str) else list(unlabelled_folder)
     opts = {"unlabelled_folder": [os.path.abspath(f) for f in folders], "sample_rate": sample_rate,
             "min_samples": min_samples, "resample": resample, "segment_seconds": segment_seconds,
-            "labelled_files": len(labelled_files)}
+            "labelled_files": len(labelled_files) if labelled_files is not None else
+            [os.path.abspath(f) for f in labelled_folders if f]}
     os.makedirs(save_folder, exist_ok=True)
     opts_path = os.path.join(save_folder, OPTS_FILE)
     manifest = os.path.join(save_folder, MANIFEST)
@@ -189,6 +194,8 @@ def prepare_unlabelled(unlabelled_folder, save_folder, labelled_files, sample_ra
     pool = sorted({path for folder in folders for path in audio_files(folder)})
     if not pool:
         raise ValueError(f"unlabelled_folder {folders} holds no audio file ({', '.join(AUDIO_EXTENSIONS)})")
+    if labelled_files is None:
+        labelled_files = sorted({path for folder in labelled_folders if folder for path in audio_files(folder)})
     overlap = overlapping_files(pool, labelled_files)
     rows, skipped, seconds, used = [], [], 0.0, 0
     for index, path in enumerate(progress_bar(pool, desc="Checking the unlabelled pool")):
