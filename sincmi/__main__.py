@@ -122,7 +122,10 @@ def shards(argv):
             sys.exit(f"error: manifest {manifest} not found: run the recipe's preparation first")
     roots = dict(r.split("=", 1) for r in args.data_root if "=" in r)
     data_root = roots or args.data_root[0]
-    index = pack_shards(manifests, out, data_root, args.files_per_shard, args.jobs)
+    try:
+        index = pack_shards(manifests, out, data_root, args.files_per_shard, args.jobs)
+    except (OSError, ValueError, KeyError) as err:
+        sys.exit(f"error: {err}")
     if index["skipped"]:
         print(f"{index['skipped']} file(s) not packed: see {os.path.join(out, 'shards_skipped.csv')}", file=sys.stderr)
     print(f"{index['files']} files, {index['segments']} segments in {len(index['shards'])} shards: {out}")

@@ -142,6 +142,9 @@ def pack_shards(manifests, out_folder, data_root="", files_per_shard=500, jobs=N
     skipped = [item for *_, bad in results for item in bad]
     with open(os.path.join(out_folder, SKIPPED_FILE), "w", newline="") as f:
         csv.writer(f).writerows([("file", "reason")] + skipped)
+    if len(skipped) == len(files):
+        raise ValueError(f"none of the {len(files)} files of {', '.join(manifests)} could be read (e.g. "
+                         f"{skipped[0][0]}: {skipped[0][1]}): is --data_root right?")
     if skipped:
         logger.warning(f"{len(skipped)} file(s) not packed; see {os.path.join(out_folder, SKIPPED_FILE)}")
     index = {
@@ -267,6 +270,7 @@ class ShardPairs(torch.utils.data.IterableDataset):
                              "workers): pack with a smaller --files_per_shard")
         epoch = int(getattr(self.epoch_counter, "current", 0) or 0)
         rng = np.random.default_rng([self.seed, rank, worker, epoch])
+        self._yielded = False
         pairs = self._pairs(self._my_shards(slot, slots, epoch), rng)
         yield from shuffled(pairs, self.shuffle_buffer, rng)
 
@@ -275,6 +279,9 @@ class ShardPairs(torch.utils.data.IterableDataset):
         for repeat in itertools.count():
             order = np.random.default_rng([self.seed, epoch, repeat]).permutation(len(self.shards))
             yield from (self.shards[i] for i in order[slot::slots])
+            if repeat == 0 and not self._yielded:  # a whole pass without one usable pair: never loop silently
+                raise ValueError(f"{self.folder}: no usable recording in this reader's shards (every member "
+                                 "failed to decode; see the warnings above)")
 
     def _pairs(self, shards, rng):
         from sincmi.data import pair_offsets, resampled
@@ -291,8 +298,10 @@ class ShardPairs(torch.utils.data.IterableDataset):
                                    f"({type(error).__name__}: {error})")
                     continue
                 for seg_id, start, stop, gain, sentence, rate in segments:
-                    yield from self._segment_pairs(samples, scale, seg_id, start, stop, gain, sentence, rate, rng,
-                                                   pair_offsets, resampled)
+                    for pair in self._segment_pairs(samples, scale, seg_id, start, stop, gain, sentence, rate, rng,
+                                                    pair_offsets, resampled):
+                        self._yielded = True
+                        yield pair
 
     def _segment_pairs(self, samples, scale, seg_id, start, stop, gain, sentence, rate, rng, pair_offsets,
                        resampled):

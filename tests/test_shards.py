@@ -97,6 +97,18 @@ def test_a_corrupt_member_is_reported_and_skipped(tmp_path, caplog):
     assert any("skipped: cannot decode" in r.getMessage() for r in caplog.records)
 
 
+def test_shards_with_nothing_usable_fail_instead_of_looping(tmp_path):
+    manifest = write_manifest(str(tmp_path / "audio"), files=2)
+    with pytest.raises(ValueError, match="none of the 2 files .* could be read .* is --data_root right"):
+        pack_shards(manifest, str(tmp_path / "shards"), str(tmp_path / "elsewhere"), progress=False)
+    for i in range(2):  # every recording corrupt after packing
+        with open(tmp_path / "audio" / f"f{i}.flac", "r+b") as f:
+            f.write(b"x" * 64)
+    pack_shards(manifest, str(tmp_path / "shards"), str(tmp_path / "audio"), progress=False)
+    with pytest.raises(ValueError, match="no usable recording"):
+        next(iter(ShardPairs(str(tmp_path / "shards"), 800, shuffle_buffer=1)))
+
+
 def test_missing_files_are_listed_when_packing(tmp_path):
     manifest = write_manifest(str(tmp_path / "audio"), files=3)
     os.remove(tmp_path / "audio" / "f2.flac")
@@ -198,3 +210,13 @@ def test_two_ranks_train_lim_from_shards(tmp_path):
     assert "Cannot automatically solve distributed sampling" not in proc.stdout + proc.stderr
     with open(tmp_path / "out" / "results.json") as f:
         assert "LIM (nce)" in json.load(f)["systems"]
+
+
+def test_the_shards_command_says_what_is_wrong_in_one_line(tmp_path):
+    manifest = write_manifest(str(tmp_path / "audio"), files=2)
+    for args, message in (([manifest, str(tmp_path / "out"), "--data_root", str(tmp_path / "wrong")], "--data_root"),
+                          ([str(tmp_path / "nope.csv"), str(tmp_path / "out")], "not found")):
+        proc = subprocess.run([sys.executable, "-m", "sincmi", "shards", *args], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 1 and message in proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
