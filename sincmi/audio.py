@@ -89,6 +89,14 @@ def read_audio(path, start=0, frames=-1):
     return data[start:] if frames < 0 else data[start : start + frames]
 
 
+def read_blocks(path, frames):
+    """The file as float32 ``(samples, channels)`` blocks of ``frames`` samples (bounded memory);
+    an AAC file, which has no partial read, as one block."""
+    if uses_pyav(path):
+        return [read_audio(path)]
+    return sf.blocks(path, blocksize=frames, dtype="float32", always_2d=True)
+
+
 def decode_bytes(encoded, extension):
     """Decodes a whole encoded file held in memory: ``(float32 (samples, channels), rate)``.
 

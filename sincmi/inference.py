@@ -26,7 +26,6 @@ import os
 from collections import namedtuple
 
 import numpy as np
-import soundfile as sf
 import torch
 import torch.nn.functional as F
 from speechbrain.dataio.batch import PaddedBatch
@@ -111,9 +110,7 @@ def file_embedding(encoder, path, sample_rate, shift, gain=None, block_chunks=51
 
 def _peak(path, block=16000 * 60):
     peak = 0.0
-    blocks = [audio.read_audio(path)] if audio.uses_pyav(path) else \
-        sf.blocks(path, blocksize=block, dtype="float32", always_2d=True)
-    for data in blocks:
+    for data in audio.read_blocks(path, block):
         peak = max(peak, float(np.abs(data.mean(axis=1)).max()) if len(data) else 0.0)
     return peak
 

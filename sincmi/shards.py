@@ -34,7 +34,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from sincmi.audio import decode_bytes, file_extension, uses_pyav
+from sincmi.audio import PYAV_EXTENSIONS, decode_bytes, file_extension
+from sincmi.data import pair_offsets, resampled
 from sincmi.prepare.unlabelled import file_digest
 from sincmi.progress import progress_bar
 
@@ -186,7 +187,7 @@ def read_index(folder, manifests=None):
 def decode_member(encoded, extension):
     """A shard member's audio as mono: int16 samples where soundfile can give them (4 times faster
     to decode than float for WAV), else float32. Returns ``(samples, scale)``: multiply by ``scale``."""
-    if uses_pyav("x" + extension):
+    if extension.lower() in PYAV_EXTENSIONS:
         data, _ = decode_bytes(encoded, extension)
         return (data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)), 1.0
     data, _ = sf.read(io.BytesIO(encoded), dtype="int16", always_2d=True)
@@ -284,8 +285,6 @@ class ShardPairs(torch.utils.data.IterableDataset):
                                  "failed to decode; see the warnings above)")
 
     def _pairs(self, shards, rng):
-        from sincmi.data import pair_offsets, resampled
-
         for shard in shards:
             for member in members(shard):
                 try:
@@ -298,13 +297,11 @@ class ShardPairs(torch.utils.data.IterableDataset):
                                    f"({type(error).__name__}: {error})")
                     continue
                 for seg_id, start, stop, gain, sentence, rate in segments:
-                    for pair in self._segment_pairs(samples, scale, seg_id, start, stop, gain, sentence, rate, rng,
-                                                    pair_offsets, resampled):
+                    for pair in self._segment_pairs(samples, scale, seg_id, start, stop, gain, sentence, rate, rng):
                         self._yielded = True
                         yield pair
 
-    def _segment_pairs(self, samples, scale, seg_id, start, stop, gain, sentence, rate, rng, pair_offsets,
-                       resampled):
+    def _segment_pairs(self, samples, scale, seg_id, start, stop, gain, sentence, rate, rng):
         rates = (rate, self.sample_rate) if rate and rate != self.sample_rate else None
         span = samples[start:stop]
         if rates is not None:  # another rate: the segment is resampled once, then cut

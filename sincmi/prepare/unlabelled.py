@@ -18,9 +18,8 @@ import logging
 import os
 
 import numpy as np
-import soundfile as sf
 
-from sincmi.audio import AUDIO_EXTENSIONS, is_audio_file, read_audio, uses_pyav
+from sincmi.audio import AUDIO_EXTENSIONS, is_audio_file, read_blocks, uses_pyav
 from sincmi.prepare.manifest import inspect_audio, write_manifest
 from sincmi.progress import progress_bar
 
@@ -109,9 +108,7 @@ def scan_audio(path, sample_rate, min_samples, resample, block_seconds=60):
         return 0, 0, check.reason
     frames = 0
     try:
-        blocks = [read_audio(path)] if uses_pyav(path) else \
-            sf.blocks(path, blocksize=int(block_seconds * check.rate), dtype="float32", always_2d=True)
-        for block in blocks:
+        for block in read_blocks(path, int(block_seconds * check.rate)):
             if not np.isfinite(block).all():
                 return 0, 0, "NaN or infinite samples"
             frames += len(block)
