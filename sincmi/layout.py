@@ -61,6 +61,15 @@ def backend_file(folder, system, backend):
     return os.path.join(folder, "save", "backends", f"{file_slug(system)}_{backend}.npz")
 
 
+def calibration_file(folder, system, backend="none"):
+    """The score calibration of ``system`` with ``backend`` in a run's output folder.
+
+    >>> calibration_file("results/x", "LIM (nce)", "whiten")
+    'results/x/save/calibration/lim_nce_whiten.json'
+    """
+    return os.path.join(folder, "save", "calibration", f"{file_slug(system)}_{backend}.json")
+
+
 def cohort_file(folder, system, backend="none"):
     """The score-normalisation cohort of ``system`` (embeddings after ``backend``) in a run's output folder."""
     suffix = "" if backend == "none" else f"_{backend}"

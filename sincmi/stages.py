@@ -25,8 +25,10 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from sincmi import data, distributed, layout, progress, shards
 from sincmi.prepare import unlabelled
+from sincmi.prepare.manifest import OPTS_FILE
 from sincmi.backend import BACKEND_LABELS, Backend
 from sincmi.brains import LIMBrain, SpeakerIdBrain
+from sincmi.calibration import fit_on_training_speakers
 from sincmi.checkpoints import make_checkpointer
 from sincmi.manifest_table import ManifestTable, as_table
 from sincmi.config import PRETRAIN_DATA, check_hparams
@@ -63,6 +65,7 @@ def start_experiment(argv):
     with open(hparams_file) as f:
         hparams = load_hyperpyyaml(f, overrides)
     check_hparams(hparams)
+    refuse_another_runs_folder(hparams)  # before anything is written into the folder
     distributed.seed_this_process(hparams["seed"])
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
@@ -73,6 +76,37 @@ def start_experiment(argv):
     if if_main_process():
         keep_recipe_script(hparams["output_folder"])
     return hparams, run_opts
+
+
+def refuse_another_runs_folder(hparams):
+    """Refuses an ``output_folder`` whose trained run was prepared from other data, before writing in it.
+
+    The preparers refuse it too (:func:`sincmi.prepare.manifest.already_prepared`),
+    but only after the run has started writing its logs there; this check
+    compares the settings the folder was prepared with (its data folder, seed,
+    split sizes) with the run's, so a refused run leaves the folder as it was.
+    The Demo's data folder is its ``synth_folder`` when none is given.
+    """
+    save_folder = hparams.get("save_folder")
+    opts_file = os.path.join(save_folder or "", OPTS_FILE)
+    if not save_folder or not os.path.isfile(opts_file):
+        return
+    with open(opts_file) as f:
+        stored = json.load(f)
+    given = {**hparams}
+    if given.get("data_folder") is None and given.get("synth_folder"):
+        given["data_folder"] = given["synth_folder"]
+    derived = ("sample_rate", "min_samples", "resample")  # worked out from other settings (preparer_settings)
+    changed = [key for key, value in stored.items()
+               if key not in derived and given.get(key) is not None and not isinstance(given[key], dict) and given[key] != value]
+    trained = [name for name in sorted(os.listdir(save_folder)) if os.path.isdir(os.path.join(save_folder, name))
+               and any(entry.startswith("CKPT+") for entry in os.listdir(os.path.join(save_folder, name)))]
+    if changed and trained:
+        raise ValueError(
+            f"{hparams['output_folder']} holds another run, prepared with other settings "
+            f"({', '.join(f'{key}: {stored[key]!r} -> {given[key]!r}' for key in changed)}) and trained "
+            f"({', '.join(trained)}); nothing was written. Pass another --output_folder, or delete that folder "
+            "to start over.")
 
 
 # Libraries whose DEBUG lines would fill log.txt (matplotlib's font search: half of it).
@@ -564,6 +598,7 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
     # One dataset when the cohort is the back ends' set (VoxCeleb): verify() then embeds it once.
     cohort_set = backend_set if cohort_rows is backend_rows else sets.sentences(cohort_rows) if cohort_rows else None
     speakers = {key: row["spk_id"] for key, row in rows.items()}
+    training_speakers = {key: row["spk_id"] for key, row in backend_rows.items()}
     saved = hparams.get("save_scores") or list(systems)[:1]  # default: the run's own system
     results = {}
     for i, (name, encoder) in enumerate(systems.items()):
@@ -575,7 +610,8 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
             out_folder=hparams["output_folder"], name=name, speakers=speakers,
             backends=hparams.get("verification_backends", ["none"]), backend_set=backend_set,
             save_scores=name in saved, num_workers=hparams.get("num_workers") or 0,
-            max_chunks=hparams.get("eval_chunks_per_batch") or 64,
+            max_chunks=hparams.get("eval_chunks_per_batch") or 64, training_speakers=training_speakers,
+            calibration_prior=hparams.get("calibration_prior"), p_target=hparams.get("p_target", 0.01),
         )
         timings["verification" if i == 0 else f"verification ({name})"] = time.time() - start
         results.update(result_rows(name, by_backend, (stats or {}).get(name)))
@@ -584,8 +620,9 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
 
 def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, cohort_set=None,
            score_norm=None, top_k=None, out_folder=None, name="system", speakers=None,
-           backends=("none",), backend_set=None, save_scores=True, num_workers=0, max_chunks=64):
-    """Scores a trial list by cosine on utterance embeddings, after each back end.
+           backends=("none",), backend_set=None, save_scores=True, num_workers=0, max_chunks=64,
+           training_speakers=None, calibration_prior=None, p_target=0.01):
+    """Scores a trial list by cosine on utterance embeddings, after each back end, and calibrates the scores.
 
     Every process embeds its share of the utterances (with ``num_workers``
     loader processes, ``max_chunks`` chunks per forward call); the main
@@ -612,6 +649,11 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
     backend_set : dataset, optional
         Training speakers' utterances that the back ends are fitted on (no
         labels used); needed by every back end but ``none``.
+    training_speakers : dict, optional
+        ``{utterance id: speaker}`` of ``backend_set``: trials among them fit
+        each back end's calibration (:func:`sincmi.calibration.fit_on_training_speakers`,
+        at ``calibration_prior``, default ``p_target``), and every row gets
+        ``Cllr``, ``minCllr`` and ``actDCF`` at ``p_target`` on the verification trials.
 
     Returns
     -------
@@ -627,7 +669,7 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
         if cohort_set is None:
             raise ValueError(f"score_norm={score_norm!r} needs a cohort")
         cohort_emb = embed(cohort_set)
-    if any(b != "none" for b in backends):
+    if any(b != "none" for b in backends) or training_speakers:
         if backend_set is None:
             raise ValueError(f"verification back ends {list(backends)} need the training utterances (backend_set)")
         fitted = cohort_emb if backend_set is cohort_set and score_norm is not None else embed(backend_set)
@@ -644,8 +686,15 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
             cohort = backend(torch.stack([cohort_emb[key] for key in sorted(cohort_emb)]))
         scores, labels = score_trials(backend.apply(embeddings), trials, cohort, score_norm, top_k)
         results[backend_name] = {**verification_metrics(scores[labels], scores[~labels]), "backend": backend_name}
+        calibration = None
+        if training_speakers:
+            raw_cohort = None if cohort_emb is None else torch.stack([cohort_emb[key] for key in sorted(cohort_emb)])
+            calibration = fit_on_training_speakers(fitted, training_speakers, backend_name, raw_cohort, score_norm,
+                                                   top_k, calibration_prior or p_target)
+            results[backend_name].update(calibration.metrics(scores[labels].numpy(), scores[~labels].numpy(),
+                                                             p_target))
         if out_folder is not None and save_scores and if_main_process():
-            save_model_parts(out_folder, name, backend, cohort)
+            save_model_parts(out_folder, name, backend, cohort, calibration)
             scores_path = layout.scores_file(out_folder, name, backend_name)
             write_scores(scores_path, trials, scores.tolist())
             slug = os.path.basename(scores_path)[len("scores_"):].split(".")[0]
@@ -657,17 +706,21 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
     return results
 
 
-def save_model_parts(out_folder, system, backend, cohort=None):
-    """Keeps what ``python -m sincmi export`` packs with the encoder: the fitted back end and the cohort.
+def save_model_parts(out_folder, system, backend, cohort=None, calibration=None):
+    """Keeps what ``python -m sincmi export`` packs with the encoder: back end, cohort, calibration.
 
     The back end (not for ``none``) goes to :func:`sincmi.layout.backend_file`,
     the cohort embeddings after it (with score normalisation) to
-    :func:`sincmi.layout.cohort_file`.
+    :func:`sincmi.layout.cohort_file`, the calibration to :func:`sincmi.layout.calibration_file`.
     """
     if backend.name != "none":
         path = layout.backend_file(out_folder, system, backend.name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         backend.save(path)
+    if calibration is not None:
+        path = layout.calibration_file(out_folder, system, backend.name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        calibration.save(path)
     if cohort is not None:
         path = layout.cohort_file(out_folder, system, backend.name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -711,7 +764,8 @@ def write_results(path, results):
     with open(tmp, "w") as f:
         json.dump(results, f, indent=2)
     os.replace(tmp, path)
-    columns = [("EER", "EER %"), ("minDCF_0.01", "minDCF"), ("sentence_error", "CER %"), ("chunk_error", "chunk err %")]
+    columns = [("EER", "EER %"), ("minDCF_0.01", "minDCF"), ("actDCF_0.01", "actDCF"), ("Cllr", "Cllr"),
+               ("minCllr", "minCllr"), ("sentence_error", "CER %"), ("chunk_error", "chunk err %")]
     columns = [c for c in columns if any(c[0] in v for v in results["systems"].values())]
     width = max([24] + [len(name) + 2 for name in results["systems"]])
     with_backend = any("backend" in v for v in results["systems"].values())
@@ -723,7 +777,7 @@ def write_results(path, results):
         for key, _ in columns:
             if key not in values:
                 cells += f"{'-':>14}"
-            elif key.startswith("minDCF"):
+            elif key.startswith(("minDCF", "actDCF")) or key.endswith("Cllr"):
                 cells += f"{values[key]:>14.4f}"
             else:
                 cells += f"{100 * values[key]:>14.2f}"

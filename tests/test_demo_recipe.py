@@ -32,6 +32,9 @@ def test_demo_yaml_runs_end_to_end(yaml, synth_folder, tmp_path):
             assert 0.0 <= values[key] <= 1.0
         assert values["minDCF_0.01"] >= 0.0
         assert values["target_trials"] > 0 and values["nontarget_trials"] > 0
+        # Every row is calibrated on the training speakers: Cllr above what the scores allow, actDCF above minDCF.
+        assert 0.0 <= values["minCllr"] <= values["Cllr"] + 1e-9
+        assert values["actDCF_0.01"] >= values["minDCF_0.01"] - 1e-9
     if yaml.startswith("lim_"):
         # Every system is scored with every back end, one row each, named after it.
         names = [f"LIM ({yaml[4:-5]})", "random weights", "MFCC statistics"]
@@ -39,7 +42,7 @@ def test_demo_yaml_runs_end_to_end(yaml, synth_folder, tmp_path):
         assert set(systems) == {n + suffix for n in names for suffix in rows}
         for suffix, backend in rows.items():
             assert {systems[n + suffix]["backend"] for n in names} == {backend}
-    assert "EER %" in proc.stdout  # the table is printed
+    assert "EER %" in proc.stdout and "Cllr" in proc.stdout  # the table is printed
 
 
 def test_demo_on_a_user_folder_and_rerun_resumes(tmp_path):
@@ -52,6 +55,26 @@ def test_demo_on_a_user_folder_and_rerun_resumes(tmp_path):
     second, proc = run_recipe("Demo", "lim_nce.yaml", tmp_path / "out", *args)
     assert second["systems"] == first["systems"]
     assert "Going into epoch" not in proc.stderr + proc.stdout
+    # The same folder given to a run on other data is refused before anything in it changes.
+    other = write_tone_corpus(str(tmp_path / "other"), speakers=6, utterances=4, seconds=0.6)
+    before = folder_bytes(tmp_path / "out")
+    _, proc = run_recipe("Demo", "lim_nce.yaml", tmp_path / "out", "--data_folder=" + other,
+                         *args[1:], expect_ok=False)
+    assert proc.returncode != 0 and "holds another run" in proc.stderr and "nothing was written" in proc.stderr
+    assert folder_bytes(tmp_path / "out") == before
+
+
+def folder_bytes(folder):
+    """``{relative path: bytes}`` of every file below ``folder``."""
+    import os
+
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, folder)] = f.read()
+    return found
 
 
 def test_demo_missing_data_folder_is_explained(tmp_path):
