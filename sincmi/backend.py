@@ -20,12 +20,14 @@ import os
 
 import numpy as np
 import torch
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
 BACKENDS = ("none", "center", "standardize", "whiten")
 BACKEND_LABELS = {"none": "", "center": ", centred", "standardize": ", standardised", "whiten": ", whitened"}
 WHITEN_SHRINKAGE = 0.1
 
 
+@register_checkpoint_hooks
 class Backend:
     """A fitted back end: ``backend(embeddings)`` maps ``(N, D)`` to ``(N, D)``.
 
@@ -65,8 +67,9 @@ class Backend:
             out = out @ self.whitening
         return out.to(embeddings.dtype)
 
+    @mark_as_saver
     def save(self, path):
-        """Writes the fitted statistics to ``path`` (``.npz``: NumPy alone reads it, see ``tools/onnx_embed.py``).
+        """Writes the fitted statistics to ``path`` (``.npz``: NumPy alone reads it, see :mod:`sincmi.onnx_embed`).
 
         Arrays: ``name``; ``mean`` (``center``, ``standardize``, ``whiten``),
         ``std`` (``standardize``), ``whitening`` (``whiten``, ``(D, D)``), all
@@ -96,15 +99,22 @@ class Backend:
         >>> torch.equal(Backend.load(path)(x), fitted(x))
         True
         """
-        with np.load(path) as arrays:
-            backend = cls("none")
-            backend.name = str(arrays["name"])
-            if backend.name not in BACKENDS:
-                raise ValueError(f"{path}: unknown back end {backend.name!r}")
-            for key in ("mean", "std", "whitening"):
-                if key in arrays:
-                    setattr(backend, key, torch.from_numpy(arrays[key]))
+        backend = cls("none")
+        backend.recover(path)
         return backend
+
+    @mark_as_loader
+    def recover(self, path, end_of_epoch=False):
+        """Reads a saved back end into this object (a SpeechBrain ``Pretrainer`` loadable)."""
+        with np.load(path) as arrays:  # allow_pickle=False: arrays only, never code
+            if "name" not in arrays:
+                raise ValueError(f"{path} is not a saved back end (no 'name' array): export the model again")
+            name = str(arrays["name"])
+            if name not in BACKENDS:
+                raise ValueError(f"{path}: unknown back end {name!r}")
+            self.name = name
+            for key in ("mean", "std", "whitening"):
+                setattr(self, key, torch.from_numpy(arrays[key]) if key in arrays else None)
 
     def apply(self, embeddings):
         """Applies the back end to a ``{utterance id: embedding}`` dict."""

@@ -1,34 +1,36 @@
-"""Packs a finished experiment into a folder that ``SpeakerEncoder.from_hparams`` loads.
+"""Packs a finished experiment into a model folder: SpeechBrain-loadable, self-contained.
 
-The folder holds:
+Every file the model needs is a loadable of the ``pretrainer`` in its
+``hyperparams.yaml``, named ``<loadable>.ckpt``, so that ``SpeakerEncoder``,
+SpeechBrain's ``EncoderClassifier`` and ``SpeakerRecognition`` load it from the
+folder itself or, with a ``savedir``, from any source SpeechBrain can fetch:
 
 * ``encoder.ckpt``: the encoder of the experiment's final stage (the speaker-id
   or fine-tuning stage's best validation checkpoint, else LIM pretraining's);
-* ``hyperparams.yaml``: the inference hyperparameters (encoder configuration,
-  sample rate, chunk hop, peak normalisation, decision threshold and the
-  operating point it was chosen at);
-* ``backend.npz``: the verification back end (``--backend``; default: the
+* ``backend.ckpt``: the verification back end (``--backend``; default: the
   yaml's ``export_backend``), fitted in the run on the training speakers'
-  utterances without labels, applied to every utterance embedding;
-* ``cohort.npz``: with the run's score normalisation (``score_norm``, the
-  VoxCeleb recipe), its cohort, so that a verification is normalised as the
-  run's trials were (``--no_score_norm`` leaves it out);
-* ``score_summary.json``: the error curves of the run's verification trials
+  utterances without labels;
+* ``cohort.ckpt``: with the run's score normalisation (``score_norm``, the
+  VoxCeleb recipe), its cohort (``--no_score_norm`` leaves it out);
+* ``calibration.ckpt``: the run's score calibration for that back end
+  (:mod:`sincmi.calibration`), when the model scores as the run did;
+* ``score_summary.ckpt``: the error curves of the run's verification trials
   with that back end (and normalisation), or of ``--scores``, from which
   ``--threshold`` (and later ``verify_files(..., threshold="far=0.01")``) picks
   an operating point;
-* ``classifier.ckpt`` and ``label_encoder.txt`` when the stage has a speaker
-  classifier;
-* ``encoder_torchscript.pt`` (TorchScript), ``encoder.pt2`` (``torch.export``) and
-  ``encoder.onnx`` with ``encoder_onnx.json`` (its input settings, for
-  onnxruntime without PyTorch: ``tools/onnx_embed.py``), each checked against the
-  eager encoder on the spot.
+* ``classifier.ckpt`` and ``label_encoder.ckpt`` when the stage has a speaker classifier.
+
+Beside them, for other runtimes: ``encoder_torchscript.pt`` (TorchScript),
+``encoder.pt2`` (``torch.export``) and ``encoder.onnx`` with ``encoder_onnx.json``
+(its settings, for onnxruntime without PyTorch: :mod:`sincmi.onnx_embed`),
+each checked against the eager encoder on the spot.
 
 The summary comes from the scores of the experiment's first system with the
 exported back end (``scores_<system>[_<back end>].txt.gz``); a run without
 them (or whose normalisation is left out) needs ``--scores`` (a file of
 ``enrol test score label`` lines of trials you scored) or a numeric
-``--threshold``.
+``--threshold``. The files are written into a staging folder and moved in
+once all are ready: a refused export leaves the output folder as it was.
 
 Usage:
     python -m sincmi export results/Demo/lim_nce/1234 pretrained/demo_lim
@@ -38,10 +40,13 @@ Usage:
 import argparse
 import copy
 import json
+import logging
 import os
 import re
 import shutil
 import sys
+import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -49,13 +54,19 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import Checkpointer
 
 from sincmi import layout
-from sincmi.backend import BACKENDS, Backend
-from sincmi.encoder import SincNetEncoder
-from sincmi.scoring import read_scores
-from sincmi.thresholds import SPEC_HELP, describe, operating_point, score_summary
+from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.dataio.preprocess import AudioNormalizer
 
-SUMMARY_FILE = "score_summary.json"
-BACKEND_FILE, COHORT_FILE = "backend.npz", "cohort.npz"
+from sincmi.backend import BACKENDS, Backend
+from sincmi.calibration import Calibration
+from sincmi.encoder import SincNetEncoder
+from sincmi.inference import SentenceClassifier, Unchanged, UnitLength, UtteranceEmbedder, WaveformScaling
+from sincmi.scoring import read_scores
+from sincmi.thresholds import SPEC_HELP, ScoreSummary, describe, operating_point, score_summary
+
+SUMMARY_FILE, CALIBRATION_FILE = "score_summary.ckpt", "calibration.ckpt"
+BACKEND_FILE, COHORT_FILE = "backend.ckpt", "cohort.ckpt"
+CLASSIFIER_FILE, LABELS_FILE = "classifier.ckpt", "label_encoder.ckpt"
 ONNX_FILE, ONNX_CONFIG_FILE = "encoder.onnx", "encoder_onnx.json"
 
 
@@ -112,39 +123,77 @@ def threshold_lines(threshold, operating_point_name):
     threshold_text = "null" if threshold is None else repr(float(threshold))  # exact: decisions match the summary
     point_text = "null" if operating_point_name is None else json.dumps(operating_point_name)
     return (f"threshold: {threshold_text}              # cosine score > threshold: same speaker\n"
-            f"operating_point: {point_text}        # how the threshold was chosen (see score_summary.json)")
+            f"operating_point: {point_text}        # how the threshold was chosen (see score_summary.ckpt)")
 
 
-def inference_yaml(config, shift, normalize_peak, threshold, note, operating_point_name=None, backend="none",
-                   score_norm=None, top_k=None):
-    """Text of the inference hyperparams file."""
-    encoder_args = "\n".join(f"    {key}: {json.dumps(value)}" for key, value in config.items())
+def yaml_block(key, cls, arguments=None):
+    """A ``key: !new:module.Class`` block with its arguments (JSON values or ``!ref``)."""
+    lines = [f"{key}: !new:{cls.__module__}.{cls.__qualname__}"]
+    for name, value in (arguments or {}).items():
+        text = value if isinstance(value, str) and value.startswith("!ref") else json.dumps(value)
+        lines.append(f"    {name}: {text}")
+    return "\n".join(lines)
+
+
+def inference_yaml(encoder, shift, normalize_peak, threshold, note, operating_point_name=None, parts=(),
+                   score_norm=None, top_k=None, classifier=None, p_target=0.01):
+    """Text of the inference hyperparams file.
+
+    ``parts``: the loadable files the folder holds besides ``encoder.ckpt``
+    (``backend``, ``cohort``, ``calibration``, ``score_summary``, ``classifier``
+    and ``label_encoder``); ``classifier``: ``(class, arguments)`` of the head.
+    """
+    from sincmi.scoring import Cohort
+
+    sample_rate = encoder.config["sample_rate"]
+    blocks = [yaml_block("encoder", type(encoder), encoder.config),
+              yaml_block("backend", Backend, {"name": "none"}) + "   # the fitted one: backend.ckpt",
+              yaml_block("cohort", Cohort, {"method": score_norm, "top_k": top_k}),
+              yaml_block("calibration", Calibration), yaml_block("score_summary", ScoreSummary),
+              "# SpeechBrain's EncoderClassifier and SpeakerRecognition pipeline",
+              yaml_block("audio_normalizer", AudioNormalizer, {"sample_rate": sample_rate}),
+              yaml_block("compute_features", WaveformScaling, {"normalize_peak": normalize_peak}),
+              yaml_block("mean_var_norm", Unchanged), yaml_block("mean_var_norm_emb", UnitLength),
+              yaml_block("embedding_model", UtteranceEmbedder,
+                         {"encoder": "!ref <encoder>", "shift": "!ref <shift>", "backend": "!ref <backend>",
+                          "sample_rate": "!ref <sample_rate>"})]
+    modules = ["compute_features", "mean_var_norm", "embedding_model", "mean_var_norm_emb"]
+    if classifier is not None:
+        blocks += [yaml_block("classifier_head", *classifier),
+                   yaml_block("classifier", SentenceClassifier,
+                              {"head": "!ref <classifier_head>", "embedder": "!ref <embedding_model>"}),
+                   yaml_block("label_encoder", CategoricalEncoder)]
+        modules.append("classifier")
+    loadables = {"encoder": "encoder", "classifier": "classifier_head"}
+    loadables = ["        encoder: !ref <encoder>"] + [
+        f"        {name}: !ref <{loadables.get(name, name)}>" for name in parts]
+    module_lines = "\n".join(f"    {name}: !ref <{name}>" for name in modules)
     return f"""# ############################################################################
-# sincmi inference model: SincNet encoder -> utterance embeddings (mean of the
+# sincmi speaker model: chunk encoder -> utterance embeddings (mean of the
 # L2-normalised embeddings of chunk_size-sample chunks taken every `shift` samples,
-# then the back end) -> cosine score (then the score normalisation, if any).
-# Load with: sincmi.inference.SpeakerEncoder.from_hparams(source=<this folder>)
+# then the back end) -> cosine score (then the score normalisation, if any)
+# -> log-likelihood ratio (the calibration, if any).
+# Load with sincmi.inference.SpeakerEncoder.from_hparams(source=<this folder>), or
+# SpeechBrain's EncoderClassifier / SpeakerRecognition.from_hparams(source=..., savedir=...).
 # {note}
 # ############################################################################
 
-sample_rate: {config["sample_rate"]}
+sample_rate: {sample_rate}
 shift: {shift}                      # hop between chunks, samples
 normalize_peak: {normalize_peak}           # scale each file to unit peak first (as in training)
-backend: {backend}                 # applied to utterance embeddings ({BACKEND_FILE}; none: raw)
-score_norm: {json.dumps(score_norm)}              # cosine scores normalised against {COHORT_FILE} (null: none)
-cohort_top_k: {json.dumps(top_k)}            # as-norm: the top-k cohort scores of each side
+p_target: {p_target}                  # prior of the Bayes decision on calibrated scores
 {threshold_lines(threshold, operating_point_name)}
 
-encoder: !new:sincmi.encoder.SincNetEncoder
-{encoder_args}
+{chr(10).join(blocks)}
 
 modules:
     encoder: !ref <encoder>
+{module_lines}
 
-# Loads encoder.ckpt from the source folder.
+# Every file the model needs, fetched as <name>.ckpt from the source.
 pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
     loadables:
-        encoder: !ref <encoder>
+{chr(10).join(loadables)}
 """
 
 
@@ -247,14 +296,15 @@ def choose_threshold(experiment, hparams, spec, scores=None, backend="none", nor
     return summary, point, note
 
 
-def pack_backend(experiment, system, backend, out_folder):
-    """Copies the run's fitted ``backend`` of ``system`` into the model folder (removes a stale one for ``none``)."""
-    target = os.path.join(out_folder, BACKEND_FILE)
+MODEL_FILES = ("hyperparams.yaml", "encoder.ckpt", BACKEND_FILE, COHORT_FILE, CALIBRATION_FILE, SUMMARY_FILE,
+               CLASSIFIER_FILE, LABELS_FILE, "encoder_torchscript.pt", "encoder.pt2", ONNX_FILE, ONNX_CONFIG_FILE)
+
+
+def pack_backend(experiment, system, backend, staging):
+    """Copies the run's fitted ``backend`` of ``system`` into the staging folder (nothing for ``none``)."""
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r} is unknown; choose one of {list(BACKENDS)}")
     if backend == "none":
-        if os.path.isfile(target):
-            os.remove(target)
         return
     source = layout.backend_file(experiment, system or "", backend)
     if system is None or not os.path.isfile(source):
@@ -263,14 +313,11 @@ def pack_backend(experiment, system, backend, out_folder):
             f"the run needs {backend} in verification_backends and its system in save_scores; "
             "or export with --backend none")
     Backend.load(source)  # readable, or a clear error now rather than when the model is used
-    shutil.copyfile(source, target)
+    shutil.copyfile(source, os.path.join(staging, BACKEND_FILE))
 
 
-def pack_cohort(experiment, system, backend, hparams, out_folder, carry=True):
+def pack_cohort(experiment, system, backend, hparams, staging, carry=True):
     """Copies the run's score-normalisation cohort; returns ``(score_norm, top_k)`` the model applies."""
-    target = os.path.join(out_folder, COHORT_FILE)
-    if os.path.isfile(target):
-        os.remove(target)
     method = hparams.get("score_norm")
     if method is None or not carry:
         return None, None
@@ -279,8 +326,71 @@ def pack_cohort(experiment, system, backend, hparams, out_folder, carry=True):
         raise FileNotFoundError(
             f"the run normalised its scores ({method}) but {source} is missing: rerun its verification "
             "stage, or export with --no_score_norm")
-    shutil.copyfile(source, target)
+    shutil.copyfile(source, os.path.join(staging, COHORT_FILE))
     return method, hparams.get("cohort_top_k") if method == "as-norm" else None
+
+
+def pack_calibration(experiment, system, backend, staging, normalised_as_run):
+    """Copies the run's calibration of ``system`` with ``backend``; returns it (None without one).
+
+    A calibration fits the scores as the run computed them: left out when the
+    model drops the run's score normalisation.
+    """
+    source = layout.calibration_file(experiment, system or "", backend)
+    if system is None or not normalised_as_run or not os.path.isfile(source):
+        return None
+    calibration = Calibration.from_file(source)
+    shutil.copyfile(source, os.path.join(staging, CALIBRATION_FILE))
+    return calibration
+
+
+def pack_classifier(hparams, checkpoint, save_folder, encoder, staging):
+    """Copies the stage's speaker classifier and labels; returns ``(class, arguments)`` of the head, or None."""
+    classifier = os.path.join(checkpoint, "classifier.ckpt")
+    labels = os.path.join(save_folder, layout.LABEL_ENCODER_FILE)
+    make = hparams.get("classifier")
+    if not (os.path.isfile(classifier) and os.path.isfile(labels) and hasattr(make, "func")):
+        return None
+    encoder_labels = CategoricalEncoder()
+    encoder_labels.load(labels)
+    shutil.copyfile(classifier, os.path.join(staging, CLASSIFIER_FILE))
+    shutil.copyfile(labels, os.path.join(staging, LABELS_FILE))
+    arguments = {**make.keywords, "input_size": encoder.embedding_size, "num_speakers": len(encoder_labels)}
+    return make.func, {key: list(v) if isinstance(v, tuple) else v for key, v in arguments.items()}
+
+
+def read_experiment(experiment):
+    """The hparams of a recipe run's output folder; one-line errors for anything else."""
+    hparams_file = os.path.join(experiment, "hyperparams.yaml")
+    if not os.path.isdir(experiment):
+        raise FileNotFoundError(f"{experiment} does not exist: pass the output_folder of a recipe run")
+    if not os.path.isfile(hparams_file):
+        raise FileNotFoundError(f"{hparams_file} is missing: pass the output_folder of a recipe run")
+    if is_model_folder(experiment):
+        raise ValueError(f"{experiment} is an exported model, not a recipe run: pass the run's output_folder "
+                         "(export makes a model from a run)")
+    # The run's train logger is built and unused here: its import-time warning (no torchvision) is noise.
+    logging.getLogger("speechbrain.utils.train_logger").addFilter(lambda record: "torchvision" not in record.getMessage())
+    with open(hparams_file) as f:
+        return load_hyperpyyaml(f)
+
+
+def is_model_folder(folder):
+    """True for a folder written by :func:`export` (its hyperparams declare a pretrainer)."""
+    path = os.path.join(folder, "hyperparams.yaml")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return any(line.startswith("pretrainer:") for line in f)
+
+
+def check_output_folder(out_folder):
+    """Refuses an output folder that holds something other than an exported model (a run, other files)."""
+    if os.path.exists(out_folder) and not os.path.isdir(out_folder):
+        raise ValueError(f"{out_folder} is a file: give a folder for the model")
+    if os.path.isdir(out_folder) and os.listdir(out_folder) and not is_model_folder(out_folder):
+        raise ValueError(f"{out_folder} is not empty and holds no exported model: choose a new folder "
+                         "(export writes only into an empty folder or over an earlier export)")
 
 
 def export(experiment, out_folder, stage=None, threshold="eer", traced=True, scores=None, backend=None,
@@ -292,21 +402,40 @@ def export(experiment, out_folder, stage=None, threshold="eer", traced=True, sco
     (default: the experiment's own trials with the exported back end).
     ``backend``: one of :data:`sincmi.backend.BACKENDS` (default: the yaml's
     ``export_backend``, else ``none``). ``score_norm``: carry the run's score
-    normalisation and cohort, when it has one.
+    normalisation and cohort, when it has one. Everything is written into a
+    staging folder first: a refused export leaves ``out_folder`` as it was.
     """
-    hparams_file = os.path.join(experiment, "hyperparams.yaml")
-    if not os.path.isfile(hparams_file):
-        raise FileNotFoundError(f"{hparams_file} is missing: pass the output_folder of a recipe run")
-    with open(hparams_file) as f:
-        hparams = load_hyperpyyaml(f)
+    hparams = read_experiment(experiment)
+    check_output_folder(out_folder)
     encoder = hparams["encoder"]
     if not isinstance(encoder, SincNetEncoder):
         raise TypeError(f"the experiment's encoder is a {type(encoder).__name__}, not a SincNetEncoder")
-    backend = backend or hparams.get("export_backend") or "none"
+    parent = os.path.dirname(os.path.abspath(out_folder))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        summary = stage_model(experiment, hparams, encoder, staging, stage, threshold, traced, scores,
+                              backend or hparams.get("export_backend") or "none", score_norm)
+        os.makedirs(out_folder, exist_ok=True)
+        for name in MODEL_FILES:  # a stale part of an earlier export goes; this export's parts come in
+            target = os.path.join(out_folder, name)
+            if os.path.isfile(os.path.join(staging, name)):
+                os.replace(os.path.join(staging, name), target)
+            elif os.path.isfile(target):
+                os.remove(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    summary["folder"] = out_folder
+    return summary
+
+
+def stage_model(experiment, hparams, encoder, staging, stage, threshold, traced, scores, backend, score_norm):
+    """Writes every file of the model into ``staging``; returns the export summary."""
     system = main_system(experiment)
-    os.makedirs(out_folder, exist_ok=True)
-    pack_backend(experiment, system, backend, out_folder)
-    method, top_k = pack_cohort(experiment, system, backend, hparams, out_folder, score_norm)
+    pack_backend(experiment, system, backend, staging)
+    method, top_k = pack_cohort(experiment, system, backend, hparams, staging, score_norm)
+    normalised_as_run = method is not None or hparams.get("score_norm") is None
+    calibration = pack_calibration(experiment, system, backend, staging, normalised_as_run)
     summary_scores, point, threshold_note = choose_threshold(experiment, hparams, threshold, scores, backend,
                                                              normalised=method is not None)
     # save_folder may be relative to where the run started: prefer the experiment's own.
@@ -314,76 +443,111 @@ def export(experiment, out_folder, stage=None, threshold="eer", traced=True, sco
     if not os.path.isdir(save_folder):
         save_folder = hparams["save_folder"]
     stage, checkpoint = find_stage_checkpoint(save_folder, stage)
-    shutil.copyfile(os.path.join(checkpoint, "encoder.ckpt"), os.path.join(out_folder, "encoder.ckpt"))
+    shutil.copyfile(os.path.join(checkpoint, "encoder.ckpt"), os.path.join(staging, "encoder.ckpt"))
     summary = {"experiment": experiment, "stage": stage, "checkpoint": str(checkpoint), "system": system,
-               "backend": backend, "score_norm": method}
-    classifier = os.path.join(checkpoint, "classifier.ckpt")
-    labels = os.path.join(save_folder, layout.LABEL_ENCODER_FILE)
-    if os.path.isfile(classifier) and os.path.isfile(labels):
-        shutil.copyfile(classifier, os.path.join(out_folder, "classifier.ckpt"))
-        shutil.copyfile(labels, os.path.join(out_folder, layout.LABEL_ENCODER_FILE))
-        summary["classifier"] = True
-
-    summary_path = os.path.join(out_folder, SUMMARY_FILE)
+               "backend": backend, "score_norm": method, "calibrated": calibration is not None}
+    classifier = pack_classifier(hparams, checkpoint, save_folder, encoder, staging)
+    summary["classifier"] = classifier is not None
     if summary_scores is not None:
-        with open(summary_path, "w") as f:
-            json.dump(summary_scores, f)
+        ScoreSummary(summary_scores).save(os.path.join(staging, SUMMARY_FILE))
         summary["eer"] = summary_scores["eer"]
-    elif os.path.isfile(summary_path):
-        os.remove(summary_path)  # a stale one from an earlier export into this folder
     summary["threshold"] = None if point is None else point.threshold
     summary["operating_point"] = None if point is None else point._asdict()
+    parts = [name for name, file in (("backend", BACKEND_FILE), ("cohort", COHORT_FILE),
+                                     ("calibration", CALIBRATION_FILE), ("score_summary", SUMMARY_FILE),
+                                     ("classifier", CLASSIFIER_FILE), ("label_encoder", LABELS_FILE))
+             if os.path.isfile(os.path.join(staging, file))]
     note = f"Exported from {experiment} ({stage} checkpoint, back end {backend}). {threshold_note}"
     shift = hparams.get("verification_shift") or hparams.get("eval_shift") or encoder.chunk_size // 2
     normalize_peak = bool(hparams.get("normalize_peak", False))
-    config = copy.deepcopy(encoder.config)
-    with open(os.path.join(out_folder, "hyperparams.yaml"), "w") as f:
-        f.write(inference_yaml(config, shift, normalize_peak, summary["threshold"], note,
-                               None if point is None else point.name, backend, method, top_k))
-
+    p_target = hparams.get("p_target", 0.01)
+    with open(os.path.join(staging, "hyperparams.yaml"), "w") as f:
+        f.write(inference_yaml(encoder, shift, normalize_peak, summary["threshold"], note,
+                               None if point is None else point.name, parts, method, top_k, classifier, p_target))
     if traced:
-        state = torch.load(os.path.join(out_folder, "encoder.ckpt"), map_location="cpu", weights_only=True)
-        encoder.load_state_dict(state)
-        encoder.eval()
-        path = os.path.join(out_folder, "encoder_torchscript.pt")
-        summary["torchscript_max_abs_diff"] = export_torchscript(encoder, path, encoder.chunk_size)
-        path = os.path.join(out_folder, "encoder.pt2")
-        summary["torch_export_max_abs_diff"] = export_program(encoder, path, encoder.chunk_size)
-        if onnx_available():
-            path = os.path.join(out_folder, ONNX_FILE)
-            summary["onnx_relative_error"] = export_onnx(encoder, path, encoder.chunk_size)
-            with open(os.path.join(out_folder, ONNX_CONFIG_FILE), "w") as f:
-                json.dump({"input": "chunks", "output": "embeddings", "sample_rate": config["sample_rate"],
-                           "chunk_size": encoder.chunk_size, "shift": shift, "normalize_peak": normalize_peak,
-                           "backend": None if backend == "none" else BACKEND_FILE,
-                           "score_norm": method, "cohort": COHORT_FILE if method else None, "cohort_top_k": top_k,
-                           "threshold": summary["threshold"]}, f, indent=2)
-        else:
-            summary["onnx"] = 'skipped: install the onnx extra (pip install -e ".[onnx]")'
+        summary.update(export_traced(encoder, staging, shift, normalize_peak, backend, method, top_k,
+                                     summary["threshold"], calibration, p_target))
     return summary
 
 
-def set_threshold(model_folder, summary, point):
-    """Stores a new operating point in an exported model folder (and the trials' summary)."""
+def export_traced(encoder, staging, shift, normalize_peak, backend, method, top_k, threshold, calibration, p_target):
+    """TorchScript, ``torch.export`` and ONNX copies of the staged encoder; returns their parity errors.
+
+    The tracers' warnings (constant shapes, TorchScript's deprecation, torchvision absent) are silenced:
+    each copy is checked against the eager encoder instead.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        return _export_traced(encoder, staging, shift, normalize_peak, backend, method, top_k, threshold,
+                              calibration, p_target)
+
+
+def _export_traced(encoder, staging, shift, normalize_peak, backend, method, top_k, threshold, calibration, p_target):
+    state = torch.load(os.path.join(staging, "encoder.ckpt"), map_location="cpu", weights_only=True)
+    encoder.load_state_dict(state)
+    encoder.eval()
+    errors = {"torchscript_max_abs_diff": export_torchscript(encoder, os.path.join(staging, "encoder_torchscript.pt"),
+                                                             encoder.chunk_size),
+              "torch_export_max_abs_diff": export_program(encoder, os.path.join(staging, "encoder.pt2"),
+                                                          encoder.chunk_size)}
+    if not onnx_available():
+        errors["onnx"] = 'skipped: install the onnx extra (pip install -e ".[onnx]")'
+        return errors
+    errors["onnx_relative_error"] = export_onnx(encoder, os.path.join(staging, ONNX_FILE), encoder.chunk_size)
+    with open(os.path.join(staging, ONNX_CONFIG_FILE), "w") as f:
+        json.dump({"input": "chunks", "output": "embeddings", "sample_rate": encoder.config["sample_rate"],
+                   "chunk_size": encoder.chunk_size, "shift": shift, "normalize_peak": normalize_peak,
+                   "backend": None if backend == "none" else BACKEND_FILE,
+                   "score_norm": method, "cohort": COHORT_FILE if method else None, "cohort_top_k": top_k,
+                   "calibration": None if calibration is None else {"scale": calibration.scale,
+                                                                     "offset": calibration.offset},
+                   "p_target": p_target, "threshold": threshold}, f, indent=2)
+    return errors
+
+
+def update_onnx_config(model_folder, **settings):
+    """Writes ``settings`` into the folder's ``encoder_onnx.json``, when it has one."""
+    config = os.path.join(model_folder, ONNX_CONFIG_FILE)
+    if os.path.isfile(config):
+        with open(config) as f:
+            values = json.load(f)
+        values.update(settings)
+        with open(config, "w") as f:
+            json.dump(values, f, indent=2)
+
+
+def set_threshold(model_folder, point, summary=None):
+    """Stores a new operating point in an exported model folder; with ``summary``, also the trials' summary."""
     hparams_path = os.path.join(model_folder, "hyperparams.yaml")
     with open(hparams_path) as f:
         text = f.read()
     for line in threshold_lines(point.threshold, point.name).splitlines():
         key = line.split(":", 1)[0]
-        text, found = re.subn(rf"^{key}:.*$", line, text, count=1, flags=re.M)
-        if not found:  # a folder exported before operating points were stored
-            text = text.replace("\nencoder: !new:", f"\n{line}\n\nencoder: !new:", 1)
-    with open(os.path.join(model_folder, SUMMARY_FILE), "w") as f:
-        json.dump(summary, f)
+        text = re.sub(rf"^{key}:.*$", line, text, count=1, flags=re.M)
+    if summary is not None:
+        ScoreSummary(summary).save(os.path.join(model_folder, SUMMARY_FILE))
+        if "    score_summary: !ref <score_summary>" not in text:
+            text = text.rstrip("\n") + "\n    score_summary: !ref <score_summary>\n"
     with open(hparams_path, "w") as f:
         f.write(text)
-    config = os.path.join(model_folder, ONNX_CONFIG_FILE)
-    if os.path.isfile(config):
-        with open(config) as f:
-            settings = json.load(f)
-        settings["threshold"] = point.threshold
-        with open(config, "w") as f:
-            json.dump(settings, f, indent=2)
+    update_onnx_config(model_folder, threshold=point.threshold)
+
+
+def set_calibration(model_folder, calibration):
+    """Stores a new calibration in a model folder; the one it replaces is kept as ``calibration_run.ckpt``."""
+    path = os.path.join(model_folder, CALIBRATION_FILE)
+    kept = os.path.join(model_folder, "calibration_run.ckpt")
+    if os.path.isfile(path) and not os.path.isfile(kept):
+        shutil.copyfile(path, kept)
+    calibration.save(path)
+    hparams_path = os.path.join(model_folder, "hyperparams.yaml")
+    with open(hparams_path) as f:
+        text = f.read()
+    if "    calibration: !ref <calibration>" not in text:
+        with open(hparams_path, "w") as f:
+            f.write(text.rstrip("\n") + "\n    calibration: !ref <calibration>\n")
+    update_onnx_config(model_folder, calibration={"scale": calibration.scale, "offset": calibration.offset})
 
 
 def main(argv=None):

@@ -1,23 +1,26 @@
-"""Using a trained encoder: utterance embeddings and verification.
+"""Using a trained encoder: utterance embeddings, verification, calibrated decisions.
 
-:class:`SpeakerEncoder` loads a model folder written by ``python -m sincmi export`` (:mod:`sincmi.export`)
-in SpeechBrain's ``Pretrained`` style::
+:class:`SpeakerEncoder` loads a model folder written by ``python -m sincmi export``
+(:mod:`sincmi.export`) in SpeechBrain's ``Pretrained`` style::
 
     from sincmi.inference import SpeakerEncoder
     model = SpeakerEncoder.from_hparams(source="pretrained/demo_lim")
     embedding = model.encode_file("a.wav")
     times, embeddings = model.encode_file("meeting.wav", window=1.5, hop=0.75)
-    result = model.verify_files("a.wav", "b.wav")          # the stored threshold
+    result = model.verify_files("a.wav", "b.wav")          # Bayes decision at p_target (calibrated)
     result = model.verify_files("a.wav", "b.wav", threshold="far=0.01")
-    result.score, result.same_speaker, result.operating_point
+    result.score, result.same_speaker, result.operating_point, result.llr
 
 An utterance embedding is the mean of the L2-normalised embeddings of its
 chunks (``chunk_size`` samples every ``shift`` samples), exactly as the
 recipes' evaluation computes it (:func:`sincmi.encoder.utterance_embeddings`),
-then the model's back end (``backend.npz``: e.g. whitening, fitted in the run);
-two embeddings are scored by cosine, then normalised against the model's
-cohort when it carries the run's score normalisation. A model scores as the
-run's table did for the exported back end.
+then the model's back end (e.g. whitening, fitted in the run); two embeddings
+are scored by cosine, then normalised against the model's cohort when it
+carries the run's score normalisation, and the score's log-likelihood ratio is
+given by the run's calibration. A model scores as the run's table did for the
+exported back end. The modules below (:class:`UtteranceEmbedder` and the
+others) make the same folder work in SpeechBrain's ``EncoderClassifier`` and
+``SpeakerRecognition``.
 """
 
 import json
@@ -27,6 +30,7 @@ from collections import namedtuple
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.inference.interfaces import Pretrained
@@ -36,14 +40,15 @@ from sincmi import audio
 from sincmi.audio import to_mono
 from sincmi.backend import Backend
 from sincmi.data import resampled
-from sincmi.encoder import utterance_embeddings
-from sincmi.scoring import cohort_statistics, normalize_scores
+from sincmi.calibration import bayes_threshold
+from sincmi.encoder import iter_chunks, utterance_embeddings
 from sincmi.thresholds import OperatingPoint, operating_point
 from sincmi.progress import progress_bar
 
-Verification = namedtuple("Verification", "score same_speaker operating_point")
+Verification = namedtuple("Verification", "score same_speaker operating_point llr")
 Verification.__doc__ = """A verification: the cosine ``score``, ``same_speaker`` (``score >
-operating_point.threshold``; None without a threshold) and the :class:`OperatingPoint` used."""
+operating_point.threshold``; None without a threshold), the :class:`OperatingPoint` used and the
+log-likelihood ratio ``llr`` of the score (None for a model without calibration)."""
 
 WindowEmbeddings = namedtuple("WindowEmbeddings", "times embeddings")
 WindowEmbeddings.__doc__ = """Embeddings over time: ``times`` ``(n, 2)`` start and end of each
@@ -154,22 +159,131 @@ def window_embeddings(encoder, path, sample_rate, shift, window, hop, gain=None,
     return WindowEmbeddings(torch.tensor(times, dtype=torch.float64), torch.stack(embeddings))
 
 
-class SpeakerEncoder(Pretrained):
-    """A trained SincNet encoder: embeddings and same-speaker decisions.
+class TooShortError(ValueError):
+    """Audio too short to embed: fewer samples than one chunk."""
 
-    Load with ``SpeakerEncoder.from_hparams(source=FOLDER)``, where FOLDER holds
-    the ``hyperparams.yaml`` and ``encoder.ckpt`` written by
-    ``python -m sincmi export``; local folders need no network. Hparams used:
-    ``sample_rate``, ``shift`` (chunk hop), ``threshold`` (cosine score above
-    which two utterances are called the same speaker; null if unknown),
-    ``operating_point`` (how it was chosen), ``normalize_peak`` (scale each
-    file to unit peak, as in training). ``score_summary.json``, when the
-    folder has one, lets :meth:`verify_files` pick other operating points.
+
+def check_length(samples, chunk_size, sample_rate, what="the audio", pad_short=False):
+    """Refuses ``samples`` shorter than one chunk (unless ``pad_short``): one line naming what and why."""
+    if samples < chunk_size and not pad_short:
+        reason = "is empty" if samples == 0 else f"has {samples} samples ({samples / sample_rate:.3f} s)"
+        raise TooShortError(f"{what} {reason}, shorter than one chunk ({chunk_size} samples, "
+                            f"{chunk_size / sample_rate:.3f} s): too short to embed (pad_short=True zero-pads it)")
+
+
+class WaveformScaling(nn.Module):
+    """``compute_features`` of the SpeechBrain interfaces: each waveform at unit peak when the
+    model was trained so (``normalize_peak``), else unchanged. Padding does not change a peak."""
+
+    def __init__(self, normalize_peak=False):
+        super().__init__()
+        self.normalize_peak = normalize_peak
+
+    def forward(self, wavs):
+        if not self.normalize_peak:
+            return wavs
+        peak = wavs.abs().amax(dim=-1, keepdim=True)
+        return torch.where(peak > 0, wavs / peak.clamp(min=1e-30), wavs)
+
+
+class Unchanged(nn.Module):
+    """``mean_var_norm`` of the SpeechBrain interfaces: the recipes normalise no features."""
+
+    def forward(self, feats, lengths=None):
+        return feats
+
+
+class UnitLength(nn.Module):
+    """``mean_var_norm_emb`` (``encode_batch(..., normalize=True)``): L2-normalised embeddings."""
+
+    def forward(self, embeddings, lengths=None):
+        return F.normalize(embeddings, dim=-1)
+
+
+class UtteranceEmbedder(nn.Module):
+    """``embedding_model``: padded waveforms ``(B, T)`` -> utterance embeddings ``(B, 1, D)``.
+
+    The mean of the L2-normalised chunk embeddings (``chunk_size`` samples every
+    ``shift``), then the model's back end: :func:`sincmi.encoder.utterance_embeddings`
+    as the recipes' evaluation computes it. An utterance shorter than a chunk
+    is refused (:class:`TooShortError`) unless ``pad_short``. The chunk
+    embeddings of the last call are kept for :class:`SentenceClassifier`.
     """
 
-    MODULES_NEEDED = ["encoder"]
+    def __init__(self, encoder, shift, backend=None, sample_rate=16000, max_chunks=64, pad_short=False):
+        super().__init__()
+        self.encoder, self.shift, self.backend = encoder, shift, backend or Backend("none")
+        self.sample_rate, self.max_chunks, self.pad_short = sample_rate, max_chunks, pad_short
+        self.last = None
+
+    def forward(self, wavs, wav_lens=None):
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        chunk = self.encoder.chunk_size
+        samples = [wavs.shape[1]] * len(wavs) if wav_lens is None else \
+            torch.round(wav_lens.float() * wavs.shape[1]).long().tolist()
+        for i, n in enumerate(samples):
+            check_length(n, chunk, self.sample_rate, f"utterance {i} of the batch", self.pad_short)
+        pieces, owners = [], []
+        for chunks, owner in iter_chunks(wavs, wav_lens, chunk, self.shift, self.max_chunks):
+            pieces.append(self.encoder(chunks))
+            owners.append(owner)
+        raw, owner = torch.cat(pieces), torch.cat(owners)
+        total = torch.zeros(len(wavs), raw.shape[1], device=raw.device, dtype=raw.dtype)
+        total.index_add_(0, owner, F.normalize(raw, dim=-1))
+        counts = torch.bincount(owner, minlength=len(wavs)).clamp(min=1).unsqueeze(1).to(raw.dtype)
+        out = self.backend((total / counts).cpu()).to(raw.device).unsqueeze(1)
+        self.last = (out, raw, owner)
+        return out
+
+
+class SentenceClassifier(nn.Module):
+    """``classifier``: the run's speaker classifier on the chunks of the utterances just embedded.
+
+    ``classify_batch`` passes the embeddings of ``embedding_model``; a sentence's
+    log-posteriors are those of the recipes (the sum of its chunks', as in
+    :func:`sincmi.metrics.sentence_predictions`), normalised: ``(B, speakers)``.
+    """
+
+    def __init__(self, head, embedder):
+        super().__init__()
+        self.head = head
+        self._embedder = [embedder]  # a reference, not a submodule: its weights belong to embedding_model
+
+    def forward(self, embeddings):
+        last = self._embedder[0].last
+        if last is None or embeddings is not last[0]:
+            raise ValueError("the speaker classifier scores the chunks of the utterances embedding_model "
+                             "embedded last: call classify_batch or classify_file")
+        _, raw, owner = last
+        log_posteriors = self.head(raw)
+        totals = torch.zeros(len(embeddings), log_posteriors.shape[1], device=raw.device, dtype=raw.dtype)
+        totals.index_add_(0, owner, log_posteriors)
+        return F.log_softmax(totals, dim=-1)
+
+
+class SpeakerEncoder(Pretrained):
+    """A trained encoder with the run's back end, score normalisation and calibration.
+
+    Load with ``SpeakerEncoder.from_hparams(source=FOLDER)``, where FOLDER was
+    written by ``python -m sincmi export`` (a local folder is used in place),
+    or with ``savedir=`` from any source SpeechBrain can fetch: every file the
+    model needs is a loadable of its ``pretrainer``. The same folder loads in
+    SpeechBrain's ``EncoderClassifier`` and ``SpeakerRecognition``. Hparams
+    used: ``sample_rate``, ``shift`` (chunk hop), ``threshold`` and
+    ``operating_point`` (stored decision point), ``p_target`` (the prior of
+    the Bayes decision on calibrated scores), ``backend``, ``cohort``,
+    ``calibration``, ``score_summary``.
+    """
+
+    MODULES_NEEDED = ["embedding_model", "compute_features"]
     HPARAMS_NEEDED = ["sample_rate", "shift", "threshold"]
-    BACKEND_FILE, COHORT_FILE = "backend.npz", "cohort.npz"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(getattr(self.hparams, "embedding_model", None), UtteranceEmbedder):
+            raise ValueError("this model folder was exported by an earlier sincmi: export it again "
+                             "(python -m sincmi export EXPERIMENT FOLDER)")
 
     @classmethod
     def from_hparams(cls, source, hparams_file="hyperparams.yaml", savedir=None, **kwargs):
@@ -183,39 +297,23 @@ class SpeakerEncoder(Pretrained):
 
     @property
     def encoder(self):
-        return self.mods.encoder
-
-    def _model_file(self, name):
-        folder = getattr(self.hparams, "savedir", None)
-        return os.path.join(str(folder), name) if folder else name
+        return self.mods.embedding_model.encoder
 
     @property
     def backend(self):
         """The :class:`sincmi.backend.Backend` applied to utterance embeddings (``none``: raw)."""
-        if not hasattr(self, "_backend"):
-            name = getattr(self.hparams, "backend", None) or "none"
-            if name == "none":
-                self._backend = Backend("none")
-            else:
-                path = self._model_file(self.BACKEND_FILE)
-                if not os.path.isfile(path):
-                    raise FileNotFoundError(f"the model's back end is {name!r} but {path} is missing: export it again")
-                self._backend = Backend.load(path)
-        return self._backend
+        return self.mods.embedding_model.backend
 
     @property
     def cohort(self):
-        """``(M, D)`` cohort embeddings of the model's score normalisation, or None without one."""
-        if not hasattr(self, "_cohort"):
-            self._cohort = None
-            if getattr(self.hparams, "score_norm", None):
-                path = self._model_file(self.COHORT_FILE)
-                if not os.path.isfile(path):
-                    raise FileNotFoundError(f"the model normalises scores ({self.hparams.score_norm}) but {path} "
-                                            "is missing: export it again")
-                with np.load(path) as arrays:
-                    self._cohort = torch.from_numpy(arrays["embeddings"])
-        return self._cohort
+        """The :class:`sincmi.scoring.Cohort` of the model's score normalisation, or None without one."""
+        return getattr(self.hparams, "cohort", None)
+
+    @property
+    def calibration(self):
+        """The :class:`sincmi.calibration.Calibration` of the model's scores, or None without one."""
+        calibration = getattr(self.hparams, "calibration", None)
+        return calibration if calibration is not None and calibration.fitted else None
 
     @property
     def threshold(self):
@@ -224,90 +322,97 @@ class SpeakerEncoder(Pretrained):
     @property
     def score_summary(self):
         """The summary of the scored trials the threshold was chosen on (None if absent)."""
-        if not hasattr(self, "_score_summary"):
-            folder = getattr(self.hparams, "savedir", None)
-            path = os.path.join(str(folder), "score_summary.json") if folder else None
-            self._score_summary = None
-            if path and os.path.isfile(path):
-                with open(path) as f:
-                    self._score_summary = json.load(f)
-        return self._score_summary
+        holder = getattr(self.hparams, "score_summary", None)
+        return None if holder is None else holder.summary
 
-    def operating_point(self, threshold=None):
-        """The :class:`sincmi.thresholds.OperatingPoint` that ``threshold`` names.
+    def operating_point(self, threshold=None, p_target=None):
+        """The :class:`sincmi.thresholds.OperatingPoint` of a decision.
 
-        None: the model's stored threshold (None if it has none); a number:
-        that score; ``"eer"``, ``"far=0.01"``, ``"frr=0.05"``: chosen on the
-        model's score summary.
+        ``threshold``: None (the Bayes decision at ``p_target``, default the
+        model's ``p_target``, when the model is calibrated; else its stored
+        threshold, None if it has none), a score, or ``"eer"``, ``"far=0.01"``,
+        ``"frr=0.05"`` chosen on the model's score summary.
         """
-        if threshold is None:
-            if self.threshold is None:
-                return None
-            name = getattr(self.hparams, "operating_point", None) or f"{self.threshold:g}"
-            point = operating_point(self.score_summary, self.threshold) if self.score_summary else None
-            return OperatingPoint(name, self.threshold, *(point[2:] if point else (None, None)))
-        return operating_point(self.score_summary, threshold)
+        if threshold is not None:
+            return operating_point(self.score_summary, threshold)
+        if self.calibration is not None:
+            p_target = p_target or getattr(self.hparams, "p_target", None) or 0.01
+            value = (bayes_threshold(p_target) - self.calibration.offset) / self.calibration.scale
+            point = operating_point(self.score_summary, value) if self.score_summary else None
+            return OperatingPoint(f"Bayes decision at p_target={p_target:g}", value,
+                                  *(point[2:] if point else (None, None)))
+        if self.threshold is None:
+            return None
+        name = getattr(self.hparams, "operating_point", None) or f"{self.threshold:g}"
+        point = operating_point(self.score_summary, self.threshold) if self.score_summary else None
+        return OperatingPoint(name, self.threshold, *(point[2:] if point else (None, None)))
 
     @torch.no_grad()
     def encode_batch(self, wavs, wav_lens=None, normalize=False):
         """Utterance embeddings of a padded batch ``(batch, time)`` at the model's rate.
 
         ``wav_lens`` are relative lengths (SpeechBrain convention). Returns
-        ``(batch, D)``; ``normalize=True`` L2-normalises them.
+        ``(batch, D)``; ``normalize=True`` L2-normalises them. An utterance
+        shorter than a chunk is refused (:class:`TooShortError`).
         """
         if wavs.dim() == 1:
             wavs = wavs.unsqueeze(0)
         wavs = wavs.to(self.device).float()
         if wav_lens is not None:
             wav_lens = wav_lens.to(self.device)
-        emb = utterance_embeddings(self.encoder, wavs, wav_lens, self.encoder.chunk_size, self.hparams.shift)
-        emb = self.backend(emb.cpu()).to(emb.device)
+        emb = self.mods.embedding_model(self.mods.compute_features(wavs), wav_lens).squeeze(1)
         return F.normalize(emb, dim=-1) if normalize else emb
 
     @torch.no_grad()
-    def encode_file(self, path, normalize=False, window=None, hop=None):
+    def encode_file(self, path, normalize=False, window=None, hop=None, pad_short=False):
         """Utterance embedding ``(D,)`` of an audio file, in bounded memory.
 
         With ``window`` (seconds): :class:`WindowEmbeddings`, the embeddings of
         windows every ``hop`` seconds (default: ``window / 2``), each that of
-        the cut segment, see :func:`window_embeddings`.
+        the cut segment, see :func:`window_embeddings`. Empty files and files
+        shorter than a chunk are refused (:class:`TooShortError`) unless
+        ``pad_short``; unreadable ones raise ``ValueError`` naming the file.
         """
+        info = audio.readable_info(path)
+        rate = self.hparams.sample_rate
+        check_length(int(info.frames * rate / info.samplerate), self.encoder.chunk_size, rate, path, pad_short)
         gain = "peak" if getattr(self.hparams, "normalize_peak", False) else None
         if window is not None:
             hop = window / 2 if hop is None else hop
-            times, emb = window_embeddings(self.encoder, path, self.hparams.sample_rate, self.hparams.shift,
-                                           window, hop, gain)
+            times, emb = window_embeddings(self.encoder, path, rate, self.hparams.shift, window, hop, gain)
             emb = self.backend(emb.cpu())
             return WindowEmbeddings(times, F.normalize(emb, dim=-1) if normalize else emb)
         if hop is not None:
             raise ValueError("hop needs a window (seconds)")
-        emb = file_embedding(self.encoder, path, self.hparams.sample_rate, self.hparams.shift, gain)
+        emb = file_embedding(self.encoder, path, rate, self.hparams.shift, gain)
         emb = self.backend(emb.cpu()[None])[0]
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def score(self, emb_a, emb_b):
         """The verification score of two embeddings: their cosine, as the recipes score trials,
         normalised against the model's cohort when it carries the run's score normalisation."""
-        pair = F.normalize(torch.stack([emb_a.flatten(), emb_b.flatten()]).float().cpu(), dim=1)
-        score = (pair[0] * pair[1]).sum()
         if self.cohort is not None:
-            method = self.hparams.score_norm
-            top_k = getattr(self.hparams, "cohort_top_k", None) if method == "as-norm" else None
-            mean, std = cohort_statistics(pair, self.cohort, top_k)
-            score = normalize_scores(score[None], torch.tensor([0]), torch.tensor([1]), mean, std, method)[0]
-        return float(score)
+            return self.cohort.normalize(emb_a, emb_b)
+        pair = F.normalize(torch.stack([emb_a.flatten(), emb_b.flatten()]).float().cpu(), dim=1)
+        return float((pair[0] * pair[1]).sum())
 
-    def verify_files(self, path_a, path_b, threshold=None):
-        """:class:`Verification` of two files: score, decision, operating point.
+    def llr(self, score):
+        """The log-likelihood ratio of a score (None when the model has no calibration)."""
+        return None if self.calibration is None else float(self.calibration(score))
 
-        ``threshold``: None (the model's stored one), a score, or an operating
-        point (``"eer"``, ``"far=0.01"``, ``"frr=0.05"``) chosen on the
-        model's score summary. ``same_speaker`` is ``score > threshold``, None
-        when there is no threshold.
+    def verify_files(self, path_a, path_b, threshold=None, p_target=None, pad_short=False):
+        """:class:`Verification` of two files: score, decision, operating point, log-likelihood ratio.
+
+        ``threshold``: None (calibrated models: the Bayes decision at
+        ``p_target``; otherwise the stored threshold), a score, or an operating
+        point (``"eer"``, ``"far=0.01"``, ``"frr=0.05"``) chosen on the model's
+        score summary. ``same_speaker`` is ``score > threshold``, None when
+        there is no threshold.
         """
-        point = self.operating_point(threshold)
-        score = self.score(self.encode_file(path_a), self.encode_file(path_b))
-        return Verification(score, None if point is None else bool(score > point.threshold), point)
+        point = self.operating_point(threshold, p_target)
+        score = self.score(self.encode_file(path_a, pad_short=pad_short), self.encode_file(path_b, pad_short=pad_short))
+        decision = None if point is None else bool(score > point.threshold)
+        return Verification(score, decision, point, self.llr(score))
 
     def _prepare_modules(self, freeze_params):
         super()._prepare_modules(freeze_params)

@@ -7,11 +7,13 @@ s- or adaptive s-norm). The error rates of the scores are in :mod:`sincmi.metric
 """
 
 import gzip
+import os
 from typing import List, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
 # Bytes of embeddings gathered at once while scoring: memory stays bounded whatever the number of trials.
 SCORING_CHUNK_BYTES = 128 << 20
@@ -191,6 +193,46 @@ def cohort_statistics(matrix, cohort, top_k=None, chunk=4096):
 
 
 SCORE_NORMS = (None, "z-norm", "t-norm", "s-norm", "as-norm")
+
+
+@register_checkpoint_hooks
+class Cohort:
+    """A score normalisation: its ``method``, ``top_k`` and cohort ``embeddings`` ``(M, D)``.
+
+    A SpeechBrain ``Pretrainer`` loadable (``cohort.ckpt`` of a model folder:
+    an ``.npz`` with ``embeddings``).
+
+    Example
+    -------
+    >>> cohort = Cohort("s-norm", embeddings=torch.eye(3))
+    >>> round(cohort.normalize(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])), 4)
+    -0.5774
+    """
+
+    def __init__(self, method=None, top_k=None, embeddings=None):
+        if method not in SCORE_NORMS:
+            raise ValueError(f"score_norm: unknown method {method!r}; choose one of {list(SCORE_NORMS)}")
+        self.method, self.top_k, self.embeddings = method, top_k if method == "as-norm" else None, embeddings
+
+    def normalize(self, emb_a, emb_b):
+        """The normalised cosine score of two embeddings (the raw cosine without a method)."""
+        pair = F.normalize(torch.stack([emb_a.flatten(), emb_b.flatten()]).float().cpu(), dim=1)
+        score = (pair[0] * pair[1]).sum()
+        if self.method is None:
+            return float(score)
+        mean, std = cohort_statistics(pair, self.embeddings, self.top_k)
+        return float(normalize_scores(score[None], torch.tensor([0]), torch.tensor([1]), mean, std, self.method)[0])
+
+    @mark_as_saver
+    def save(self, path):
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, embeddings=self.embeddings.numpy())
+        os.replace(tmp, path)
+
+    @mark_as_loader
+    def recover(self, path, end_of_epoch=False):
+        with np.load(path) as arrays:
+            self.embeddings = torch.from_numpy(arrays["embeddings"])
 
 
 def normalize_scores(scores, enrol, test, mean, std, method):

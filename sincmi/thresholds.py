@@ -20,9 +20,12 @@ above the threshold.
 (0.4, 0.25, 0.25)
 """
 
+import json
+import os
 from collections import namedtuple
 
 import numpy as np
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
 from sincmi.metrics import eer_from_curves, error_curves
 
@@ -128,3 +131,26 @@ def describe(point):
     if point.far is not None:
         text += f" (on the scored trials: FAR {100 * point.far:.2f} %, FRR {100 * point.frr:.2f} %)"
     return text
+
+
+@register_checkpoint_hooks
+class ScoreSummary:
+    """The :func:`score_summary` a model chooses operating points on (``summary``: the dict, or None).
+
+    A SpeechBrain ``Pretrainer`` loadable: ``score_summary.ckpt`` of a model folder, JSON.
+    """
+
+    def __init__(self, summary=None):
+        self.summary = summary
+
+    @mark_as_saver
+    def save(self, path):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.summary, f)
+        os.replace(tmp, path)
+
+    @mark_as_loader
+    def recover(self, path, end_of_epoch=False):
+        with open(path) as f:
+            self.summary = json.load(f)

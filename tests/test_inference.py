@@ -20,6 +20,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from conftest import ROOT, SHARED_DATA, run_recipe, write_tone_corpus
 from sincmi import data
+from sincmi.calibration import Calibration, bayes_threshold
 from sincmi.encoder import utterance_embeddings
 from sincmi.inference import SpeakerEncoder, embed_dataset, file_embedding
 from sincmi.scoring import read_scores
@@ -62,7 +63,7 @@ def test_recipe_run_draws_its_plots(experiment):
 
 def test_export_writes_a_self_contained_folder(experiment):
     model, summary = experiment["model"], experiment["summary"]
-    for name in ("hyperparams.yaml", "encoder.ckpt", "classifier.ckpt", "label_encoder.txt",
+    for name in ("hyperparams.yaml", "encoder.ckpt", "classifier.ckpt", "label_encoder.ckpt", "calibration.ckpt", "score_summary.ckpt",
                  "encoder_torchscript.pt", "encoder.pt2"):
         assert os.path.isfile(os.path.join(model, name)), name
     assert summary["stage"] == "speaker_id"
@@ -115,14 +116,21 @@ def test_long_files_are_embedded_block_by_block_with_the_same_result(experiment,
     assert model.encode_file(path_8k).shape == whole.shape
 
 
-def test_verify_files_uses_the_stored_threshold(experiment):
+def test_verify_files_decides_with_the_calibration_or_a_given_threshold(experiment):
     model = SpeakerEncoder.from_hparams(source=experiment["model"])
     corpus = experiment["corpus"]
     a, b = (os.path.join(corpus, s, "session", "u0.wav") for s in ("spk0", "spk1"))
-    score, same, point = model.verify_files(a, b)
+    score, same, point, llr = model.verify_files(a, b)
     assert -1.0 <= score <= 1.0
-    assert point.name == "eer" and point.threshold == pytest.approx(experiment["summary"]["threshold"], abs=1e-6)
-    assert same == (score > point.threshold)
+    # The log-likelihood ratio is the run's calibration of the score; the decision the Bayes one at p_target.
+    calibration = model.calibration
+    assert llr == pytest.approx(calibration.scale * score + calibration.offset)
+    assert point.name == "Bayes decision at p_target=0.01" and same == (llr > bayes_threshold(0.01))
+    assert model.verify_files(a, b, p_target=0.5).same_speaker == (llr > 0)
+    # The stored threshold (the EER point of the run's trials) on request
+    stored = model.verify_files(a, b, threshold=model.threshold)
+    assert model.threshold == pytest.approx(experiment["summary"]["threshold"], abs=1e-6)
+    assert stored.same_speaker == (score > model.threshold)
     assert model.verify_files(a, a).score == pytest.approx(1.0, abs=1e-5)
     assert model.verify_files(a, b, threshold=2.0).same_speaker is False
     assert model.verify_files(a, b, threshold=-2.0).same_speaker is True
@@ -247,14 +255,14 @@ def test_readme_example_runs(experiment, tmp_path):
         os.makedirs(tmp_path / "results" / "Demo" / "corpus_1234" / speaker)
         source = os.path.join(experiment["corpus"], f"spk{int(speaker[3:])}", "session", "u0.wav")
         shutil.copy(source, tmp_path / "results" / "Demo" / "corpus_1234" / speaker / f"{speaker}_u000.wav")
-    args = shell.split()
+    args = shell.splitlines()[0].split()
     assert args[:4] == ["python", "-m", "sincmi", "export"]
     proc = sincmi_cli(*args[3:], cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = subprocess.run([sys.executable, "-c", python + "\nprint('score', score, same_speaker, point.name)"],
                           capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert re.search(r"score -?[0-9.]+ (True|False) eer", proc.stdout)
+    assert re.search(r"score -?[0-9.]+ (True|False) Bayes decision at p_target=0.01", proc.stdout)
 
 
 def real_speech_files(count=2):
@@ -289,8 +297,8 @@ def test_onnx_snippet_embeds_a_file_like_the_speaker_encoder(experiment):
     pytest.importorskip("onnxruntime")
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("onnx_embed", os.path.join(ROOT, "tools", "onnx_embed.py"))
-    onnx_embed = importlib.util.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location("onnx_embed", os.path.join(ROOT, "sincmi", "onnx_embed.py"))
+    onnx_embed = importlib.util.module_from_spec(spec)  # standalone: the file alone, as a user copies it
     spec.loader.exec_module(onnx_embed)
     onnx_model = onnx_embed.OnnxSpeakerEncoder(experiment["model"])
     model = SpeakerEncoder.from_hparams(source=experiment["model"])
@@ -298,7 +306,7 @@ def test_onnx_snippet_embeds_a_file_like_the_speaker_encoder(experiment):
         reference = model.encode_file(path).numpy()
         embedding = onnx_model.encode_file(path)
         assert np.linalg.norm(embedding - reference) / np.linalg.norm(reference) < 1e-4
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "onnx_embed.py"), experiment["model"],
+    proc = subprocess.run(["sincmi-onnx-embed", experiment["model"],
                            *real_speech_files()], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     score = float(re.search(r"score (-?[0-9.]+)", proc.stdout).group(1))
@@ -369,7 +377,9 @@ def test_command_line_verify_and_embed(experiment, tmp_path):
     model = SpeakerEncoder.from_hparams(source=experiment["model"])
     expected = model.verify_files(a, b)
     assert float(re.search(r"score (-?[0-9.]+)", proc.stdout).group(1)) == pytest.approx(expected.score, abs=1e-4)
-    assert f"same speaker: {'yes' if expected.same_speaker else 'no'} (operating point eer" in proc.stdout
+    assert f"log-likelihood ratio {expected.llr:.2f}" in proc.stdout
+    assert f"same speaker: {'yes' if expected.same_speaker else 'no'} (operating point Bayes decision at p_target=0.01" \
+        in proc.stdout
     proc = sincmi_cli("verify", experiment["model"], a, b, "--threshold", "-1", cwd=str(tmp_path))
     assert "same speaker: yes (operating point -1" in proc.stdout
     proc = sincmi_cli("verify", experiment["model"], a, str(tmp_path / "missing.wav"))
@@ -392,14 +402,32 @@ def test_command_line_threshold_on_known_pairs_of_ones_own_files(experiment, tmp
     shutil.copytree(experiment["model"], model_folder)
     proc = sincmi_cli("threshold", model_folder, pairs, "--set", "frr=0.5")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "12 pairs (6 same speaker)" in proc.stdout and "stored in" in proc.stdout
+    assert "12 pairs (6 same speaker, 6 different)" in proc.stdout and "stored in" in proc.stdout
+    # Six different-speaker pairs cannot show a FAR of 1 %: said, with the count needed.
+    assert "far=0.01: a FAR of 1 % needs about 300 different-speaker pairs; there are 6" in proc.stderr
     model = SpeakerEncoder.from_hparams(source=str(model_folder))
     assert model.hparams.operating_point == "frr=0.5"
     scores = [(line[0] == "1", model.verify_files(*line.split()[1:]).score) for line in lines]
     frr = np.mean([score <= model.threshold for same, score in scores if same])
     assert frr <= 0.5
-    # The summary now is that of the pairs: later choices are made on them.
+    # The run's summary stays unless asked: --replace_summary puts the pairs' in its place.
+    run_summary = model.score_summary
+    assert (run_summary["target_trials"], run_summary["nontarget_trials"]) != (6, 6)
+    proc = sincmi_cli("threshold", model_folder, pairs, "--set", "frr=0.5", "--replace_summary")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = SpeakerEncoder.from_hparams(source=str(model_folder))
     assert model.score_summary["target_trials"] == 6 and model.score_summary["nontarget_trials"] == 6
+    # Recalibration on the pairs: a new calibration, the run's kept beside it.
+    run_calibration = open(model_folder / "calibration.ckpt").read()
+    proc = sincmi_cli("threshold", model_folder, pairs, "--calibrate")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "calibration for decisions at p_target=0.01 needs about 300 different-speaker" in proc.stderr
+    assert open(model_folder / "calibration_run.ckpt").read() == run_calibration
+    recalibrated = SpeakerEncoder.from_hparams(source=str(model_folder)).calibration
+    same = [score for label, score in scores if label]
+    different = [score for label, score in scores if not label]
+    assert recalibrated.source.startswith("12 pairs")
+    assert recalibrated.as_dict() == Calibration.fit(same, different, source=recalibrated.source).as_dict()
     pairs.write_text("1 nowhere.wav nowhere.wav\n")
     proc = sincmi_cli("threshold", model_folder, pairs)
     assert proc.returncode != 0 and "pairs.txt:1" in proc.stderr and "does not exist" in proc.stderr
@@ -415,7 +443,7 @@ def whitened_model(experiment):
 
 def test_the_exported_back_end_scores_the_trials_as_the_run_did(experiment, whitened_model, tmp_path):
     model, summary = whitened_model
-    assert summary["backend"] == "whiten" and os.path.isfile(os.path.join(model, "backend.npz"))
+    assert summary["backend"] == "whiten" and os.path.isfile(os.path.join(model, "backend.ckpt"))
     with open(os.path.join(experiment["exp"], "results.json")) as f:
         run_eer = json.load(f)["systems"]["LIM (nce), whitened"]["EER"]
     assert summary["eer"] == pytest.approx(run_eer)  # the threshold is that back end's
@@ -423,7 +451,7 @@ def test_the_exported_back_end_scores_the_trials_as_the_run_did(experiment, whit
     save = os.path.join(experiment["exp"], "save")
     tool("embed", model, os.path.join(save, "verification.csv"), tmp_path / "emb", "--data_root",
          experiment["corpus"])
-    tool("score_trials.py", str(tmp_path / "emb") + ".npy", os.path.join(save, "trials.txt"),
+    tool("score", str(tmp_path / "emb") + ".npy", os.path.join(save, "trials.txt"),
          "--out_folder", tmp_path / "scored")
     with open(tmp_path / "scored" / "results.json") as f:
         assert json.load(f)["EER"] == pytest.approx(run_eer, abs=0.0005)  # within 0.05 points
@@ -440,11 +468,11 @@ def test_the_exported_back_end_scores_the_trials_as_the_run_did(experiment, whit
     assert not torch.allclose(raw.encode_file(path), whitened.encode_file(path))
 
 
-def test_onnx_snippet_scores_a_pair_as_verify_does_with_the_back_end(whitened_model):
+def test_onnx_snippet_scores_a_pair_as_verify_does_with_the_back_end(whitened_model, tmp_path):
     pytest.importorskip("onnxruntime")
     model, _ = whitened_model
     a, b = real_speech_files()
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "onnx_embed.py"), model, a, b],
+    proc = subprocess.run(["sincmi-onnx-embed", model, a, b],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     onnx_score = float(re.search(r"score (-?[0-9.]+)", proc.stdout).group(1))
@@ -455,13 +483,23 @@ def test_onnx_snippet_scores_a_pair_as_verify_does_with_the_back_end(whitened_mo
     assert verify_score == pytest.approx(exact, abs=5e-5)  # printed with 4 decimals
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("onnx_embed", os.path.join(ROOT, "tools", "onnx_embed.py"))
-    onnx_embed = importlib.util.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location("onnx_embed", os.path.join(ROOT, "sincmi", "onnx_embed.py"))
+    onnx_embed = importlib.util.module_from_spec(spec)  # standalone: the file alone, as a user copies it
     spec.loader.exec_module(onnx_embed)
     onnx_model = onnx_embed.OnnxSpeakerEncoder(model)
     onnx_exact = onnx_model.score(onnx_model.encode_file(a), onnx_model.encode_file(b))
     assert onnx_exact == pytest.approx(exact, rel=1e-4)
     assert onnx_score == pytest.approx(onnx_exact, abs=5e-5)
+    # A file at another rate is resampled with verify's filter; audio shorter than a chunk is refused.
+    wav, rate = sf.read(b, dtype="float32")
+    b_8k, short = str(tmp_path / "b_8k.wav"), str(tmp_path / "short.wav")
+    sf.write(b_8k, wav[::2], rate // 2)
+    sf.write(short, wav[:100], rate)
+    reference = SpeakerEncoder.from_hparams(source=model)
+    assert onnx_model.score(onnx_model.encode_file(a), onnx_model.encode_file(b_8k)) == pytest.approx(
+        reference.verify_files(a, b_8k).score, rel=1e-4)
+    proc = subprocess.run(["sincmi-onnx-embed", model, a, short], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "shorter than one chunk" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def test_export_refuses_a_back_end_the_run_did_not_fit(experiment, tmp_path):
@@ -484,12 +522,119 @@ def test_score_trials_reads_what_embed_writes_in_either_format(experiment, tmp_p
     for fmt in ("npy", "pt"):
         tool("embed", experiment["model"], os.path.join(save, "verification.csv"), tmp_path / fmt / "emb",
              "--data_root", experiment["corpus"], "--format", fmt)
-        tool("score_trials.py", tmp_path / fmt / f"emb.{fmt}", os.path.join(save, "trials.txt"),
+        tool("score", tmp_path / fmt / f"emb.{fmt}", os.path.join(save, "trials.txt"),
              "--out_folder", tmp_path / fmt)
         with open(tmp_path / fmt / "results.json") as f:
             results[fmt] = json.load(f)["EER"]
     assert results["npy"] == results["pt"]
     torch.save({"utt": torch.ones(3)}, tmp_path / "old.pt")  # not embed's format: explained
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "score_trials.py"), str(tmp_path / "old.pt"),
+    proc = subprocess.run([sys.executable, "-m", "sincmi", "score", str(tmp_path / "old.pt"),
                            os.path.join(save, "trials.txt")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "python -m sincmi embed" in proc.stderr
+
+
+def test_speechbrain_interfaces_load_the_exported_model(experiment, whitened_model, tmp_path):
+    """SpeechBrain's own EncoderClassifier and SpeakerRecognition, with a savedir (files fetched, not read in place)."""
+    from speechbrain.inference.speaker import EncoderClassifier, SpeakerRecognition
+
+    model, _ = whitened_model
+    ours = SpeakerEncoder.from_hparams(source=model)
+    classifier = EncoderClassifier.from_hparams(source=model, savedir=str(tmp_path / "classifier"))
+    fetched = sorted(os.listdir(tmp_path / "classifier"))
+    assert fetched == sorted(["hyperparams.yaml", "encoder.ckpt", "backend.ckpt", "calibration.ckpt",
+                              "score_summary.ckpt", "classifier.ckpt", "label_encoder.ckpt"])
+    wavs = 0.1 * torch.randn(3, 16000)
+    lens = torch.tensor([1.0, 0.8, 0.5])
+    torch.testing.assert_close(classifier.encode_batch(wavs, lens).squeeze(1), ours.encode_batch(wavs, lens))
+    torch.testing.assert_close(classifier.encode_batch(wavs, lens, normalize=True).squeeze(1),
+                               ours.encode_batch(wavs, lens, normalize=True))
+    # classify_file: the run's classifier, each sentence scored as the recipe scores it (sum of its chunks').
+    encoder, hparams = _recipe_encoder(experiment)
+    head = hparams["classifier"](input_size=encoder.embedding_size, num_speakers=4).eval()
+    head.load_state_dict(torch.load(os.path.join(experiment["summary"]["checkpoint"], "classifier.ckpt"),
+                                    weights_only=True))
+    labels = [line.split("=>")[0].strip().strip("'") for line in open(os.path.join(model, "label_encoder.ckpt"))
+              if "=>" in line]
+    rows = data.load_manifest(os.path.join(experiment["exp"], "save", "test.csv"), experiment["corpus"])
+    for key, row in rows.items():
+        _, _, index, text = classifier.classify_file(row["wav"])
+        wav = data.read_segment(row["wav"], 0, row["stop"])
+        chunks = wav.unfold(0, encoder.chunk_size, hparams["verification_shift"])
+        with torch.no_grad():
+            expected = int(head(encoder(chunks)).sum(0).argmax())
+        assert int(index) == expected and text == [labels[expected]], key
+    # verify_files: the score of python -m sincmi verify (back end included)
+    recognition = SpeakerRecognition.from_hparams(source=model, savedir=str(tmp_path / "recognition"))
+    a, b = (os.path.join(experiment["corpus"], s, "session", "u1.wav") for s in ("spk1", "spk2"))
+    score, _ = recognition.verify_files(a, b)
+    proc = sincmi_cli("verify", model, a, b)
+    assert float(score) == pytest.approx(float(re.search(r"score (-?[0-9.]+)", proc.stdout).group(1)), abs=5e-5)
+    # Our own interface from a savedir scores as in place.
+    elsewhere = SpeakerEncoder.from_hparams(source=model, savedir=str(tmp_path / "ours"))
+    assert elsewhere.verify_files(a, b) == ours.verify_files(a, b)
+
+
+def test_short_empty_and_unreadable_audio_are_refused_in_one_line(experiment, whitened_model, tmp_path):
+    model, _ = whitened_model
+    ours = SpeakerEncoder.from_hparams(source=model)
+    good = os.path.join(experiment["corpus"], "spk0", "session", "u0.wav")
+    empty, short, broken = tmp_path / "empty.wav", tmp_path / "short.wav", tmp_path / "broken.wav"
+    sf.write(str(empty), np.zeros(0, dtype=np.float32), 16000)
+    sf.write(str(short), 0.1 * np.ones(80, dtype=np.float32), 16000)  # 5 ms
+    broken.write_text("not audio")
+    from sincmi.inference import TooShortError
+
+    with pytest.raises(TooShortError, match="is empty"):
+        ours.encode_file(str(empty))
+    with pytest.raises(TooShortError, match="80 samples"):
+        ours.verify_files(good, str(short))
+    assert ours.encode_file(str(short), pad_short=True).shape == ours.encode_file(good).shape
+    with pytest.raises(TooShortError, match="utterance 1 of the batch"):
+        ours.encode_batch(torch.randn(2, 16000), torch.tensor([1.0, 0.1]))
+    with pytest.raises(ValueError, match="cannot be read as audio"):
+        ours.encode_file(str(broken))
+    for path, reason in ((empty, "is empty"), (short, "80 samples"), (broken, "cannot be read as audio"),
+                         (tmp_path / "missing.wav", "does not exist")):
+        proc = sincmi_cli("verify", model, good, path)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and reason in proc.stderr, proc.stderr
+    assert sincmi_cli("verify", model, good, short, "--pad_short").returncode == 0
+
+
+def test_wrong_folders_and_devices_are_refused_in_one_line(experiment, whitened_model, tmp_path):
+    model, _ = whitened_model
+    good = os.path.join(experiment["corpus"], "spk0", "session", "u0.wav")
+    cases = [(("verify", experiment["exp"], good, good), "is a recipe run, not a model"),
+             (("verify", tmp_path / "nowhere", good, good), "does not exist"),
+             (("verify", experiment["corpus"], good, good), "is not a model folder"),
+             (("embed", experiment["exp"], experiment["corpus"], tmp_path / "e"), "is a recipe run, not a model"),
+             (("export", model, tmp_path / "m"), "is an exported model, not a recipe run"),
+             (("export", experiment["exp"], experiment["exp"]), "holds no exported model")]
+    if not torch.cuda.is_available():
+        cases.append((("verify", model, good, good, "--device", "cuda"), "sees no GPU"))
+    for args, reason in cases:
+        proc = sincmi_cli(*args)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and reason in proc.stderr, (args, proc.stderr)
+    assert not os.path.exists(tmp_path / "m") and not os.path.exists(tmp_path / "e.npy")
+
+
+def test_embed_follows_links_and_fails_when_nothing_is_embedded(experiment, tmp_path):
+    corpus, model = experiment["corpus"], experiment["model"]
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    os.symlink(os.path.join(corpus, "spk0"), linked / "spk0")  # a speaker folder that is a link
+    os.makedirs(linked / "spk1")
+    os.symlink(os.path.join(corpus, "spk1", "session"), linked / "spk1" / "session")  # a linked sub-folder
+    proc = sincmi_cli("embed", model, linked, tmp_path / "l")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert np.load(str(tmp_path / "l.npy")).shape[0] == 8
+    (tmp_path / "empty").mkdir()
+    short = tmp_path / "short" / "spk"
+    short.mkdir(parents=True)
+    sf.write(str(short / "a.wav"), 0.1 * np.ones(80, dtype=np.float32), 16000)
+    for source, reason in ((tmp_path / "empty", "holds no audio file"), (tmp_path / "short", "could be embedded"),
+                           (os.path.join(experiment["exp"], "save", "verification.csv"), "pass --data_root"),
+                           (tmp_path / "nowhere", "does not exist")):
+        proc = sincmi_cli("embed", model, source, tmp_path / "out")
+        assert proc.returncode == 1 and reason in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert "shorter than one chunk" in open(tmp_path / "out_skipped.csv").read()
+    assert not os.path.exists(tmp_path / "out.npy")

@@ -43,11 +43,17 @@ def test_checkpoint_recovery_refuses_pickled_code(tmp_path):
 
 
 def test_pretrained_folder_refuses_pickled_code(tmp_path):
-    config = SincNetEncoder(chunk_size=800, sinc_filters=4, sinc_kernel=33, conv_channels=[4],
-                            conv_kernels=[3], fc_sizes=[8]).config
-    (tmp_path / "hyperparams.yaml").write_text(inference_yaml(config, 400, False, 0.5, "test"))
+    encoder = SincNetEncoder(chunk_size=800, sinc_filters=4, sinc_kernel=33, conv_channels=[4],
+                             conv_kernels=[3], fc_sizes=[8])
+    (tmp_path / "hyperparams.yaml").write_text(inference_yaml(encoder, 400, False, 0.5, "test"))
     write_malicious(tmp_path / "encoder.ckpt")
     with pytest.raises(Exception, match="(?i)weights.only|unpickl"):
+        SpeakerEncoder.from_hparams(source=str(tmp_path))
+    # The back end is read with NumPy, which refuses pickled objects too.
+    torch.save(encoder.state_dict(), tmp_path / "encoder.ckpt")
+    (tmp_path / "hyperparams.yaml").write_text(inference_yaml(encoder, 400, False, 0.5, "test", parts=["backend"]))
+    write_malicious(tmp_path / "backend.ckpt")
+    with pytest.raises(ValueError, match="not a saved back end"):
         SpeakerEncoder.from_hparams(source=str(tmp_path))
 
 

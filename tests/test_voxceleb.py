@@ -127,7 +127,7 @@ def check_exported_score_normalisation(run, voxceleb, tmp_path, run_eer):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
-    assert summary["score_norm"] == "as-norm" and os.path.isfile(model / "cohort.npz")
+    assert summary["score_norm"] == "as-norm" and os.path.isfile(model / "cohort.ckpt")
     assert summary["eer"] == pytest.approx(run_eer)  # the threshold is chosen on the normalised scores
     encoder = SpeakerEncoder.from_hparams(source=str(model))
     rows = load_manifest(os.path.join(run, "save", "verification.csv"), {"voxceleb1": str(voxceleb), "voxceleb2": ""})
@@ -142,7 +142,7 @@ def check_exported_score_normalisation(run, voxceleb, tmp_path, run_eer):
                           "--no_score_norm"], capture_output=True, text=True, timeout=300)
     assert raw.returncode == 0, raw.stderr[-2000:]
     assert json.loads(raw.stdout.split("\n", 1)[1])["threshold"] is None
-    assert not os.path.isfile(tmp_path / "raw" / "cohort.npz")
+    assert not os.path.isfile(tmp_path / "raw" / "cohort.ckpt")
 
 
 def test_finetune_without_a_lim_run_is_explained(voxceleb, tmp_path):
