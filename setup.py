@@ -23,6 +23,8 @@ setup(
         "hyperpyyaml>=1.2.2",
         "sentencepiece>=0.2.0",
         "numpy>=1.24",
+        # Calibration: logistic regression (optimize.minimize) and PAV (optimize.isotonic_regression, 1.12+).
+        "scipy>=1.12",
         "pandas>=2.0",
         "soundfile>=0.12",
         # AAC (.m4a, VoxCeleb2's format): FFmpeg ships inside PyAV's wheels.
@@ -42,5 +44,6 @@ setup(
         "onnx": ["onnx==1.23.2", "onnxruntime==1.31.1", "onnxscript==0.7.2"],
         "dev": ["pytest>=8", "onnx==1.23.2", "onnxruntime==1.31.1", "onnxscript==0.7.2"],
     },
-    entry_points={"console_scripts": ["sincmi=sincmi.__main__:main"]},
+    # The commands, installed: sincmi (= python -m sincmi) and the PyTorch-free ONNX runner.
+    entry_points={"console_scripts": ["sincmi=sincmi.__main__:main", "sincmi-onnx-embed=sincmi.onnx_embed:main"]},
 )

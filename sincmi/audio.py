@@ -48,6 +48,18 @@ def uses_pyav(path):
     return str(path).lower().endswith(PYAV_EXTENSIONS)
 
 
+def readable_info(path):
+    """:func:`sincmi.audio.audio_info` of a file, or ``ValueError`` in one line naming it and why."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not an audio file")
+    try:
+        return audio_info(path)
+    except Exception as error:  # soundfile and PyAV raise their own types
+        raise ValueError(f"{path} cannot be read as audio ({str(error).strip() or type(error).__name__})") from error
+
+
 def audio_info(path):
     """The header of an audio file (:class:`AudioInfo`), without decoding its samples.
 

@@ -5,7 +5,7 @@ speaker = the first folder below the source folder, as in ``DIR/<speaker>/**/*.w
 or the manifest's ``spk_id``), or with
 ``--format pt`` one ``OUT.pt`` dict (``ids``, ``paths``, ``speakers``,
 ``embeddings``). This is the one embeddings format: :func:`load_embeddings`
-reads either form, for ``tools/score_trials.py`` and your own scripts. The
+reads either form, for ``python -m sincmi score`` and your own scripts. The
 embeddings are the model's, after its back end (see ``python -m sincmi export
 --backend``). Files that cannot be read are listed in ``OUT_skipped.csv``
 (file, reason) and skipped.
@@ -27,14 +27,15 @@ Usage:
 import argparse
 import csv
 import os
+import sys
 
 import numpy as np
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
-from sincmi.audio import is_audio_file
+from sincmi.audio import AUDIO_EXTENSIONS, is_audio_file
+from sincmi.command_line import load_model, one_line_errors
 from sincmi.data import read_segment, resampled
-from sincmi.inference import SpeakerEncoder
 from sincmi.prepare.manifest import inspect_audio
 from sincmi.progress import progress_bar
 from sincmi.scoring import EmbeddingTable
@@ -45,7 +46,7 @@ def list_utterances(source, data_root=None):
     """``[(id, path, start, stop or None, speaker)]`` from a folder or a manifest CSV."""
     if os.path.isdir(source):
         items = []
-        for folder, _, files in sorted(os.walk(source)):
+        for folder, _, files in sorted(os.walk(source, followlinks=True)):  # speaker folders may be links
             for name in sorted(files):
                 if is_audio_file(name):
                     path = os.path.join(folder, name)
@@ -61,7 +62,9 @@ def list_utterances(source, data_root=None):
                 stop = int(row["stop"]) if row.get("stop") else None
                 items.append((row["ID"], path, int(row.get("start") or 0), stop, row.get("spk_id", "")))
         return items
-    raise FileNotFoundError(f"{source} is neither a folder nor a manifest .csv file")
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"{source} does not exist: give an audio folder or a manifest .csv")
+    raise ValueError(f"{source} is neither a folder nor a manifest .csv file")
 
 
 def load_embeddings(path):
@@ -145,12 +148,22 @@ def main(argv=None):
     if args.window is not None and args.window <= 0 or args.hop is not None and args.hop <= 0:
         parser.error("--window and --hop are positive numbers of seconds")
 
-    model = SpeakerEncoder.from_hparams(source=args.model, run_opts={"device": args.device})
-    rate = model.hparams.sample_rate
+    with one_line_errors():
+        utterances = list_utterances(args.source, args.data_root)
+        if args.data_root is None and any("$data_root" in item[1] for item in utterances):
+            raise ValueError(f"{args.source} names its files under $data_root: pass --data_root DIR "
+                             "(the folder the recipe prepared it from)")
+        if not utterances:
+            raise ValueError(f"{args.source} holds no audio file ({', '.join(AUDIO_EXTENSIONS)})")
+        model = load_model(args.model, args.device)
+    rate, chunk = model.hparams.sample_rate, model.encoder.chunk_size
     items, skipped = [], []
-    for item in list_utterances(args.source, args.data_root):
-        # The preparers' checks, on the header only; any rate and length will do (resampled, padded).
+    for item in utterances:
+        # The preparers' checks, on the header only; any rate will do (resampled).
         check = inspect_audio(item[1], rate, 1, resample=True, read_samples=False)
+        stop = check.frames if item[3] is None else item[3]
+        if not check.reason and (stop - item[2]) * rate / check.rate < chunk:
+            check = check._replace(reason=f"shorter than one chunk ({chunk} samples at {rate} Hz)")
         if check.reason:
             skipped.append((item[1], check.reason))
         else:
@@ -191,8 +204,6 @@ def main(argv=None):
                 ids.append(utt_id), paths.append(path), speakers.append(speaker), embeddings.append(emb)
                 continue
             sig = resampled(read_segment(path, start, stop - start), (check.rate, rate))
-            if getattr(model.hparams, "normalize_peak", False) and sig.abs().max() > 0:
-                sig = sig / sig.abs().max()
         except Exception as error:  # a file broken past its header
             skipped.append((path, f"read failed: {error}"))
             continue
@@ -201,18 +212,21 @@ def main(argv=None):
             flush()
     flush()
 
-    matrix = torch.stack(embeddings) if embeddings else torch.zeros(0)
-    windowed = args.window is not None
-    save_embeddings(args.out, args.format, ids, paths, speakers, matrix, starts if windowed else None,
-                    ends if windowed else None)
-    written = f"{args.out}.pt" if args.format == "pt" else f"{args.out}.npy and {args.out}.csv"
-    print(f"written {written} ({len(ids)} embeddings)")
     if skipped:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out + "_skipped.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["file", "reason"])
             writer.writerows(skipped)
         print(f"{len(skipped)} file(s) skipped, listed in {args.out}_skipped.csv")
+    if not embeddings:
+        sys.exit(f"error: no file of {args.source} could be embedded ({len(skipped)} skipped: "
+                 f"see {args.out}_skipped.csv)")
+    windowed = args.window is not None
+    save_embeddings(args.out, args.format, ids, paths, speakers, torch.stack(embeddings),
+                    starts if windowed else None, ends if windowed else None)
+    written = f"{args.out}.pt" if args.format == "pt" else f"{args.out}.npy and {args.out}.csv"
+    print(f"written {written} ({len(ids)} embeddings)")
 
 
 if __name__ == "__main__":

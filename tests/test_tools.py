@@ -13,7 +13,9 @@ from sincmi.extract import save_embeddings
 
 
 def run_tool(name, *args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *map(str, args)],
+    """Runs ``tools/<name>``, or ``python -m sincmi <command>`` for a name without ``.py``."""
+    command = [os.path.join(ROOT, "tools", name)] if name.endswith(".py") else ["-m", "sincmi", name]
+    return subprocess.run([sys.executable, *command, *map(str, args)],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -28,7 +30,7 @@ def test_score_trials_end_to_end(tmp_path):
     (tmp_path / "trials.txt").write_text("".join(f"{l} {a} {b}\n" for l, a, b in trials))
     save_embeddings(str(tmp_path / "cohort"), "npy", [f"c{i}" for i in range(10)], [""] * 10, [""] * 10,
                     torch.randn(10, 8, generator=gen))
-    proc = run_tool("score_trials.py", tmp_path / "emb.pt", tmp_path / "trials.txt", "--out_folder",
+    proc = run_tool("score", tmp_path / "emb.pt", tmp_path / "trials.txt", "--out_folder",
                     tmp_path / "out", "--cohort", tmp_path / "cohort.npy", "--score_norm", "s-norm")
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "out" / "results.json") as f:
@@ -43,7 +45,7 @@ def test_score_trials_end_to_end(tmp_path):
 def test_score_trials_rejects_a_malformed_line(tmp_path):
     save_embeddings(str(tmp_path / "emb"), "pt", ["a", "b"], ["a.wav", "b.wav"], ["", ""], torch.ones(2, 2))
     (tmp_path / "trials.txt").write_text("1 a b\nthis is wrong\n")
-    proc = run_tool("score_trials.py", tmp_path / "emb.pt", tmp_path / "trials.txt")
+    proc = run_tool("score", tmp_path / "emb.pt", tmp_path / "trials.txt")
     assert proc.returncode != 0 and "trials.txt:2" in proc.stderr
 
 

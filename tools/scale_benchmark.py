@@ -14,7 +14,7 @@
   and 400 trial utterances) through every stage: preparation (parallel header
   reads), the training manifest as a table, packing shards, LIM steps reading
   the shards through loader workers, embedding the trial utterances with loader
-  workers, and ``tools/score_trials.py`` at VoxCeleb1-E's size (145,160
+  workers, and ``python -m sincmi score`` at VoxCeleb1-E's size (145,160
   embeddings of 2,048 dims, 579,818 trials). Each stage runs in its own
   process: wall time, CPU time and peak resident memory.
 """
@@ -395,7 +395,7 @@ def stage_embed(save, roots, workers=2):
 
 
 def stage_scoring(folder, utterances=145_160, dim=2048, trials=579_818):
-    """``tools/score_trials.py`` at VoxCeleb1-E's size on random embeddings: its wall time and peak memory."""
+    """``python -m sincmi score`` at VoxCeleb1-E's size on random embeddings: its wall time and peak memory."""
     rng = np.random.default_rng(0)
     path = os.path.join(folder, "emb")
     np.save(path + ".npy", rng.standard_normal((utterances, dim), dtype=np.float32))
@@ -405,13 +405,13 @@ def stage_scoring(folder, utterances=145_160, dim=2048, trials=579_818):
     with open(os.path.join(folder, "trials.txt"), "w") as f:
         f.write("".join(f"{int(a // 50 == b // 50)} u{a} u{b}\n" for a, b in pairs))
     usage, start = Usage(), time.perf_counter()
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "score_trials.py"), path + ".npy",
+    proc = subprocess.run([sys.executable, "-m", "sincmi", "score", path + ".npy",
                            os.path.join(folder, "trials.txt"), "--out_folder", os.path.join(folder, "scores")],
                           capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # score_trials.py's own peak
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the scoring command's own peak
     embeddings = utterances * dim * 4 / 2**20
     return {"wall_s": wall, "embeddings_mib": embeddings, "trials": trials, "cpu_s": usage()["cpu_s"],
             "peak_mib": peak, "peak_over_embeddings_mib": peak - embeddings}

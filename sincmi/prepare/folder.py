@@ -45,7 +45,7 @@ def find_speaker_files(data_folder):
         if not os.path.isdir(spk_dir):
             continue
         files = []
-        for root, _, names in os.walk(spk_dir):
+        for root, _, names in os.walk(spk_dir, followlinks=True):  # linked folders count
             for name in names:
                 if is_audio_file(name):
                     files.append(os.path.relpath(os.path.join(root, name), data_folder))

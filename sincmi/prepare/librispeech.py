@@ -142,7 +142,7 @@ def prepare_librispeech(
     paths = []
     for subset in subsets:
         root = find_subset(data_folder, subset)
-        for folder, _, names in os.walk(root):
+        for folder, _, names in os.walk(root, followlinks=True):
             paths += [os.path.join(folder, n) for n in names if is_audio_file(n)]
     os.makedirs(save_folder, exist_ok=True)
 

@@ -11,8 +11,8 @@ file (``enrol test score label``), ``results.json`` (EER, minDCF at p_target
 
 Usage:
     python -m sincmi embed MODEL results/Demo/lim_nce/1234/save/verification.csv emb/verification --data_root DIR
-    python tools/score_trials.py emb/verification.npy results/Demo/lim_nce/1234/save/trials.txt --out_folder scores/
-    python tools/score_trials.py EMB.npy TRIALS.txt --cohort COHORT.npy --score_norm as-norm --top_k 300
+    python -m sincmi score emb/verification.npy results/Demo/lim_nce/1234/save/trials.txt --out_folder scores/
+    python -m sincmi score EMB.npy TRIALS.txt --cohort COHORT.npy --score_norm as-norm --top_k 300
 """
 
 import argparse
@@ -40,7 +40,7 @@ def load_embeddings(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m sincmi score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("embeddings", help="OUT.pt or OUT.npy written by python -m sincmi embed")
     parser.add_argument("trials", help="trial list: 'label enrol test' per line")
     parser.add_argument("--out_folder", default=".")
