@@ -248,7 +248,6 @@ def fit_on_training_speakers(embeddings, speakers, backend="none", cohort=None, 
         ``(M, D)`` score-normalisation cohort before the back end.
     """
     from sincmi.backend import Backend
-    from sincmi.scoring import score_trials
 
     ids = sorted(key for key in embeddings if key in speakers)
     names = sorted({speakers[key] for key in ids})
@@ -260,15 +259,41 @@ def fit_on_training_speakers(embeddings, speakers, backend="none", cohort=None, 
         inside = [key for key in ids if speakers[key] in group]
         outside = [key for key in ids if speakers[key] not in group] if folds > 1 else ids
         fitted = Backend(backend, torch.stack([embeddings[key] for key in outside]) if backend != "none" else None)
-        pairs = calibration_trials([speakers[key] for key in inside], seed=seed)
-        trials = [(int(label), inside[a], inside[b]) for a, b, label in zip(pairs.enrol, pairs.test, pairs.label)]
-        scores, labels = score_trials(fitted.apply({key: embeddings[key] for key in inside}), trials,
-                                      None if cohort is None else fitted(cohort), score_norm, top_k)
-        target_scores.append(scores[labels].numpy())
-        nontarget_scores.append(scores[~labels].numpy())
+        targets, nontargets = speaker_trial_scores(embeddings, speakers, inside, fitted, cohort, score_norm, top_k,
+                                                   seed)
+        target_scores.append(targets)
+        nontarget_scores.append(nontargets)
     held_out = f", back end held out in {folds} folds of speakers" if folds > 1 else ""
     return Calibration.fit(np.concatenate(target_scores), np.concatenate(nontarget_scores), prior,
                            source=f"trials among {len(ids)} utterances of {len(names)} training speakers{held_out}")
+
+
+def fit_on_held_out_speakers(embeddings, speakers, backend, cohort=None, score_norm=None, top_k=None, prior=0.01,
+                             seed=0):
+    """The calibration fitted on trials among speakers that neither the encoder nor the back end saw.
+
+    ``embeddings``: ``{utterance id: embedding}`` of the held-out training
+    speakers (``calibration_speakers``), scored with the system's fitted
+    :class:`~sincmi.backend.Backend` as the verification trials are.
+    """
+    ids = sorted(key for key in embeddings if key in speakers)
+    targets, nontargets = speaker_trial_scores(embeddings, speakers, ids, backend, cohort, score_norm, top_k, seed)
+    count = len({speakers[key] for key in ids})
+    return Calibration.fit(targets, nontargets, prior,
+                           source=f"trials among {len(ids)} utterances of {count} training speakers held out of "
+                                  "training and back end")
+
+
+def speaker_trial_scores(embeddings, speakers, keys, backend, cohort=None, score_norm=None, top_k=None, seed=0):
+    """``(target scores, non-target scores)`` of :func:`calibration_trials` among ``keys``, after ``backend``
+    (a fitted :class:`~sincmi.backend.Backend`; the raw ``cohort`` goes through it too)."""
+    from sincmi.scoring import score_trials
+
+    pairs = calibration_trials([speakers[key] for key in keys], seed=seed)
+    trials = [(int(label), keys[a], keys[b]) for a, b, label in zip(pairs.enrol, pairs.test, pairs.label)]
+    scores, labels = score_trials(backend.apply({key: embeddings[key] for key in keys}), trials,
+                                  None if cohort is None else backend(cohort), score_norm, top_k)
+    return scores[labels].numpy(), scores[~labels].numpy()
 
 
 def _sample(indices, limit, rng):
