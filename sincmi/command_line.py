@@ -4,6 +4,8 @@ import os
 import sys
 from contextlib import contextmanager
 
+from sincmi import layout
+
 
 @contextmanager
 def one_line_errors():
@@ -25,7 +27,7 @@ def load_model(folder, device="cpu"):
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"model folder {folder} does not exist: write one with "
                                 "python -m sincmi export EXPERIMENT FOLDER")
-    if os.path.isfile(os.path.join(folder, "results.json")) and not is_model_folder(folder):
+    if os.path.isfile(os.path.join(folder, layout.RESULTS_FILE)) and not is_model_folder(folder):
         raise ValueError(f"{folder} is a recipe run, not a model: export it first "
                          f"(python -m sincmi export {folder} MODEL) and pass MODEL")
     if not is_model_folder(folder):

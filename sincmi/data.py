@@ -323,6 +323,15 @@ def sentence_dataset(data, label_encoder=None, rates=None, sample_rate=16000):
     return dataset
 
 
+def rate_pair(hparams):
+    """``(file rate, model rate)``: the files' ``file_sample_rate`` (default: ``sample_rate``) and the model's.
+
+    >>> rate_pair({"sample_rate": 8000, "file_sample_rate": 16000}), rate_pair({"sample_rate": 16000})
+    ((16000, 8000), (16000, 16000))
+    """
+    return hparams.get("file_sample_rate") or hparams["sample_rate"], hparams["sample_rate"]
+
+
 class RecipeDatasets:
     """Every dataset of a recipe, built from its hparams in one place.
 
@@ -346,7 +355,7 @@ class RecipeDatasets:
         self.sample_rate = hparams["sample_rate"]
         self.gain = hparams.get("random_gain")
         self.min_pair_distance = hparams.get("min_pair_distance") or 0
-        rates = (hparams.get("file_sample_rate") or self.sample_rate, self.sample_rate)
+        rates = rate_pair(hparams)
         self.rates = None if rates[0] == rates[1] else rates
         self.file_frames = file_frames(self.chunk_size, self.rates)
         self.audio = audio

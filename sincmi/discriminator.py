@@ -196,31 +196,3 @@ def build_critic(critics, critic, input_size):
     if not isinstance(made, PairDiscriminator):
         raise TypeError(f"critic {critic!r} is a {type(made).__name__}, not a sincmi.discriminator.PairDiscriminator")
     return made
-
-
-def make_discriminator(kind, input_size, hidden_size=1024, num_layers=1, init_scale=10.0):
-    """Builds a critic by name, so that a yaml (or ``--critic=...``) can choose it.
-
-    Arguments
-    ---------
-    kind : str
-        ``mlp`` (the paper's: MLP on the concatenation), ``cosine`` or ``bilinear``.
-    input_size : int
-        Embedding size.
-    hidden_size, num_layers : int
-        MLP only.
-    init_scale : float
-        Cosine only: initial scale of the cosine.
-
-    Example
-    -------
-    >>> make_discriminator("cosine", 8)
-    CosineDiscriminator()
-    """
-    if kind == "mlp":
-        return MLPDiscriminator(input_size, hidden_size, num_layers)
-    if kind == "cosine":
-        return CosineDiscriminator(input_size, init_scale=init_scale)
-    if kind == "bilinear":
-        return BilinearDiscriminator(input_size)
-    raise ValueError(f"critic: unknown kind {kind!r}; choose one of {sorted(CRITICS)}")

@@ -12,7 +12,6 @@ import numpy as np
 import speechbrain as sb
 import torch
 
-from sincmi.inference import embed_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -40,23 +39,6 @@ class ShardSampler(torch.utils.data.Sampler):
 
     def __len__(self):
         return len(self.indices)
-
-
-def embed_all_processes(encoder, dataset, device, batch_size, shift, num_workers=0, max_chunks=64):
-    """Utterance embeddings of ``dataset``; under DDP each process embeds 1/N and the main one gets all.
-
-    Scoring then runs on the main process alone (the others get ``None``), so
-    that Vox1-E/H's embeddings are held once, not once per rank.
-    """
-    embeddings = embed_dataset(encoder, dataset, device=device, batch_size=batch_size, shift=shift,
-                               sampler=ShardSampler(len(dataset)), num_workers=num_workers, max_chunks=max_chunks)
-    if in_process_group():
-        parts = [None] * torch.distributed.get_world_size() if torch.distributed.get_rank() == 0 else None
-        torch.distributed.gather_object(embeddings, parts, dst=0)
-        if parts is None:
-            return None
-        embeddings = {key: value for part in parts for key, value in part.items()}
-    return embeddings
 
 
 def process_seed(seed, rank=None):

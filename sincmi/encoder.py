@@ -238,6 +238,22 @@ class ConvBlock(nn.Module):
         return conv_block_tail(x, self.pool, self.gain, self.bias, self.negative_slope, self.norm_over)
 
 
+def fc_stack(in_features, fc_sizes, negative_slope, input_norm, linear_embedding, layer_norm, fc_init):
+    """SincNet's fully connected layers: Linear + BatchNorm + LeakyReLU each (the last one
+    linear with ``linear_embedding``), after a layer norm of the input with ``input_norm``."""
+    layers = [layer_norm_module(layer_norm, in_features)] if input_norm else []
+    for i, size in enumerate(fc_sizes):
+        layers.append(nn.Linear(in_features, size))
+        if fc_init == "sincnet":  # SincNet's MLP initialisation
+            bound = math.sqrt(0.01 / (in_features + size))
+            nn.init.uniform_(layers[-1].weight, -bound, bound)
+            nn.init.zeros_(layers[-1].bias)
+        if not (linear_embedding and i == len(fc_sizes) - 1):
+            layers += [nn.BatchNorm1d(size, momentum=0.05), nn.LeakyReLU(negative_slope)]
+        in_features = size
+    return nn.Sequential(*layers)
+
+
 class SincNetEncoder(nn.Module):
     """SincNet: waveform chunks ``(batch, chunk_size)`` -> embeddings ``(batch, D)``.
 
@@ -369,18 +385,9 @@ class SincNetEncoder(nn.Module):
 
         self.pooling = pooling
         in_features = in_channels * length if pooling == "flatten" else 2 * in_channels
-        layers = [layer_norm_module(layer_norm, in_features)] if fc_input_norm else []
-        for i, size in enumerate(fc_sizes):
-            layers.append(nn.Linear(in_features, size))
-            if fc_init == "sincnet":  # SincNet's MLP initialisation
-                bound = math.sqrt(0.01 / (in_features + size))
-                nn.init.uniform_(layers[-1].weight, -bound, bound)
-                nn.init.zeros_(layers[-1].bias)
-            if not (linear_embedding and i == len(fc_sizes) - 1):
-                layers += [nn.BatchNorm1d(size, momentum=0.05), nn.LeakyReLU(negative_slope)]
-            in_features = size
-        self.fc = nn.Sequential(*layers)
-        self.embedding_size = in_features
+        self.fc = fc_stack(in_features, fc_sizes, negative_slope, fc_input_norm, linear_embedding, layer_norm,
+                           fc_init)
+        self.embedding_size = fc_sizes[-1] if fc_sizes else in_features
 
     def conv_features(self, chunks):
         """Returns the convolutional feature map ``(batch, channels, frames)``."""
@@ -491,6 +498,15 @@ def iter_chunks(wavs, lens, chunk_size, shift, max_chunks):
         yield windows[owner[part], frame[part]], owner[part]
 
 
+def default_shift(chunk_size):
+    """The hop between the chunks of an utterance embedding when none is set: half a chunk.
+
+    >>> default_shift(3200)
+    1600
+    """
+    return chunk_size // 2
+
+
 def utterance_embeddings(encoder, wavs, lens=None, chunk_size=3200, shift=None, max_chunks=64):
     """Embeds whole utterances as the mean of their L2-normalised chunk embeddings.
 
@@ -514,7 +530,7 @@ def utterance_embeddings(encoder, wavs, lens=None, chunk_size=3200, shift=None, 
     torch.Tensor
         ``(batch, D)`` utterance embeddings (not re-normalised).
     """
-    shift = shift or chunk_size // 2
+    shift = shift or default_shift(chunk_size)
     pieces, owners = [], []
     for chunks, owner in iter_chunks(wavs, lens, chunk_size, shift, max_chunks):
         pieces.append(encoder(chunks))

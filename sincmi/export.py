@@ -38,7 +38,6 @@ Usage:
 """
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -59,15 +58,14 @@ from speechbrain.dataio.preprocess import AudioNormalizer
 
 from sincmi.backend import BACKENDS, Backend
 from sincmi.calibration import Calibration
-from sincmi.encoder import SincNetEncoder
+from sincmi.encoder import SincNetEncoder, default_shift
 from sincmi.inference import SentenceClassifier, Unchanged, UnitLength, UtteranceEmbedder, WaveformScaling
 from sincmi.scoring import read_scores
 from sincmi.thresholds import SPEC_HELP, ScoreSummary, describe, operating_point, score_summary
 
-SUMMARY_FILE, CALIBRATION_FILE = "score_summary.ckpt", "calibration.ckpt"
-BACKEND_FILE, COHORT_FILE = "backend.ckpt", "cohort.ckpt"
-CLASSIFIER_FILE, LABELS_FILE = "classifier.ckpt", "label_encoder.ckpt"
-ONNX_FILE, ONNX_CONFIG_FILE = "encoder.onnx", "encoder_onnx.json"
+from sincmi.layout import (BACKEND_FILE, CALIBRATION_FILE, CLASSIFIER_FILE, COHORT_FILE, ENCODER_FILE, HPARAMS_FILE,
+                           LABELS_FILE, MODEL_FILES, ONNX_CONFIG_FILE, ONNX_FILE, PROGRAM_FILE, SUMMARY_FILE,
+                           RUN_CALIBRATION_FILE, TORCHSCRIPT_FILE)
 
 
 def find_stage_checkpoint(save_folder, stage=None):
@@ -296,10 +294,6 @@ def choose_threshold(experiment, hparams, spec, scores=None, backend="none", nor
     return summary, point, note
 
 
-MODEL_FILES = ("hyperparams.yaml", "encoder.ckpt", BACKEND_FILE, COHORT_FILE, CALIBRATION_FILE, SUMMARY_FILE,
-               CLASSIFIER_FILE, LABELS_FILE, "encoder_torchscript.pt", "encoder.pt2", ONNX_FILE, ONNX_CONFIG_FILE)
-
-
 def pack_backend(experiment, system, backend, staging):
     """Copies the run's fitted ``backend`` of ``system`` into the staging folder (nothing for ``none``)."""
     if backend not in BACKENDS:
@@ -346,7 +340,7 @@ def pack_calibration(experiment, system, backend, staging, normalised_as_run):
 
 def pack_classifier(hparams, checkpoint, save_folder, encoder, staging):
     """Copies the stage's speaker classifier and labels; returns ``(class, arguments)`` of the head, or None."""
-    classifier = os.path.join(checkpoint, "classifier.ckpt")
+    classifier = os.path.join(checkpoint, CLASSIFIER_FILE)
     labels = os.path.join(save_folder, layout.LABEL_ENCODER_FILE)
     make = hparams.get("classifier")
     if not (os.path.isfile(classifier) and os.path.isfile(labels) and hasattr(make, "func")):
@@ -361,7 +355,7 @@ def pack_classifier(hparams, checkpoint, save_folder, encoder, staging):
 
 def read_experiment(experiment):
     """The hparams of a recipe run's output folder; one-line errors for anything else."""
-    hparams_file = os.path.join(experiment, "hyperparams.yaml")
+    hparams_file = os.path.join(experiment, HPARAMS_FILE)
     if not os.path.isdir(experiment):
         raise FileNotFoundError(f"{experiment} does not exist: pass the output_folder of a recipe run")
     if not os.path.isfile(hparams_file):
@@ -377,7 +371,7 @@ def read_experiment(experiment):
 
 def is_model_folder(folder):
     """True for a folder written by :func:`export` (its hyperparams declare a pretrainer)."""
-    path = os.path.join(folder, "hyperparams.yaml")
+    path = os.path.join(folder, HPARAMS_FILE)
     if not os.path.isfile(path):
         return False
     with open(path) as f:
@@ -443,7 +437,7 @@ def stage_model(experiment, hparams, encoder, staging, stage, threshold, traced,
     if not os.path.isdir(save_folder):
         save_folder = hparams["save_folder"]
     stage, checkpoint = find_stage_checkpoint(save_folder, stage)
-    shutil.copyfile(os.path.join(checkpoint, "encoder.ckpt"), os.path.join(staging, "encoder.ckpt"))
+    shutil.copyfile(os.path.join(checkpoint, ENCODER_FILE), os.path.join(staging, ENCODER_FILE))
     summary = {"experiment": experiment, "stage": stage, "checkpoint": str(checkpoint), "system": system,
                "backend": backend, "score_norm": method, "calibrated": calibration is not None}
     classifier = pack_classifier(hparams, checkpoint, save_folder, encoder, staging)
@@ -458,10 +452,10 @@ def stage_model(experiment, hparams, encoder, staging, stage, threshold, traced,
                                      ("classifier", CLASSIFIER_FILE), ("label_encoder", LABELS_FILE))
              if os.path.isfile(os.path.join(staging, file))]
     note = f"Exported from {experiment} ({stage} checkpoint, back end {backend}). {threshold_note}"
-    shift = hparams.get("verification_shift") or hparams.get("eval_shift") or encoder.chunk_size // 2
+    shift = hparams.get("verification_shift") or hparams.get("eval_shift") or default_shift(encoder.chunk_size)
     normalize_peak = bool(hparams.get("normalize_peak", False))
     p_target = hparams.get("p_target", 0.01)
-    with open(os.path.join(staging, "hyperparams.yaml"), "w") as f:
+    with open(os.path.join(staging, HPARAMS_FILE), "w") as f:
         f.write(inference_yaml(encoder, shift, normalize_peak, summary["threshold"], note,
                                None if point is None else point.name, parts, method, top_k, classifier, p_target))
     if traced:
@@ -484,12 +478,12 @@ def export_traced(encoder, staging, shift, normalize_peak, backend, method, top_
 
 
 def _export_traced(encoder, staging, shift, normalize_peak, backend, method, top_k, threshold, calibration, p_target):
-    state = torch.load(os.path.join(staging, "encoder.ckpt"), map_location="cpu", weights_only=True)
+    state = torch.load(os.path.join(staging, ENCODER_FILE), map_location="cpu", weights_only=True)
     encoder.load_state_dict(state)
     encoder.eval()
-    errors = {"torchscript_max_abs_diff": export_torchscript(encoder, os.path.join(staging, "encoder_torchscript.pt"),
+    errors = {"torchscript_max_abs_diff": export_torchscript(encoder, os.path.join(staging, TORCHSCRIPT_FILE),
                                                              encoder.chunk_size),
-              "torch_export_max_abs_diff": export_program(encoder, os.path.join(staging, "encoder.pt2"),
+              "torch_export_max_abs_diff": export_program(encoder, os.path.join(staging, PROGRAM_FILE),
                                                           encoder.chunk_size)}
     if not onnx_available():
         errors["onnx"] = 'skipped: install the onnx extra (pip install -e ".[onnx]")'
@@ -519,7 +513,7 @@ def update_onnx_config(model_folder, **settings):
 
 def set_threshold(model_folder, point, summary=None):
     """Stores a new operating point in an exported model folder; with ``summary``, also the trials' summary."""
-    hparams_path = os.path.join(model_folder, "hyperparams.yaml")
+    hparams_path = os.path.join(model_folder, HPARAMS_FILE)
     with open(hparams_path) as f:
         text = f.read()
     for line in threshold_lines(point.threshold, point.name).splitlines():
@@ -537,11 +531,11 @@ def set_threshold(model_folder, point, summary=None):
 def set_calibration(model_folder, calibration):
     """Stores a new calibration in a model folder; the one it replaces is kept as ``calibration_run.ckpt``."""
     path = os.path.join(model_folder, CALIBRATION_FILE)
-    kept = os.path.join(model_folder, "calibration_run.ckpt")
+    kept = os.path.join(model_folder, RUN_CALIBRATION_FILE)
     if os.path.isfile(path) and not os.path.isfile(kept):
         shutil.copyfile(path, kept)
     calibration.save(path)
-    hparams_path = os.path.join(model_folder, "hyperparams.yaml")
+    hparams_path = os.path.join(model_folder, HPARAMS_FILE)
     with open(hparams_path) as f:
         text = f.read()
     if "    calibration: !ref <calibration>" not in text:

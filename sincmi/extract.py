@@ -129,7 +129,7 @@ def save_embeddings(out, fmt, ids, paths, speakers, matrix, starts=None, ends=No
             writer.writerow([row, *values])
 
 
-def main(argv=None):
+def parse_arguments(argv):
     parser = argparse.ArgumentParser(prog="python -m sincmi embed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="model folder (written by python -m sincmi export)")
@@ -147,19 +147,16 @@ def main(argv=None):
         parser.error("--hop needs --window")
     if args.window is not None and args.window <= 0 or args.hop is not None and args.hop <= 0:
         parser.error("--window and --hop are positive numbers of seconds")
+    return args
 
-    with one_line_errors():
-        utterances = list_utterances(args.source, args.data_root)
-        if args.data_root is None and any("$data_root" in item[1] for item in utterances):
-            raise ValueError(f"{args.source} names its files under $data_root: pass --data_root DIR "
-                             "(the folder the recipe prepared it from)")
-        if not utterances:
-            raise ValueError(f"{args.source} holds no audio file ({', '.join(AUDIO_EXTENSIONS)})")
-        model = load_model(args.model, args.device)
-    rate, chunk = model.hparams.sample_rate, model.encoder.chunk_size
+
+def usable_items(utterances, rate, chunk):
+    """``(items, skipped)``: ``(item, AudioCheck)`` of the utterances a model can embed, ``(file, reason)`` of the rest.
+
+    The preparers' checks, on the header only; any rate will do (resampled), any length of at least a chunk.
+    """
     items, skipped = [], []
     for item in utterances:
-        # The preparers' checks, on the header only; any rate will do (resampled).
         check = inspect_audio(item[1], rate, 1, resample=True, read_samples=False)
         stop = check.frames if item[3] is None else item[3]
         if not check.reason and (stop - item[2]) * rate / check.rate < chunk:
@@ -168,50 +165,70 @@ def main(argv=None):
             skipped.append((item[1], check.reason))
         else:
             items.append((item, check))
+    return items, skipped
 
-    ids, paths, speakers, embeddings = [], [], [], []
-    starts, ends = [], []  # window times, with --window
-    batch = []
+
+class Embedded:
+    """The rows of an embed output as they are made: ids, paths, speakers, embeddings and window times."""
+
+    def __init__(self):
+        self.ids, self.paths, self.speakers, self.embeddings, self.starts, self.ends = [], [], [], [], [], []
+
+    def add(self, item, vector, times=None):
+        self.ids.append(item[0]), self.paths.append(item[1]), self.speakers.append(item[4])
+        self.embeddings.append(vector)
+        if times is not None:
+            self.starts.append(round(times[0], 6)), self.ends.append(round(times[1], 6))
+
+
+def embed_items(model, items, args, skipped):
+    """Embeds ``items`` (:func:`usable_items`) into an :class:`Embedded`; files that fail are added to ``skipped``."""
+    rate, out, batch = model.hparams.sample_rate, Embedded(), []
 
     def flush():
         if batch:
-            padded = PaddedBatch([{"sig": sig} for _, sig in batch])
-            wavs, lens = padded.sig
-            emb = model.encode_batch(wavs, lens).cpu()
-            for (item, _), vector in zip(batch, emb):
-                ids.append(item[0]), paths.append(item[1]), speakers.append(item[4]), embeddings.append(vector)
+            wavs, lens = PaddedBatch([{"sig": sig} for _, sig in batch]).sig
+            for item, vector in zip(batch, model.encode_batch(wavs, lens).cpu()):
+                out.add(item[0], vector)
             batch.clear()
 
     for item, check in progress_bar(items, desc="Embedding"):
-        utt_id, path, start, stop, speaker = item
+        utt_id, path, start, stop, _ = item
         stop = check.frames if stop is None else stop
-        if args.window is not None:
-            if start != 0 or stop != check.frames:
-                skipped.append((path, f"{utt_id} is a segment ({start}-{stop}); --window embeds whole files"))
-                continue
-            try:
-                times, emb = model.encode_file(path, window=args.window, hop=args.hop)
-            except Exception as error:
-                skipped.append((path, f"read failed: {error}"))
-                continue
-            for (begin, end), vector in zip(times.tolist(), emb):
-                ids.append(utt_id), paths.append(path), speakers.append(speaker), embeddings.append(vector)
-                starts.append(round(begin, 6)), ends.append(round(end, 6))
-            continue
+        whole = start == 0 and stop == check.frames
         try:
-            if stop - start > args.max_batch_seconds * check.rate and start == 0 and stop == check.frames:
-                emb = model.encode_file(path).cpu()
-                ids.append(utt_id), paths.append(path), speakers.append(speaker), embeddings.append(emb)
-                continue
-            sig = resampled(read_segment(path, start, stop - start), (check.rate, rate))
+            if args.window is not None:
+                if not whole:
+                    skipped.append((path, f"{utt_id} is a segment ({start}-{stop}); --window embeds whole files"))
+                    continue
+                times, emb = model.encode_file(path, window=args.window, hop=args.hop)
+                for span, vector in zip(times.tolist(), emb):
+                    out.add(item, vector, span)
+            elif stop - start > args.max_batch_seconds * check.rate and whole:
+                out.add(item, model.encode_file(path).cpu())
+            else:
+                batch.append((item, resampled(read_segment(path, start, stop - start), (check.rate, rate))))
         except Exception as error:  # a file broken past its header
             skipped.append((path, f"read failed: {error}"))
             continue
-        batch.append((item, sig))
         if len(batch) == args.batch_size:
             flush()
     flush()
+    return out
 
+
+def main(argv=None):
+    args = parse_arguments(argv)
+    with one_line_errors():
+        utterances = list_utterances(args.source, args.data_root)
+        if args.data_root is None and any("$data_root" in item[1] for item in utterances):
+            raise ValueError(f"{args.source} names its files under $data_root: pass --data_root DIR "
+                             "(the folder the recipe prepared it from)")
+        if not utterances:
+            raise ValueError(f"{args.source} holds no audio file ({', '.join(AUDIO_EXTENSIONS)})")
+        model = load_model(args.model, args.device)
+    items, skipped = usable_items(utterances, model.hparams.sample_rate, model.encoder.chunk_size)
+    out = embed_items(model, items, args, skipped)
     if skipped:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out + "_skipped.csv", "w", newline="") as f:
@@ -219,14 +236,14 @@ def main(argv=None):
             writer.writerow(["file", "reason"])
             writer.writerows(skipped)
         print(f"{len(skipped)} file(s) skipped, listed in {args.out}_skipped.csv")
-    if not embeddings:
+    if not out.embeddings:
         sys.exit(f"error: no file of {args.source} could be embedded ({len(skipped)} skipped: "
                  f"see {args.out}_skipped.csv)")
     windowed = args.window is not None
-    save_embeddings(args.out, args.format, ids, paths, speakers, torch.stack(embeddings),
-                    starts if windowed else None, ends if windowed else None)
+    save_embeddings(args.out, args.format, out.ids, out.paths, out.speakers, torch.stack(out.embeddings),
+                    out.starts if windowed else None, out.ends if windowed else None)
     written = f"{args.out}.pt" if args.format == "pt" else f"{args.out}.npy and {args.out}.csv"
-    print(f"written {written} ({len(ids)} embeddings)")
+    print(f"written {written} ({len(out.ids)} embeddings)")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ others) make the same folder work in SpeechBrain's ``EncoderClassifier`` and
 ``SpeakerRecognition``.
 """
 
-import json
 import math
 import os
 from collections import namedtuple
@@ -32,18 +31,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.inference.interfaces import Pretrained
-from torch.utils.data import DataLoader
 
-from sincmi import audio
+from sincmi import audio, layout
 from sincmi.audio import to_mono
 from sincmi.backend import Backend
 from sincmi.data import resampled
 from sincmi.calibration import bayes_threshold
 from sincmi.encoder import iter_chunks, utterance_embeddings
 from sincmi.thresholds import OperatingPoint, operating_point
-from sincmi.progress import progress_bar
 
 Verification = namedtuple("Verification", "score same_speaker operating_point llr")
 Verification.__doc__ = """A verification: the cosine ``score``, ``same_speaker`` (``score >
@@ -286,7 +282,7 @@ class SpeakerEncoder(Pretrained):
                              "(python -m sincmi export EXPERIMENT FOLDER)")
 
     @classmethod
-    def from_hparams(cls, source, hparams_file="hyperparams.yaml", savedir=None, **kwargs):
+    def from_hparams(cls, source, hparams_file=layout.HPARAMS_FILE, savedir=None, **kwargs):
         """Loads an exported model folder (or any source SpeechBrain can fetch).
 
         A local folder is used in place: nothing is copied or downloaded.
@@ -417,50 +413,6 @@ class SpeakerEncoder(Pretrained):
     def _prepare_modules(self, freeze_params):
         super()._prepare_modules(freeze_params)
         self.mods.eval()
-
-
-@torch.no_grad()
-def embed_dataset(encoder, dataset, device="cpu", batch_size=8, shift=None, progress=True, sampler=None,
-                  num_workers=0, max_chunks=64):
-    """Utterance embeddings of every item of a sentence dataset.
-
-    Arguments
-    ---------
-    encoder : torch.nn.Module
-        A chunk encoder (``SincNetEncoder`` or anything with ``chunk_size``
-        and, optionally, its own ``embed_utterances``).
-    dataset : DynamicItemDataset
-        Items with ``id`` and ``sig`` (see :func:`sincmi.data.sentence_dataset`).
-    shift : int, optional
-        Hop between chunks (default: half a chunk).
-    sampler : torch.utils.data.Sampler, optional
-        The items to embed (default: all, in order).
-    num_workers : int
-        Loader processes reading (and decoding) the utterances while the
-        encoder runs: at Vox1-E/H size the reading is no longer serial.
-    max_chunks : int
-        Chunks encoded per forward call (``eval_chunks_per_batch``).
-
-    Returns
-    -------
-    dict
-        ``{id: embedding}`` on the CPU.
-    """
-    encoder = encoder.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PaddedBatch, sampler=sampler,
-                        num_workers=num_workers, prefetch_factor=4 if num_workers else None)
-    embeddings = {}
-    for batch in progress_bar(loader, desc="Embedding utterances", enabled=progress):
-        wavs, lens = batch.sig
-        wavs, lens = wavs.to(device), lens.to(device)
-        with torch.no_grad():
-            if hasattr(encoder, "embed_utterances"):
-                emb = encoder.embed_utterances(wavs, lens, shift=shift, max_chunks=max_chunks)
-            else:
-                emb = utterance_embeddings(encoder, wavs, lens, encoder.chunk_size, shift, max_chunks)
-        for utt_id, vector in zip(batch.id, emb.cpu()):
-            embeddings[utt_id] = vector
-    return embeddings
 
 
 def chunk_count(num_samples, chunk_size, shift):

@@ -23,6 +23,18 @@ EXPORT_ORDER = (SPEAKER_ID, FINETUNE, PRETRAIN)
 RESULTS_FILE = "results.json"
 TRIALS_FILE = "trials.txt"
 LABEL_ENCODER_FILE = "label_encoder.txt"
+HPARAMS_FILE = "hyperparams.yaml"  # a run's resolved hparams, and a model folder's inference hparams
+ENCODER_FILE, CLASSIFIER_FILE = "encoder.ckpt", "classifier.ckpt"  # in checkpoints and model folders
+
+# A model folder (python -m sincmi export): every file SpeechBrain's Pretrainer fetches is <loadable>.ckpt ...
+BACKEND_FILE, COHORT_FILE, CALIBRATION_FILE = "backend.ckpt", "cohort.ckpt", "calibration.ckpt"
+SUMMARY_FILE, LABELS_FILE = "score_summary.ckpt", "label_encoder.ckpt"
+# ... and the encoder for other runtimes.
+TORCHSCRIPT_FILE, PROGRAM_FILE = "encoder_torchscript.pt", "encoder.pt2"
+ONNX_FILE, ONNX_CONFIG_FILE = "encoder.onnx", "encoder_onnx.json"
+MODEL_FILES = (HPARAMS_FILE, ENCODER_FILE, BACKEND_FILE, COHORT_FILE, CALIBRATION_FILE, SUMMARY_FILE,
+               CLASSIFIER_FILE, LABELS_FILE, TORCHSCRIPT_FILE, PROGRAM_FILE, ONNX_FILE, ONNX_CONFIG_FILE)
+RUN_CALIBRATION_FILE = "calibration_run.ckpt"  # the run's calibration, kept when threshold --calibrate replaces it
 PRETRAINING_DATA_FILE = "pretraining_data.json"  # in save_folder: what LIM pretrained on
 
 

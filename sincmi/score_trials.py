@@ -21,7 +21,7 @@ import os
 import sys
 
 
-from sincmi import extract
+from sincmi import extract, layout
 from sincmi.metrics import verification_metrics
 from sincmi.scoring import SCORE_NORMS, read_trials, score_trials, write_scores
 from sincmi.plots import det_curve
@@ -68,7 +68,7 @@ def main(argv=None):
     write_scores(os.path.join(args.out_folder, "scores.txt"), trials, scores.tolist())
     metrics = verification_metrics(scores[labels], scores[~labels])
     metrics["score_norm"] = args.score_norm
-    with open(os.path.join(args.out_folder, "results.json"), "w") as f:
+    with open(os.path.join(args.out_folder, layout.RESULTS_FILE), "w") as f:
         json.dump(metrics, f, indent=2)
     det_curve({os.path.basename(args.embeddings): (scores[labels], scores[~labels])},
               os.path.join(args.out_folder, "det.png"))

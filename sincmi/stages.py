@@ -10,11 +10,11 @@ import inspect
 import json
 import logging
 import os
+import random
 import shutil
 import sys
 import time
 
-import numpy as np
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
@@ -26,16 +26,13 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from sincmi import data, distributed, layout, progress, shards
 from sincmi.prepare import unlabelled
 from sincmi.prepare.manifest import OPTS_FILE
-from sincmi.backend import BACKEND_LABELS, Backend
 from sincmi.brains import LIMBrain, SpeakerIdBrain
-from sincmi.calibration import fit_on_training_speakers
 from sincmi.checkpoints import make_checkpointer
 from sincmi.manifest_table import ManifestTable, as_table
 from sincmi.config import PRETRAIN_DATA, check_hparams
-from sincmi.inference import embed_dataset
-from sincmi.metrics import verification_metrics
-from sincmi.scoring import read_trials, score_trials, write_scores
-from sincmi.plots import det_curve, embedding_map, training_curves
+from sincmi.plots import embedding_map, training_curves
+from sincmi.reporting import write_results
+from sincmi.verification import embed_dataset, result_rows, verify
 from sincmi.provenance import record_start, run_provenance
 
 logger = logging.getLogger(__name__)
@@ -152,10 +149,10 @@ def preparer_settings(preparer, hparams, given=()):
     ...                                 "sample_rate": 16000, "resample_audio": False})
     {'data_folder': 'd', 'save_folder': 's', 'min_samples': 3200, 'resample': False}
     """
-    file_rate = hparams.get("file_sample_rate") or hparams["sample_rate"]
+    rates = data.rate_pair(hparams)
     shared = {
-        "sample_rate": file_rate,
-        "min_samples": data.file_frames(hparams["chunk_size"], (file_rate, hparams["sample_rate"])),
+        "sample_rate": rates[0],
+        "min_samples": data.file_frames(hparams["chunk_size"], rates),
         "resample": hparams.get("resample_audio", False),
     }
     settings = {}
@@ -292,7 +289,7 @@ def shard_pairs(hparams, pool):
                  if os.path.isfile(path)]
     if pool:
         manifests.append(os.path.join(hparams["save_folder"], unlabelled.MANIFEST))
-    rates = (hparams.get("file_sample_rate") or hparams["sample_rate"], hparams["sample_rate"])
+    rates = data.rate_pair(hparams)
     if rates[0] != rates[1]:
         raise ValueError("train_shards: the files must be at sample_rate (file_sample_rate differs)")
     return shards.ShardPairs(
@@ -302,6 +299,27 @@ def shard_pairs(hparams, pool):
         min_pair_distance=hparams.get("min_pair_distance") or 0, sample_rate=hparams["sample_rate"],
         manifests=manifests, epoch_counter=declared(hparams, "pretrain_epoch_counter"),
     )
+
+
+def calibration_speaker_set(hparams, rows):
+    """The training speakers kept out of LIM and the back ends to fit the calibration on (``calibration_speakers``).
+
+    ``calibration_speakers: 0`` (default): none; the calibration is fitted on
+    every training speaker (:func:`sincmi.calibration.fit_on_training_speakers`).
+    Otherwise that many speakers of ``rows``, drawn from the seed.
+
+    >>> sorted(calibration_speaker_set({"calibration_speakers": 1, "seed": 0}, {"a": {"spk_id": "x"},
+    ...                                "b": {"spk_id": "y"}, "c": {"spk_id": "z"}}))
+    ['y']
+    """
+    count = hparams.get("calibration_speakers") or 0
+    if not count:
+        return set()
+    names = sorted({row["spk_id"] for row in rows.values()})
+    if count > len(names) - 2:
+        raise ValueError(f"calibration_speakers={count} leaves fewer than 2 of the {len(names)} training speakers "
+                         "for LIM and the back ends: choose fewer")
+    return set(random.Random(hparams["seed"]).sample(names, count))
 
 
 def pretraining_rows(hparams, manifests):
@@ -315,13 +333,16 @@ def pretraining_rows(hparams, manifests):
     speaker's audio (:func:`sincmi.data.label_subset`, drawn from the seed).
     With ``unlabelled_folder``, the segments of the pool
     (:func:`prepare_unlabelled_pool`) are added. Verification speakers are
-    never used.
+    never used, nor the ``calibration_speakers`` (:func:`calibration_speaker_set`).
     """
     choice = hparams.get("pretrain_data", "train")
     if choice not in PRETRAIN_DATA:
         raise ValueError(f"pretrain_data={choice!r} is invalid: choose one of {list(PRETRAIN_DATA)}")
     parts = {"train": [manifests["train"]], "none": [],
              "all": [manifests["train"], manifests["valid"], manifests.get("test", {})]}[choice]
+    held = calibration_speaker_set(hparams, manifests["train"])
+    if held:  # the calibration's speakers stay unheard
+        parts = [{key: row for key, row in part.items() if row["spk_id"] not in held} for part in parts]
     fraction = hparams.get("pretrain_audio_fraction") or 1.0
     if fraction < 1.0:
         parts = [data.label_subset(dict(part), fraction, hparams["seed"], hparams["chunk_size"]) for part in parts]
@@ -594,11 +615,17 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
     """
     sets = data.RecipeDatasets(hparams, audio)
     verification_set = sets.sentences(rows)
+    same_cohort = cohort_rows is backend_rows
+    held = calibration_speaker_set(hparams, backend_rows)
+    calibration_rows = {key: row for key, row in backend_rows.items() if row["spk_id"] in held}
+    if held:  # their trials fit the calibration; the back ends never see them, as LIM did not
+        backend_rows = {key: row for key, row in backend_rows.items() if row["spk_id"] not in held}
     backend_set = sets.sentences(backend_rows)
+    calibration_set = sets.sentences(calibration_rows) if held else None
     # One dataset when the cohort is the back ends' set (VoxCeleb): verify() then embeds it once.
-    cohort_set = backend_set if cohort_rows is backend_rows else sets.sentences(cohort_rows) if cohort_rows else None
+    cohort_set = backend_set if same_cohort else sets.sentences(cohort_rows) if cohort_rows else None
     speakers = {key: row["spk_id"] for key, row in rows.items()}
-    training_speakers = {key: row["spk_id"] for key, row in backend_rows.items()}
+    training_speakers = {key: row["spk_id"] for key, row in (calibration_rows if held else backend_rows).items()}
     saved = hparams.get("save_scores") or list(systems)[:1]  # default: the run's own system
     results = {}
     for i, (name, encoder) in enumerate(systems.items()):
@@ -611,134 +638,12 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
             backends=hparams.get("verification_backends", ["none"]), backend_set=backend_set,
             save_scores=name in saved, num_workers=hparams.get("num_workers") or 0,
             max_chunks=hparams.get("eval_chunks_per_batch") or 64, training_speakers=training_speakers,
+            calibration_set=calibration_set,
             calibration_prior=hparams.get("calibration_prior"), p_target=hparams.get("p_target", 0.01),
         )
         timings["verification" if i == 0 else f"verification ({name})"] = time.time() - start
         results.update(result_rows(name, by_backend, (stats or {}).get(name)))
     return results
-
-
-def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, cohort_set=None,
-           score_norm=None, top_k=None, out_folder=None, name="system", speakers=None,
-           backends=("none",), backend_set=None, save_scores=True, num_workers=0, max_chunks=64,
-           training_speakers=None, calibration_prior=None, p_target=0.01):
-    """Scores a trial list by cosine on utterance embeddings, after each back end, and calibrates the scores.
-
-    Every process embeds its share of the utterances (with ``num_workers``
-    loader processes, ``max_chunks`` chunks per forward call); the main
-    process alone scores, in bounded memory (:func:`sincmi.scoring.score_trials`).
-
-    Arguments
-    ---------
-    shift : int, optional
-        Hop between the chunks averaged into an utterance embedding (default:
-        half a chunk).
-    cohort_set : dataset, optional
-        Utterances whose embeddings form the score-normalisation cohort.
-    score_norm, top_k : see :func:`sincmi.scoring.score_trials`.
-    out_folder : str, optional
-        Where ``scores_<name>.txt.gz`` and ``det_<name>.png`` are written (one
-        pair per back end other than ``none``: ``scores_<name>_<back end>.txt.gz``),
-        with ``save_scores``, and the fitted back ends and cohort that the
-        export packs (:func:`save_model_parts`).
-    speakers : dict, optional
-        ``{utterance id: speaker}``: also draws ``embeddings_<name>.png``, a
-        2-D map of the utterance embeddings (with ``out_folder``).
-    backends : sequence of str
-        Back ends (:mod:`sincmi.backend`) applied before scoring, each scored.
-    backend_set : dataset, optional
-        Training speakers' utterances that the back ends are fitted on (no
-        labels used); needed by every back end but ``none``.
-    training_speakers : dict, optional
-        ``{utterance id: speaker}`` of ``backend_set``: trials among them fit
-        each back end's calibration (:func:`sincmi.calibration.fit_on_training_speakers`,
-        at ``calibration_prior``, default ``p_target``), and every row gets
-        ``Cllr``, ``minCllr`` and ``actDCF`` at ``p_target`` on the verification trials.
-
-    Returns
-    -------
-    dict
-        ``{back end: metrics}`` (EER, minDCF, trial counts); empty on the other processes.
-    """
-    def embed(items):
-        return distributed.embed_all_processes(encoder, items, device, batch_size, shift, num_workers, max_chunks)
-
-    embeddings = embed(dataset)
-    cohort_emb = fitted = training = None
-    if score_norm is not None:
-        if cohort_set is None:
-            raise ValueError(f"score_norm={score_norm!r} needs a cohort")
-        cohort_emb = embed(cohort_set)
-    if any(b != "none" for b in backends) or training_speakers:
-        if backend_set is None:
-            raise ValueError(f"verification back ends {list(backends)} need the training utterances (backend_set)")
-        fitted = cohort_emb if backend_set is cohort_set and score_norm is not None else embed(backend_set)
-    if embeddings is None:  # not the main process: it only embedded its share
-        return {}
-    if fitted is not None:
-        training = torch.stack(list(fitted.values()))
-    trials = read_trials(trials_file)
-    results = {}
-    for backend_name in backends:
-        backend = Backend(backend_name, training)
-        cohort = None
-        if cohort_emb is not None:
-            cohort = backend(torch.stack([cohort_emb[key] for key in sorted(cohort_emb)]))
-        scores, labels = score_trials(backend.apply(embeddings), trials, cohort, score_norm, top_k)
-        results[backend_name] = {**verification_metrics(scores[labels], scores[~labels]), "backend": backend_name}
-        calibration = None
-        if training_speakers:
-            raw_cohort = None if cohort_emb is None else torch.stack([cohort_emb[key] for key in sorted(cohort_emb)])
-            calibration = fit_on_training_speakers(fitted, training_speakers, backend_name, raw_cohort, score_norm,
-                                                   top_k, calibration_prior or p_target)
-            results[backend_name].update(calibration.metrics(scores[labels].numpy(), scores[~labels].numpy(),
-                                                             p_target))
-        if out_folder is not None and save_scores and if_main_process():
-            save_model_parts(out_folder, name, backend, cohort, calibration)
-            scores_path = layout.scores_file(out_folder, name, backend_name)
-            write_scores(scores_path, trials, scores.tolist())
-            slug = os.path.basename(scores_path)[len("scores_"):].split(".")[0]
-            det_curve({name: (scores[labels], scores[~labels])}, os.path.join(out_folder, f"det_{slug}.png"))
-    if out_folder is not None and speakers and if_main_process():
-        ids = [key for key in embeddings if key in speakers]
-        embedding_map(torch.stack([embeddings[key] for key in ids]).numpy(), [speakers[key] for key in ids],
-                      os.path.join(out_folder, f"embeddings_{layout.file_slug(name)}.png"), title=f"{name}: embeddings (PCA)")
-    return results
-
-
-def save_model_parts(out_folder, system, backend, cohort=None, calibration=None):
-    """Keeps what ``python -m sincmi export`` packs with the encoder: back end, cohort, calibration.
-
-    The back end (not for ``none``) goes to :func:`sincmi.layout.backend_file`,
-    the cohort embeddings after it (with score normalisation) to
-    :func:`sincmi.layout.cohort_file`, the calibration to :func:`sincmi.layout.calibration_file`.
-    """
-    if backend.name != "none":
-        path = layout.backend_file(out_folder, system, backend.name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        backend.save(path)
-    if calibration is not None:
-        path = layout.calibration_file(out_folder, system, backend.name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        calibration.save(path)
-    if cohort is not None:
-        path = layout.cohort_file(out_folder, system, backend.name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        np.savez(path, embeddings=cohort.numpy())
-
-
-def result_rows(system, by_backend, stats=None):
-    """One results row per back end: ``{row name: metrics + stats}``.
-
-    The row of the ``none`` back end is named after the system, the others
-    add the back end (``"MFCC statistics, standardised"``).
-
-    Example
-    -------
-    >>> sorted(result_rows("LIM", {"none": {"EER": 0.1}, "standardize": {"EER": 0.2}}))
-    ['LIM', 'LIM, standardised']
-    """
-    return {system + BACKEND_LABELS[name]: {**metrics, **(stats or {})} for name, metrics in by_backend.items()}
 
 
 def load_pretrained_encoder(encoder, experiment_folder):
@@ -756,33 +661,6 @@ def load_pretrained_encoder(encoder, experiment_folder):
     checkpointer.recover_if_possible(min_key=layout.best_checkpoint_key(layout.PRETRAIN))
     logger.info(f"Loaded the LIM encoder of {experiment_folder}")
     return encoder
-
-
-def write_results(path, results):
-    """Writes ``results`` as JSON (atomically) and returns a printable table."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, path)
-    columns = [("EER", "EER %"), ("minDCF_0.01", "minDCF"), ("actDCF_0.01", "actDCF"), ("Cllr", "Cllr"),
-               ("minCllr", "minCllr"), ("sentence_error", "CER %"), ("chunk_error", "chunk err %")]
-    columns = [c for c in columns if any(c[0] in v for v in results["systems"].values())]
-    width = max([24] + [len(name) + 2 for name in results["systems"]])
-    with_backend = any("backend" in v for v in results["systems"].values())
-    header = f"{'system':<{width}}" + (f"{'back end':>13}" if with_backend else "")
-    header += "".join(f"{title:>14}" for _, title in columns)
-    lines = [header, "-" * len(header)]
-    for system, values in results["systems"].items():
-        cells = f"{values.get('backend', '-'):>13}" if with_backend else ""
-        for key, _ in columns:
-            if key not in values:
-                cells += f"{'-':>14}"
-            elif key.startswith(("minDCF", "actDCF")) or key.endswith("Cllr"):
-                cells += f"{values[key]:>14.4f}"
-            else:
-                cells += f"{100 * values[key]:>14.2f}"
-        lines.append(f"{system:<{width}}" + cells)
-    return "\n".join(lines)
 
 
 def device_of(run_opts):

@@ -22,7 +22,8 @@ from conftest import ROOT, SHARED_DATA, run_recipe, write_tone_corpus
 from sincmi import data
 from sincmi.calibration import Calibration, bayes_threshold
 from sincmi.encoder import utterance_embeddings
-from sincmi.inference import SpeakerEncoder, embed_dataset, file_embedding
+from sincmi.inference import SpeakerEncoder, file_embedding
+from sincmi.verification import embed_dataset
 from sincmi.scoring import read_scores
 from sincmi.thresholds import operating_point, score_summary
 

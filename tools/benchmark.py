@@ -163,13 +163,13 @@ def _encoder(kind):
 def _step_fn(kind, device, pairs=128, amp=False):
     """One LIM step (encoder + MLP critic + InfoNCE + RMSprop) as a callable, and its chunks."""
     import torch
-    from sincmi.discriminator import make_discriminator
+    from sincmi.discriminator import MLPDiscriminator
     from sincmi.objectives import InfoNCE
     from sincmi.pairs import pair_logits
 
     torch.manual_seed(0)
     encoder = _encoder(kind).to(device)
-    critic = make_discriminator("mlp", 2048, hidden_size=1024).to(device)
+    critic = MLPDiscriminator(2048, hidden_size=1024).to(device)
     objective = InfoNCE()
     params = list(encoder.parameters()) + list(critic.parameters())
     optimizer = torch.optim.RMSprop(params, lr=1e-3, alpha=0.95, eps=1e-8)  # the recipes' (SincNet's)

@@ -23,6 +23,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sincmi import layout  # noqa: E402
+
 BACKENDS = (("", "raw cosine"), (", standardised", "standardised"), (", whitened", "whitened"))
 
 
@@ -46,7 +48,7 @@ def load_point(runs, system):
     """``(minutes, pretrain seconds, {metric: [values]})`` over the runs of one point."""
     minutes, seconds, values = [], [], {}
     for run in runs:
-        with open(os.path.join(run, "results.json")) as f:
+        with open(os.path.join(run, layout.RESULTS_FILE)) as f:
             results = json.load(f)
         minutes.append(pretraining_minutes(run, results))
         seconds.append(results["timings_s"]["pretrain"])

@@ -380,7 +380,7 @@ def stage_lim_steps(shards, steps=6, workers=2, batch=128):
 def stage_embed(save, roots, workers=2):
     from sincmi.data import RecipeDatasets, load_manifest
     from sincmi.encoder import SincNetEncoder
-    from sincmi.inference import embed_dataset
+    from sincmi.verification import embed_dataset
 
     _fork_workers()
     encoder = SincNetEncoder(chunk_size=3200, sinc_filters=80, sinc_kernel=251, conv_channels=[60, 60],

@@ -16,12 +16,14 @@ import json
 import os
 import sys
 
+from sincmi import layout
+
 
 def summarize(folders):
     """``(rows, runs)``: per system row ``{EER, minDCF, CER}`` lists over the runs; the runs' provenance."""
     results = []
     for folder in folders:
-        path = os.path.join(folder, "results.json")
+        path = os.path.join(folder, layout.RESULTS_FILE)
         if not os.path.isfile(path):
             raise SystemExit(f"error: {path} is missing: pass the output folders of finished runs")
         with open(path) as f:
