@@ -18,14 +18,8 @@ import os
 import random
 
 from sincmi.audio import AUDIO_EXTENSIONS, is_audio_file
-from sincmi.prepare.manifest import (
-    already_prepared,
-    inspect_audio,
-    mark_prepared,
-    report_skipped,
-    write_manifest,
-)
-from sincmi.progress import progress_bar
+from sincmi.prepare.manifest import (CorpusFile, by_speaker, manifest_rows, preparation_options, report_skipped,
+                                     run_preparation, write_splits)
 
 logger = logging.getLogger(__name__)
 
@@ -86,20 +80,9 @@ def held_out_counts(num_files, test_per_speaker, valid_per_speaker, max_held_out
     return n_test, n_valid
 
 
-def prepare_folder(
-    data_folder,
-    save_folder,
-    sample_rate=16000,
-    min_samples=3200,
-    num_verification_speakers=20,
-    valid_per_speaker=2,
-    test_per_speaker=4,
-    max_trials=200000,
-    seed=1234,
-    resample=False,
-    max_held_out_share=0.5,
-    speaker_files=None,
-):
+def prepare_folder(data_folder, save_folder, sample_rate=16000, min_samples=3200, num_verification_speakers=20,
+                   valid_per_speaker=2, test_per_speaker=4, max_trials=200000, seed=1234, resample=False,
+                   max_held_out_share=0.5, speaker_files=None):
     """Writes the manifests of a speaker folder; skipped if already done.
 
     Arguments
@@ -136,54 +119,39 @@ def prepare_folder(
         ``{speaker: [audio files, relative to data_folder]}`` for a corpus laid
         out otherwise; default: :func:`find_speaker_files` (one folder per speaker).
     """
+    opts = preparation_options(locals(), leave_out=("save_folder", "speaker_files"))
     if speaker_files is not None and not any(speaker_files.values()):
         raise ValueError(f"speaker_files lists no audio file below {data_folder!r}")
-    opts = {
-        "data_folder": os.path.abspath(data_folder) if data_folder else data_folder,
-        "sample_rate": sample_rate,
-        "min_samples": min_samples,
-        "num_verification_speakers": num_verification_speakers,
-        "valid_per_speaker": valid_per_speaker,
-        "test_per_speaker": test_per_speaker,
-        "max_trials": max_trials,
-        "seed": seed,
-        "resample": resample,
-        "max_held_out_share": max_held_out_share,
-    }
     if speaker_files is not None:  # a changed listing is a changed preparation
         listing = json.dumps({spk: sorted(files) for spk, files in sorted(speaker_files.items())})
         opts["speaker_files_sha1"] = hashlib.sha1(listing.encode()).hexdigest()
-    if already_prepared(save_folder, opts, OUTPUTS):
-        logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
-        return
-    os.makedirs(save_folder, exist_ok=True)
 
-    speakers = find_speaker_files(data_folder) if speaker_files is None else {
-        spk: sorted(files) for spk, files in sorted(speaker_files.items()) if files}
-    rows, skipped, noted = {}, [], []
-    for spk, files in speakers.items():
-        for rel in progress_bar(files, desc=f"Checking {spk}", enabled=len(speakers) <= 50, leave=False):
-            path = os.path.join(data_folder, rel)
-            check = inspect_audio(path, sample_rate, min_samples, resample)
-            if check.reason:
-                skipped.append((path, check.reason))
-                continue
-            noted += [(path, note) for note in check.notes]
-            utt_id = spk + "-" + os.path.splitext(rel)[0].replace(os.sep, "-")
-            rows.setdefault(spk, []).append(
-                {
-                    "ID": utt_id,
-                    "duration": round(check.frames / check.rate, 4),
-                    "wav": "$data_root/" + rel.replace(os.sep, "/"),
-                    "start": 0,
-                    "stop": check.frames,
-                    "spk_id": spk,
-                    "rate": check.rate if check.rate != sample_rate else "",
-                }
-            )
-    report_skipped(save_folder, skipped, noted)
-    logger.info(f"{sum(map(len, rows.values()))} usable files, {len(skipped)} skipped, {len(noted)} kept with a note")
+    def prepare():
+        listed = find_speaker_files(data_folder) if speaker_files is None else speaker_files
+        files = [CorpusFile(os.path.join(data_folder, rel), "$data_root/" + rel.replace(os.sep, "/"),
+                            spk + "-" + os.path.splitext(rel)[0].replace(os.sep, "-"), spk)
+                 for spk, rels in sorted(listed.items()) for rel in sorted(rels)]
+        rows, skipped, noted = manifest_rows(files, sample_rate, min_samples, resample, desc="Checking audio")
+        report_skipped(save_folder, skipped, noted)
+        logger.info(f"{len(rows)} usable files, {len(skipped)} skipped, {len(noted)} kept with a note")
+        splits, counts = split_speakers(by_speaker(rows), data_folder, num_verification_speakers, valid_per_speaker,
+                                        test_per_speaker, max_held_out_share, max_trials, seed)
+        trials = splits.pop("trials")
+        write_splits(save_folder, splits)
+        with open(os.path.join(save_folder, "trials.txt"), "w") as f:
+            f.writelines(f"{label} {enrol} {test}\n" for label, enrol, test in trials)
+        return (f"Prepared {data_folder}: {counts['training']} training speakers "
+                f"({len(splits['train'])}/{len(splits['valid'])}/{len(splits['test'])} train/valid/test "
+                f"sentences), {counts['verification']} verification speakers ({len(splits['verification'])} "
+                f"utterances, {counts['trials']} trials), {len(skipped)} skipped")
 
+    run_preparation(save_folder, opts, OUTPUTS, prepare)
+
+
+def split_speakers(rows, data_folder, num_verification_speakers, valid_per_speaker, test_per_speaker,
+                   max_held_out_share, max_trials, seed):
+    """The Demo's splits of ``{speaker: rows}``: ``train``/``valid``/``test`` sentences of the training
+    speakers, the verification speakers' utterances and their ``trials``; and the counts."""
     names = sorted(rows)
     if len(names) - num_verification_speakers < 2 or num_verification_speakers < 2:
         raise ValueError(
@@ -195,7 +163,6 @@ def prepare_folder(
     rng.shuffle(names)
     verification_speakers = sorted(names[:num_verification_speakers])
     training_speakers = sorted(names[num_verification_speakers:])
-
     splits = {"train": [], "valid": [], "test": []}
     fell_back = []
     for spk in training_speakers:
@@ -213,6 +180,19 @@ def prepare_folder(
             f"and valid_per_speaker={valid_per_speaker} with at most {max_held_out_share:.0%} of a speaker's "
             f"files held out; fewer were held out: {', '.join(fell_back[:5])}{' ...' if len(fell_back) > 5 else ''}"
         )
+    check_held_out_splits(splits, data_folder, len(training_speakers), valid_per_speaker, test_per_speaker,
+                          max_held_out_share)
+    verification = sorted((r for spk in verification_speakers for r in rows[spk]), key=lambda r: r["ID"])
+    trials = [(int(a["spk_id"] == b["spk_id"]), a["ID"], b["ID"]) for a, b in itertools.combinations(verification, 2)]
+    if len(trials) > max_trials:
+        trials = sorted(rng.sample(trials, max_trials), key=lambda t: (t[1], t[2]))
+    counts = {"training": len(training_speakers), "verification": len(verification_speakers), "trials": len(trials)}
+    return {**splits, "verification": verification, "trials": trials}, counts
+
+
+def check_held_out_splits(splits, data_folder, training_speakers, valid_per_speaker, test_per_speaker,
+                          max_held_out_share):
+    """Refuses an empty validation or test split, naming the option and the files a speaker needs."""
     for split, option, value in (("valid", "valid_per_speaker", valid_per_speaker),
                                  ("test", "test_per_speaker", test_per_speaker)):
         if not splits[split]:
@@ -220,29 +200,8 @@ def prepare_folder(
                 n, test_per_speaker, valid_per_speaker, max_held_out_share)[split == "valid"]), None)
             raise ValueError(
                 f"{data_folder}: the {split} split is empty: {option}={value} with max_held_out_share="
-                f"{max_held_out_share} leaves no {split} file for any of the {len(training_speakers)} training "
+                f"{max_held_out_share} leaves no {split} file for any of the {training_speakers} training "
                 f"speakers (each keeps at least half of its files for training). "
                 + (f"This needs speakers with at least {needed} usable files; " if needed else "")
                 + f"raise {option} or max_held_out_share, or add files."
             )
-    for name, split_rows in splits.items():
-        write_manifest(os.path.join(save_folder, f"{name}.csv"), sorted(split_rows, key=lambda r: r["ID"]))
-
-    verification = sorted((r for spk in verification_speakers for r in rows[spk]), key=lambda r: r["ID"])
-    write_manifest(os.path.join(save_folder, "verification.csv"), verification)
-    trials = [
-        (int(a["spk_id"] == b["spk_id"]), a["ID"], b["ID"])
-        for a, b in itertools.combinations(verification, 2)
-    ]
-    if len(trials) > max_trials:
-        trials = sorted(rng.sample(trials, max_trials), key=lambda t: (t[1], t[2]))
-    with open(os.path.join(save_folder, "trials.txt"), "w") as f:
-        f.writelines(f"{label} {enrol} {test}\n" for label, enrol, test in trials)
-
-    mark_prepared(save_folder, opts)
-    logger.info(
-        f"Prepared {data_folder}: {len(training_speakers)} training speakers "
-        f"({len(splits['train'])}/{len(splits['valid'])}/{len(splits['test'])} "
-        f"train/valid/test sentences), {len(verification_speakers)} verification speakers "
-        f"({len(verification)} utterances, {len(trials)} trials), {len(skipped)} skipped"
-    )

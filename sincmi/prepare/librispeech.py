@@ -24,15 +24,8 @@ import random
 import numpy as np
 
 from sincmi.audio import is_audio_file, read_audio
-from sincmi.prepare.manifest import (
-    already_prepared,
-    inspect_many,
-    mark_prepared,
-    peak_gain,
-    report_skipped,
-    write_manifest,
-)
-from sincmi.progress import progress_bar
+from sincmi.prepare.manifest import (CorpusFile, by_speaker, manifest_rows, peak_gain, preparation_options,
+                                     report_skipped, run_preparation, write_splits)
 
 logger = logging.getLogger(__name__)
 
@@ -70,22 +63,10 @@ def trim_bounds(wav, sample_rate, trim_db=-40.0, frame_ms=25):
     return int(loud[0] * frame), int(min(len(wav), (loud[-1] + 1) * frame))
 
 
-def prepare_librispeech(
-    data_folder,
-    save_folder,
-    subsets=("train-clean-100",),
-    train_seconds=12.0,
-    valid_per_speaker=1,
-    test_per_speaker=None,
-    trim_silence=False,
-    trim_db=-40.0,
-    normalize_peak=False,
-    sample_rate=16000,
-    min_samples=3200,
-    seed=1234,
-    resample=False,
-    prepare_jobs=None,
-):
+def prepare_librispeech(data_folder, save_folder, subsets=("train-clean-100",), train_seconds=12.0,
+                        valid_per_speaker=1, test_per_speaker=None, trim_silence=False, trim_db=-40.0,
+                        normalize_peak=False, sample_rate=16000, min_samples=3200, seed=1234, resample=False,
+                        prepare_jobs=None):
     """Writes the LibriSpeech speaker-id manifests; skipped if already done.
 
     Arguments
@@ -117,79 +98,62 @@ def prepare_librispeech(
     prepare_jobs : int, optional
         Processes checking the files (default: every core).
     """
-    opts = {
-        "data_folder": os.path.abspath(data_folder) if data_folder else data_folder,
-        "subsets": list(subsets),
-        "train_seconds": train_seconds,
-        "valid_per_speaker": valid_per_speaker,
-        "test_per_speaker": test_per_speaker,
-        "trim_silence": trim_silence,
-        "trim_db": trim_db,
-        "normalize_peak": normalize_peak,
-        "sample_rate": sample_rate,
-        "min_samples": min_samples,
-        "seed": seed,
-        "resample": resample,
-    }
-    if already_prepared(save_folder, opts, OUTPUTS):
-        logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
-        return
-    if not data_folder or not os.path.isdir(data_folder):
-        raise FileNotFoundError(
-            f"data_folder {data_folder!r} does not exist: pass --data_folder=<folder holding "
-            "LibriSpeech/ or its subsets>."
-        )
-    paths = []
-    for subset in subsets:
-        root = find_subset(data_folder, subset)
-        for folder, _, names in os.walk(root, followlinks=True):
-            paths += [os.path.join(folder, n) for n in names if is_audio_file(n)]
-    os.makedirs(save_folder, exist_ok=True)
+    opts = preparation_options(locals())
 
-    by_speaker, skipped, noted = {}, [], []
-    paths = sorted(paths)
-    checks = inspect_many(paths, sample_rate, min_samples, resample, jobs=prepare_jobs, desc="Checking LibriSpeech")
-    for path, check in zip(progress_bar(paths, desc="Preparing LibriSpeech"), checks):
-        utt = os.path.splitext(os.path.basename(path))[0]
-        if check.reason:
-            skipped.append((path, check.reason))
-            continue
-        noted += [(path, note) for note in check.notes]
-        rate = check.rate
-        start, stop, gain = 0, check.frames, 1.0
-        if trim_silence or normalize_peak:
-            wav = read_audio(path).mean(axis=1)
-            if trim_silence:
-                start, stop = trim_bounds(wav, rate, trim_db)
-            if (stop - start) * sample_rate / rate < min_samples:
-                skipped.append((path, f"too short after trimming ({stop - start} samples)"))
-                continue
-            if normalize_peak:
-                gain = peak_gain(wav[start:stop])
-                if gain is None:
-                    skipped.append((path, "silent (all samples are zero)"))
-                    continue
-        speaker = utt.split("-")[0]
-        by_speaker.setdefault(speaker, []).append(
-            {
-                "ID": utt,
-                "duration": round((stop - start) / rate, 4),
-                "wav": "$data_root/" + os.path.relpath(path, data_folder).replace(os.sep, "/"),
-                "start": start,
-                "stop": stop,
-                "spk_id": speaker,
-                "gain": gain,
-                "rate": rate if rate != sample_rate else "",
-            }
-        )
-    report_skipped(save_folder, skipped, noted)
-    if not by_speaker:
-        raise ValueError(f"{data_folder}: no usable utterance in subsets {list(subsets)} (see skipped.csv)")
+    def prepare():
+        if not data_folder or not os.path.isdir(data_folder):
+            raise FileNotFoundError(f"data_folder {data_folder!r} does not exist: pass --data_folder=<folder "
+                                    "holding LibriSpeech/ or its subsets>.")
+        paths = []
+        for subset in subsets:
+            for folder, _, names in os.walk(find_subset(data_folder, subset), followlinks=True):
+                paths += [os.path.join(folder, n) for n in names if is_audio_file(n)]
+        files = [CorpusFile(path, "$data_root/" + os.path.relpath(path, data_folder).replace(os.sep, "/"),
+                            utterance(path), utterance(path).split("-")[0]) for path in sorted(paths)]
+        rows, skipped, noted = manifest_rows(
+            files, sample_rate, min_samples, resample, jobs=prepare_jobs, desc="Checking LibriSpeech",
+            make_rows=lambda file, check: utterance_rows(file, check, trim_silence, trim_db, normalize_peak,
+                                                         sample_rate, min_samples))
+        report_skipped(save_folder, skipped, noted)
+        if not rows:
+            raise ValueError(f"{data_folder}: no usable utterance in subsets {list(subsets)} (see skipped.csv)")
+        speakers = by_speaker(rows)
+        splits = duration_splits(speakers, train_seconds, valid_per_speaker, test_per_speaker, seed)
+        write_splits(save_folder, splits)
+        return (f"Prepared LibriSpeech {list(subsets)}: {len(speakers)} speakers, {len(splits['train'])}/"
+                f"{len(splits['valid'])}/{len(splits['test'])} train/valid/test utterances, {len(skipped)} skipped")
 
+    run_preparation(save_folder, opts, OUTPUTS, prepare)
+
+
+def utterance(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def utterance_rows(file, check, trim_silence, trim_db, normalize_peak, sample_rate, min_samples):
+    """The row of a usable utterance (trimmed, with its peak gain, when asked), or why it is skipped."""
+    rate, start, stop, gain = check.rate, 0, check.frames, 1.0
+    if trim_silence or normalize_peak:
+        wav = read_audio(file.path).mean(axis=1)
+        if trim_silence:
+            start, stop = trim_bounds(wav, rate, trim_db)
+        if (stop - start) * sample_rate / rate < min_samples:
+            return f"too short after trimming ({stop - start} samples)"
+        if normalize_peak:
+            gain = peak_gain(wav[start:stop])
+            if gain is None:
+                return "silent (all samples are zero)"
+    return [{"ID": file.utt_id, "duration": round((stop - start) / rate, 4), "wav": file.wav, "start": start,
+             "stop": stop, "spk_id": file.speaker, "gain": gain, "rate": rate if rate != sample_rate else ""}]
+
+
+def duration_splits(speakers, train_seconds, valid_per_speaker, test_per_speaker, seed):
+    """SincNet's LibriSpeech protocol: ``train_seconds`` of each speaker's shuffled utterances for training,
+    then ``valid_per_speaker`` for validation and the rest (at most ``test_per_speaker``) for test."""
     rng = random.Random(seed)
     splits = {"train": [], "valid": [], "test": []}
-    for speaker in sorted(by_speaker):
-        utts = sorted(by_speaker[speaker], key=lambda r: r["ID"])
+    for spk in sorted(speakers):
+        utts = sorted(speakers[spk], key=lambda r: r["ID"])
         rng.shuffle(utts)
         total, n_train = 0.0, 0
         while n_train < len(utts) and (n_train == 0 or total < train_seconds):
@@ -200,11 +164,4 @@ def prepare_librispeech(
         splits["valid"] += rest[:valid_per_speaker]
         test = rest[valid_per_speaker:]
         splits["test"] += test if test_per_speaker is None else test[:test_per_speaker]
-    for name, rows in splits.items():
-        write_manifest(os.path.join(save_folder, f"{name}.csv"), sorted(rows, key=lambda r: r["ID"]))
-    mark_prepared(save_folder, opts)
-    logger.info(
-        f"Prepared LibriSpeech {list(subsets)}: {len(by_speaker)} speakers, "
-        f"{len(splits['train'])}/{len(splits['valid'])}/{len(splits['test'])} train/valid/test "
-        f"utterances, {len(skipped)} skipped"
-    )
+    return splits

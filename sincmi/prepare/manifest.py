@@ -236,3 +236,94 @@ def report_skipped(save_folder, skipped, noted=()):
     if noted:
         logger.info(f"Kept {len(noted)} audio file(s) after down-mixing or resampling; see {path}")
     return path
+
+
+# ---- The skeleton every preparer shares ---------------------------------------------------
+# options -> already prepared? -> list the files -> inspect each (in parallel) -> rows and
+# skipped files -> the corpus's splits -> write -> mark prepared. A preparer says only how it
+# lists its files and speakers, what row a usable file gives, and how the rows are split.
+
+
+class CorpusFile(NamedTuple):
+    """A file a preparer lists: its ``path`` on disk, its manifest ``wav`` (``$data_root/...``),
+    the utterance id and the speaker."""
+
+    path: str
+    wav: str
+    utt_id: str
+    speaker: str
+
+
+def whole_file_rows(file, check, sample_rate):
+    """The one manifest row of a usable file: all of it, at its own rate (``rate`` when it differs)."""
+    return [{"ID": file.utt_id, "duration": round(check.frames / check.rate, 4), "wav": file.wav, "start": 0,
+             "stop": check.frames, "spk_id": file.speaker, "rate": check.rate if check.rate != sample_rate else ""}]
+
+
+def manifest_rows(files, sample_rate, min_samples, resample=False, read_samples=True, jobs=None,
+                  desc="Checking audio", make_rows=None):
+    """``(rows, skipped, noted)`` of a list of :class:`CorpusFile`, in their order.
+
+    Each file is checked (:func:`inspect_many`); a usable one gives the rows of
+    ``make_rows(file, check)`` (default :func:`whole_file_rows`), which may
+    also return a reason (a string) to skip it. ``skipped`` and ``noted`` are
+    the ``(path, reason)`` lists of :func:`report_skipped`.
+    """
+    checks = inspect_many([file.path for file in files], sample_rate, min_samples, resample, read_samples, jobs, desc)
+    rows, skipped, noted = [], [], []
+    for file, check in zip(files, checks):
+        made = check.reason or (make_rows(file, check) if make_rows else whole_file_rows(file, check, sample_rate))
+        if isinstance(made, str):
+            skipped.append((file.path, made))
+            continue
+        noted += [(file.path, note) for note in check.notes]
+        rows += made
+    return rows, skipped, noted
+
+
+def by_speaker(rows):
+    """``{speaker: [rows]}`` in the rows' order, speakers sorted."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(row["spk_id"], []).append(row)
+    return dict(sorted(groups.items()))
+
+
+def write_splits(save_folder, splits, sort=True):
+    """Writes ``<split>.csv`` for each ``{split: rows}`` (sorted by ID with ``sort``)."""
+    for name, rows in splits.items():
+        write_manifest(os.path.join(save_folder, f"{name}.csv"), sorted(rows, key=lambda r: r["ID"]) if sort else rows)
+
+
+def preparation_options(arguments, leave_out=("save_folder", "prepare_jobs"), folders=("data_folder",)):
+    """The options a preparation is recorded with: a preparer's ``arguments`` (its ``locals()`` on entry)
+    but ``leave_out``, the ``folders`` as absolute paths, sequences as lists (as JSON stores them).
+
+    >>> preparation_options({"data_folder": "/d", "save_folder": "s", "subsets": ("a",), "seed": 1})
+    {'data_folder': '/d', 'subsets': ['a'], 'seed': 1}
+    """
+    opts = {}
+    for key, value in arguments.items():
+        if key in leave_out:
+            continue
+        if key in folders and value:
+            value = os.path.abspath(value)
+        opts[key] = list(value) if isinstance(value, tuple) else value
+    return opts
+
+
+def run_preparation(save_folder, opts, outputs, prepare):
+    """Runs ``prepare()`` unless ``save_folder`` already holds ``outputs`` made with ``opts``.
+
+    ``prepare`` lists, checks, splits and writes (into an existing
+    ``save_folder``) and returns the line the log ends with; the options are
+    marked last, so an interrupted preparation is redone. Returns whether it ran.
+    """
+    if already_prepared(save_folder, opts, outputs):
+        logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
+        return False
+    os.makedirs(save_folder, exist_ok=True)
+    summary = prepare()
+    mark_prepared(save_folder, opts)
+    logger.info(summary)
+    return True

@@ -25,15 +25,8 @@ import os
 
 import soundfile as sf
 
-from sincmi.prepare.manifest import (
-    already_prepared,
-    inspect_audio,
-    mark_prepared,
-    peak_gain,
-    report_skipped,
-    write_manifest,
-)
-from sincmi.progress import progress_bar
+from sincmi.prepare.manifest import (CorpusFile, manifest_rows, peak_gain, preparation_options, report_skipped,
+                                     run_preparation, write_splits)
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +70,8 @@ def word_boundaries(wrd_path):
     return int(spans[0][0]), int(spans[-1][1])
 
 
-def prepare_timit(
-    data_folder,
-    save_folder,
-    trim_silence=True,
-    normalize_peak=True,
-    valid_split="sa",
-    sample_rate=16000,
-    min_samples=3200,
-    resample=False,
-):
+def prepare_timit(data_folder, save_folder, trim_silence=True, normalize_peak=True, valid_split="sa",
+                  sample_rate=16000, min_samples=3200, resample=False):
     """Writes the TIMIT speaker-id manifests; skipped if already done.
 
     Arguments
@@ -108,100 +93,92 @@ def prepare_timit(
         (resampled when read), False skips them. Every skipped or changed file
         is listed in ``skipped.csv`` (see :func:`sincmi.prepare.manifest.inspect_audio`).
     """
+    opts = preparation_options(locals())
     if valid_split not in ("sa", "sx"):
         raise ValueError(f"valid_split must be 'sa' or 'sx', got {valid_split!r}")
-    opts = {
-        "data_folder": os.path.abspath(data_folder) if data_folder else data_folder,
-        "trim_silence": trim_silence,
-        "normalize_peak": normalize_peak,
-        "valid_split": valid_split,
-        "sample_rate": sample_rate,
-        "min_samples": min_samples,
-        "resample": resample,
-    }
-    if already_prepared(save_folder, opts, OUTPUTS):
-        logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
-        return
-    train_dir = find_train_folder(data_folder)
-    os.makedirs(save_folder, exist_ok=True)
 
+    def prepare():
+        files = [CorpusFile(path, "$data_root/" + os.path.relpath(path, data_folder).replace(os.sep, "/"),
+                            f"{speaker(path)}_{sentence(path)}", speaker(path))
+                 for path in list_sentences(find_train_folder(data_folder))]
+        rows, skipped, noted = manifest_rows(
+            files, sample_rate, 1, resample, desc="Preparing TIMIT",
+            make_rows=lambda file, check: sentence_rows(file, check, trim_silence, normalize_peak, sample_rate,
+                                                        min_samples))
+        report_skipped(save_folder, skipped, noted)
+        splits = protocol_splits(rows, valid_split)
+        if not splits["train"]:
+            raise ValueError(f"{data_folder}: no usable SX sentence found for training (see skipped.csv)")
+        write_splits(save_folder, splits, sort=False)
+        return (f"Prepared TIMIT: {len({r['spk_id'] for r in splits['train']})} speakers, {len(splits['train'])}/"
+                f"{len(splits['valid'])}/{len(splits['test'])} train/valid/test sentences, {len(skipped)} skipped")
+
+    run_preparation(save_folder, opts, OUTPUTS, prepare)
+
+
+def speaker(path):
+    return os.path.basename(os.path.dirname(path)).upper()
+
+
+def sentence(path):
+    return os.path.splitext(os.path.basename(path))[0].upper()
+
+
+def list_sentences(train_dir):
+    """Every ``TRAIN/DR*/<SPEAKER>/*.WAV`` file, sorted by region, speaker and name."""
     wavs = []
     for region in sorted(os.listdir(train_dir)):
         region_dir = os.path.join(train_dir, region)
         if not (os.path.isdir(region_dir) and region.lower().startswith("dr")):
             continue
-        for speaker in sorted(os.listdir(region_dir)):
-            spk_dir = os.path.join(region_dir, speaker)
+        for spk in sorted(os.listdir(region_dir)):
+            spk_dir = os.path.join(region_dir, spk)
             if os.path.isdir(spk_dir):
-                wavs += [
-                    os.path.join(spk_dir, name)
-                    for name in sorted(os.listdir(spk_dir))
-                    if name.lower().endswith(".wav")
-                ]
+                wavs += [os.path.join(spk_dir, name) for name in sorted(os.listdir(spk_dir))
+                         if name.lower().endswith(".wav")]
+    return wavs
 
+
+def sentence_rows(file, check, trim_silence, normalize_peak, sample_rate, min_samples):
+    """The row of a usable TIMIT sentence (trimmed to its words, its peak gain), or why it is skipped."""
+    utt = sentence(file.path)
+    if utt[:2] not in ("SA", "SI", "SX"):
+        return f"not an SA/SI/SX sentence ({utt})"
+    frames, rate = check.frames, check.rate
+    start, stop = 0, frames
+    if trim_silence:
+        base = os.path.splitext(file.path)[0]
+        wrd = next((base + e for e in (".WRD", ".wrd", ".Wrd") if os.path.isfile(base + e)), base + ".WRD")
+        try:
+            start, stop = word_boundaries(wrd)
+        except (OSError, ValueError) as err:
+            return f"no usable word boundaries in {os.path.basename(wrd)} ({err})"
+        stop = min(stop, frames)
+    if (stop - start) * sample_rate / rate < min_samples:
+        return f"too short ({stop - start} samples < {min_samples}, one chunk)"
+    gain = 1.0
+    if normalize_peak:
+        gain = peak_gain(sf.read(file.path, start=start, frames=stop - start, dtype="float32", always_2d=True)[0].mean(1))
+        if gain is None:
+            return "silent (all samples are zero)"
+    return [{"ID": file.utt_id, "duration": round((stop - start) / rate, 4), "wav": file.wav, "start": start,
+             "stop": stop, "spk_id": file.speaker, "gain": gain, "rate": rate if rate != sample_rate else ""}]
+
+
+def protocol_splits(rows, valid_split):
+    """SincNet's protocol: SI sentences to test, SX to training, SA (or one SX per speaker) to validation."""
     splits = {"train": [], "valid": [], "test": []}
-    skipped, noted, sx_seen = [], [], {}
-    for path in progress_bar(wavs, desc="Preparing TIMIT"):
-        speaker = os.path.basename(os.path.dirname(path)).upper()
-        utt = os.path.splitext(os.path.basename(path))[0].upper()
-        kind = utt[:2]
-        if kind not in ("SA", "SI", "SX"):
-            skipped.append((path, f"not an SA/SI/SX sentence ({utt})"))
-            continue
-        check = inspect_audio(path, sample_rate, 1, resample)
-        if check.reason:
-            skipped.append((path, check.reason))
-            continue
-        noted += [(path, note) for note in check.notes]
-        frames, rate = check.frames, check.rate
-        start, stop = 0, frames
-        if trim_silence:
-            base = os.path.splitext(path)[0]
-            wrd = next((base + e for e in (".WRD", ".wrd", ".Wrd") if os.path.isfile(base + e)), base + ".WRD")
-            try:
-                start, stop = word_boundaries(wrd)
-            except (OSError, ValueError) as err:
-                skipped.append((path, f"no usable word boundaries in {os.path.basename(wrd)} ({err})"))
-                continue
-            stop = min(stop, frames)
-        if (stop - start) * sample_rate / rate < min_samples:
-            skipped.append((path, f"too short ({stop - start} samples < {min_samples}, one chunk)"))
-            continue
-        gain = 1.0
-        if normalize_peak:
-            gain = peak_gain(sf.read(path, start=start, frames=stop - start, dtype="float32", always_2d=True)[0].mean(1))
-            if gain is None:
-                skipped.append((path, "silent (all samples are zero)"))
-                continue
-        row = {
-            "ID": f"{speaker}_{utt}",
-            "duration": round((stop - start) / rate, 4),
-            "wav": "$data_root/" + os.path.relpath(path, data_folder).replace(os.sep, "/"),
-            "start": start,
-            "stop": stop,
-            "spk_id": speaker,
-            "gain": gain,
-            "rate": rate if rate != sample_rate else "",
-        }
+    sx_seen = set()
+    for row in rows:
+        kind = row["ID"].split("_")[-1][:2]
         if kind == "SI":
             splits["test"].append(row)
         elif kind == "SA":
             if valid_split == "sa":
                 splits["valid"].append(row)
-        elif valid_split == "sx" and speaker not in sx_seen:
-            sx_seen[speaker] = True
+        elif valid_split == "sx" and row["spk_id"] not in sx_seen:
+            sx_seen.add(row["spk_id"])
             splits["valid"].append(row)
         else:
             splits["train"].append(row)
-
-    report_skipped(save_folder, skipped, noted)
-    if not splits["train"]:
-        raise ValueError(f"{data_folder}: no usable SX sentence found for training (see skipped.csv)")
-    for name, rows in splits.items():
-        write_manifest(os.path.join(save_folder, f"{name}.csv"), rows)
-    mark_prepared(save_folder, opts)
-    speakers = len({r["spk_id"] for r in splits["train"]})
-    logger.info(
-        f"Prepared TIMIT: {speakers} speakers, {len(splits['train'])}/{len(splits['valid'])}/"
-        f"{len(splits['test'])} train/valid/test sentences, {len(skipped)} skipped"
-    )
+    return splits

@@ -30,13 +30,8 @@ import random
 
 from sincmi.audio import is_audio_file
 from sincmi.scoring import read_trials
-from sincmi.prepare.manifest import (
-    already_prepared,
-    inspect_many,
-    mark_prepared,
-    report_skipped,
-    write_manifest,
-)
+from sincmi.prepare.manifest import (CorpusFile, by_speaker, manifest_rows, preparation_options, report_skipped,
+                                     run_preparation, write_splits)
 
 logger = logging.getLogger(__name__)
 
@@ -85,21 +80,9 @@ def segment_rows(utt, rel_wav, spk, frames, sample_rate, segment_samples, min_sa
     return rows
 
 
-def prepare_voxceleb(
-    voxceleb1_folder,
-    save_folder,
-    trial_list="veri_test2.txt",
-    voxceleb2_folder=None,
-    train_sets=("voxceleb1",),
-    segment_seconds=3.0,
-    valid_speakers=20,
-    sample_rate=16000,
-    min_samples=3200,
-    seed=1234,
-    resample=False,
-    verify_samples=True,
-    prepare_jobs=None,
-):
+def prepare_voxceleb(voxceleb1_folder, save_folder, trial_list="veri_test2.txt", voxceleb2_folder=None,
+                     train_sets=("voxceleb1",), segment_seconds=3.0, valid_speakers=20, sample_rate=16000,
+                     min_samples=3200, seed=1234, resample=False, verify_samples=True, prepare_jobs=None):
     """Writes the VoxCeleb manifests and trial list; skipped if already done.
 
     Arguments
@@ -128,6 +111,50 @@ def prepare_voxceleb(
     prepare_jobs : int, optional
         Processes reading the files (default: every core).
     """
+    arguments = preparation_options(locals(), folders=("voxceleb1_folder", "voxceleb2_folder"))
+    wav_root, trial_path = check_voxceleb_inputs(voxceleb1_folder, trial_list, voxceleb2_folder, train_sets)
+    opts = {**arguments, "trial_list": os.path.abspath(trial_path), "train_sets": sorted(train_sets)}
+
+    def prepare():
+        official = read_official_trials(trial_path)
+        trial_files = sorted({p for _, a, b in official for p in (a, b)})
+        trial_speakers = {p.replace("\\", "/").split("/")[0] for p in trial_files}
+        files = [CorpusFile(os.path.join(wav_root, rel), "$voxceleb1/wav/" + rel.replace(os.sep, "/"),
+                            utterance_id(rel), rel.split("/")[0]) for rel in trial_files]
+        verification, skipped, noted = manifest_rows(files, sample_rate, min_samples, resample, jobs=prepare_jobs,
+                                                     desc="Checking trial utterances")
+        usable = {row["ID"] for row in verification}
+        trials = [(label, a, b) for label, a, b in official if utterance_id(a) in usable and utterance_id(b) in usable]
+        if len(trials) < len(official):
+            logger.warning(f"{len(official) - len(trials)} trial(s) dropped: an utterance is unusable (skipped.csv)")
+        sources = [("$voxceleb1/wav/", wav_root)] if "voxceleb1" in train_sets else []
+        if "voxceleb2" in train_sets:
+            sources.append(("$voxceleb2/", voxceleb2_folder))
+        segments = []
+        for prefix, root in sources:
+            files = [CorpusFile(os.path.join(root, rel), prefix + rel.replace(os.sep, "/"), utterance_id(rel),
+                                rel.replace(os.sep, "/").split("/")[0])
+                     for rel in list_wavs(root) if rel.replace(os.sep, "/").split("/")[0] not in trial_speakers]
+            rows, skipped_here, noted_here = manifest_rows(
+                files, sample_rate, min_samples, resample, verify_samples, prepare_jobs, desc=f"Checking {root}",
+                make_rows=lambda file, check: training_segments(file, check, sample_rate, segment_seconds,
+                                                                min_samples))
+            segments += rows
+            skipped += skipped_here
+            noted += noted_here
+        report_skipped(save_folder, skipped, noted)
+        train, valid, speakers = hold_out_validation(by_speaker(segments), valid_speakers, seed)
+        write_splits(save_folder, {"train": train, "valid": valid, "verification": verification}, sort=False)
+        with open(os.path.join(save_folder, "trials.txt"), "w") as f:
+            f.writelines(f"{label} {utterance_id(a)} {utterance_id(b)}\n" for label, a, b in trials)
+        return (f"Prepared VoxCeleb: {speakers} training speakers ({len(train)} segments), {len(valid)} validation "
+                f"segments, {len(verification)} trial utterances, {len(trials)} trials, {len(skipped)} skipped")
+
+    run_preparation(save_folder, opts, OUTPUTS, prepare)
+
+
+def check_voxceleb_inputs(voxceleb1_folder, trial_list, voxceleb2_folder, train_sets):
+    """``(wav root, trial list path)``, or a one-line error saying what is missing and where to get it."""
     unknown = set(train_sets) - {"voxceleb1", "voxceleb2"}
     if unknown or not train_sets:
         raise ValueError(f"train_sets: {sorted(unknown) or '[]'} not valid; choose from ['voxceleb1', 'voxceleb2']")
@@ -148,95 +175,28 @@ def prepare_voxceleb(
             f"voxceleb2_folder {voxceleb2_folder!r} not found: expected <spk>/<video>/<utt>.m4a "
             "(VoxCeleb2 dev as distributed) or .wav."
         )
-    opts = {
-        "voxceleb1_folder": os.path.abspath(voxceleb1_folder),
-        "trial_list": os.path.abspath(trial_path),
-        "voxceleb2_folder": os.path.abspath(voxceleb2_folder) if voxceleb2_folder else None,
-        "train_sets": sorted(train_sets),
-        "segment_seconds": segment_seconds,
-        "valid_speakers": valid_speakers,
-        "sample_rate": sample_rate,
-        "min_samples": min_samples,
-        "seed": seed,
-        "resample": resample,
-        "verify_samples": verify_samples,
-    }
-    if already_prepared(save_folder, opts, OUTPUTS):
-        logger.info(f"Manifests in {save_folder} are up to date, skipping preparation")
-        return
-    os.makedirs(save_folder, exist_ok=True)
+    return wav_root, trial_path
 
-    official = read_official_trials(trial_path)
-    trial_files = sorted({p for _, a, b in official for p in (a, b)})
-    trial_speakers = {p.replace("\\", "/").split("/")[0] for p in trial_files}
-    skipped, noted, verification, usable = [], [], [], set()
-    checks = inspect_many([os.path.join(wav_root, rel) for rel in trial_files], sample_rate, min_samples, resample,
-                          jobs=prepare_jobs, desc="Checking trial utterances")
-    for rel, check in zip(trial_files, checks):
-        if check.reason:
-            skipped.append((os.path.join(wav_root, rel), check.reason))
-            continue
-        noted += [(os.path.join(wav_root, rel), note) for note in check.notes]
-        usable.add(rel)
-        verification.append(
-            {
-                "ID": utterance_id(rel),
-                "duration": round(check.frames / check.rate, 4),
-                "wav": "$voxceleb1/wav/" + rel.replace(os.sep, "/"),
-                "start": 0,
-                "stop": check.frames,
-                "spk_id": rel.split("/")[0],
-                "rate": check.rate if check.rate != sample_rate else "",
-            }
-        )
-    trials = [(label, a, b) for label, a, b in official if a in usable and b in usable]
-    if len(trials) < len(official):
-        logger.warning(f"{len(official) - len(trials)} trial(s) dropped: an utterance is unusable (skipped.csv)")
 
-    sources = []
-    if "voxceleb1" in train_sets:
-        sources.append(("$voxceleb1/wav/", wav_root))
-    if "voxceleb2" in train_sets:
-        sources.append(("$voxceleb2/", voxceleb2_folder))
-    segment_samples = int(segment_seconds * sample_rate)
-    by_speaker = {}
-    for prefix, root in sources:
-        files = [rel for rel in list_wavs(root) if rel.replace(os.sep, "/").split("/")[0] not in trial_speakers]
-        checks = inspect_many([os.path.join(root, rel) for rel in files], sample_rate, min_samples, resample,
-                              verify_samples, prepare_jobs, desc=f"Checking {root}")
-        for rel, check in zip(files, checks):
-            spk = rel.replace(os.sep, "/").split("/")[0]
-            if check.reason:
-                skipped.append((os.path.join(root, rel), check.reason))
-                continue
-            if check.rate != sample_rate:  # segments are cut at the recipe's rate: resampling is not supported
-                skipped.append((os.path.join(root, rel), f"sample rate {check.rate} Hz, expected {sample_rate} Hz"))
-                continue
-            noted += [(os.path.join(root, rel), note) for note in check.notes]
-            frames = check.frames
-            utt = utterance_id(rel)
-            by_speaker.setdefault(spk, []).extend(
-                segment_rows(utt, prefix + rel.replace(os.sep, "/"), spk, frames, sample_rate, segment_samples, min_samples)
-            )
-    report_skipped(save_folder, skipped, noted)
-    speakers = sorted(by_speaker)
+def training_segments(file, check, sample_rate, segment_seconds, min_samples):
+    """The segment rows of a usable training recording (:func:`segment_rows`), or why it is skipped."""
+    if check.rate != sample_rate:  # segments are cut at the recipe's rate: resampling is not supported
+        return f"sample rate {check.rate} Hz, expected {sample_rate} Hz"
+    return segment_rows(file.utt_id, file.wav, file.speaker, check.frames, sample_rate,
+                        int(segment_seconds * sample_rate), min_samples)
+
+
+def hold_out_validation(segments, valid_speakers, seed):
+    """``(train, valid, speakers)``: one recording of ``valid_speakers`` speakers (with more than one) goes to
+    validation, the rest to training."""
+    speakers = sorted(segments)
     if len(speakers) < 2:
         raise ValueError(f"{len(speakers)} training speaker(s) left after removing the trial speakers")
     rng = random.Random(seed)
-    candidates = [s for s in speakers if len({r["sentence"] for r in by_speaker[s]}) > 1]
+    candidates = [s for s in speakers if len({r["sentence"] for r in segments[s]}) > 1]
     held = {}
     for spk in sorted(rng.sample(candidates, min(valid_speakers, len(candidates)))):
-        held[spk] = rng.choice(sorted({r["sentence"] for r in by_speaker[spk]}))
-    train = [r for s in speakers for r in by_speaker[s] if held.get(s) != r["sentence"]]
-    valid = [r for s in sorted(held) for r in by_speaker[s] if held[s] == r["sentence"]]
-    write_manifest(os.path.join(save_folder, "train.csv"), train)
-    write_manifest(os.path.join(save_folder, "valid.csv"), valid)
-    write_manifest(os.path.join(save_folder, "verification.csv"), verification)
-    with open(os.path.join(save_folder, "trials.txt"), "w") as f:
-        f.writelines(f"{label} {utterance_id(a)} {utterance_id(b)}\n" for label, a, b in trials)
-    mark_prepared(save_folder, opts)
-    logger.info(
-        f"Prepared VoxCeleb: {len(speakers)} training speakers ({len(train)} segments), "
-        f"{len(valid)} validation segments, {len(verification)} trial utterances, {len(trials)} trials, "
-        f"{len(skipped)} skipped"
-    )
+        held[spk] = rng.choice(sorted({r["sentence"] for r in segments[spk]}))
+    train = [r for s in speakers for r in segments[s] if held.get(s) != r["sentence"]]
+    valid = [r for s in sorted(held) for r in segments[s] if held[s] == r["sentence"]]
+    return train, valid, len(speakers)
