@@ -46,6 +46,15 @@ TINY_MODEL = [
     "--valid_shift=3200",
     "--num_workers=0",
 ]
+# A Demo run small enough for a test and large enough to learn: 16 synthetic speakers, a small encoder.
+SMALL_RUN = [
+    "--num_speakers=16", "--sentences_per_speaker=6", "--num_verification_speakers=6",
+    "--valid_per_speaker=1", "--test_per_speaker=1",
+    "--sinc_filters=16", "--conv_channels=[16,16]", "--embedding_size=64", "--fc_sizes=[64,64]",
+    "--pretrain_epochs=6", "--pairs_per_epoch=256", "--pretrain_batch_size=32",
+    "--verification_backends=[none]", "--noprogressbar",
+]
+
 TINY_PRETRAIN = ["--pretrain_epochs=1", "--pairs_per_epoch=16", "--pretrain_batch_size=8"]
 
 

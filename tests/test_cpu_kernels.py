@@ -61,20 +61,29 @@ def test_pooling_ties_and_silence(pool):
     assert (code == 0).any() and (code == 1).any()
 
 
-def _plain_block(x, h, gain, bias, norm_over, pool=3, slope=0.2):
-    y = F.max_pool1d(F.conv1d(x.unsqueeze(1), h.unsqueeze(1)).abs(), pool)
+def _norm_act(y, gain, bias, norm_over, slope=0.2):
+    """Layer norm over time (or channels and time), the affine map, LeakyReLU: the plain tail of a block."""
     dims = y.shape[-1:] if norm_over == "time" else y.shape[-2:]
     return F.leaky_relu(F.layer_norm(y, dims) * gain + bias, slope)
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native", "pytorch"])
+def _plain_block(x, h, gain, bias, norm_over, pool=3, slope=0.2):
+    return _norm_act(F.max_pool1d(F.conv1d(x.unsqueeze(1), h.unsqueeze(1)).abs(), pool), gain, bias, norm_over, slope)
+
+
+@pytest.fixture(params=[True, False], ids=["native", "pytorch"])
+def native(request, monkeypatch):
+    """Each test twice: the native kernels (skipped when not built), then the PyTorch fallback."""
+    if request.param and not cpu_kernels.available(torch.zeros(1)):
+        pytest.skip("native kernels not built")
+    if not request.param:
+        monkeypatch.setattr(cpu_kernels, "available", lambda tensor: False)
+    return request.param
+
+
 @pytest.mark.parametrize("norm_over", ["time", "channel_time"])
 @pytest.mark.parametrize("batch", [1, 13])
-def test_sinc_block_matches_plain_layers_in_float64(native, norm_over, batch, monkeypatch):
-    if native and not cpu_kernels.available(torch.zeros(1)):
-        pytest.skip("native kernels not built")
-    if not native:
-        monkeypatch.setattr(cpu_kernels, "available", lambda tensor: False)
+def test_sinc_block_matches_plain_layers_in_float64(native, norm_over, batch):
     torch.manual_seed(batch)
     f64 = dict(dtype=torch.float64, requires_grad=True)
     x, h = torch.randn(batch, 700, **f64), torch.randn(6, 41, **f64)
@@ -188,19 +197,12 @@ def test_pool_norm_act_backward_frees_its_scratch_memory():
 
 
 def _plain_conv_block(x, w, gain, bias, norm_over, pool, slope=0.2):
-    y = F.max_pool1d(F.conv1d(x, w), pool)
-    dims = y.shape[-1:] if norm_over == "time" else y.shape[-2:]
-    return F.leaky_relu(F.layer_norm(y, dims) * gain + bias, slope)
+    return _norm_act(F.max_pool1d(F.conv1d(x, w), pool), gain, bias, norm_over, slope)
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native", "pytorch"])
 @pytest.mark.parametrize("norm_over", ["time", "channel_time"])
 @pytest.mark.parametrize("pool", [3, 4])
-def test_conv_block_tail_matches_plain_layers_in_float64(native, norm_over, pool, monkeypatch):
-    if native and not cpu_kernels.available(torch.zeros(1)):
-        pytest.skip("native kernels not built")
-    if not native:
-        monkeypatch.setattr(cpu_kernels, "available", lambda tensor: False)
+def test_conv_block_tail_matches_plain_layers_in_float64(native, norm_over, pool):
     torch.manual_seed(pool)
     f64 = dict(dtype=torch.float64, requires_grad=True)
     x, w = torch.randn(5, 7, 62, **f64), torch.randn(9, 7, 5, **f64)  # 58 outputs: a tail the pool drops

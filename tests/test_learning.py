@@ -11,17 +11,11 @@ import sys
 
 import pytest
 
+import conftest
 from conftest import ROOT
 from sincmi.plots import read_train_log
 
-SMALL_RUN = [
-    "--num_speakers=16", "--sentences_per_speaker=6", "--num_verification_speakers=6",
-    "--valid_per_speaker=1", "--test_per_speaker=1",
-    "--sinc_filters=16", "--conv_channels=[16,16]", "--embedding_size=64", "--fc_sizes=[64,64]",
-    "--pretrain_epochs=6", "--pairs_per_epoch=256", "--pretrain_batch_size=32",
-    "--finetune_epochs=2", "--finetune_chunks_per_epoch=256", "--verification_backends=[none]",
-    "--noprogressbar",
-]
+SMALL_RUN = [*conftest.SMALL_RUN, "--finetune_epochs=2", "--finetune_chunks_per_epoch=256"]
 
 
 @pytest.fixture(scope="module")

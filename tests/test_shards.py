@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import conftest
 from conftest import ROOT, write_tone_corpus
 from sincmi.shards import INDEX_FILE, ShardPairs, pack_shards, read_index, shuffled
 
@@ -135,14 +136,8 @@ def test_shuffle_buffer_keeps_every_item():
     assert sorted(out) == list(range(100)) and out != list(range(100))
 
 
-SMALL_RUN = [
-    "--num_speakers=16", "--sentences_per_speaker=6", "--num_verification_speakers=6",
-    "--valid_per_speaker=1", "--test_per_speaker=1",
-    "--sinc_filters=16", "--conv_channels=[16,16]", "--embedding_size=64", "--fc_sizes=[64,64]",
-    "--pretrain_epochs=6", "--pairs_per_epoch=256", "--pretrain_batch_size=32",
-    "--finetune_epochs=1", "--finetune_chunks_per_epoch=64", "--verification_backends=[none]",
-    "--score_baselines=False", "--noprogressbar", "--num_workers=0",
-]
+SMALL_RUN = [*conftest.SMALL_RUN, "--finetune_epochs=1", "--finetune_chunks_per_epoch=64", "--score_baselines=False",
+             "--num_workers=0"]
 
 
 def test_the_same_corpus_trained_from_files_and_from_shards_learns_alike(tmp_path):
