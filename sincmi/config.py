@@ -11,7 +11,7 @@ import torch
 from sincmi import layout
 from sincmi.backend import BACKENDS
 from sincmi.discriminator import CRITICS
-from sincmi.encoder import FC_INITS, IMPLEMENTATIONS, LAYER_NORMS
+from sincmi.encoder import FC_INITS, IMPLEMENTATIONS, LAYER_NORMS, SincNetEncoder
 from sincmi.scoring import SCORE_NORMS
 
 # The choices of pretrain_data (sincmi.stages.pretraining_rows)
@@ -54,12 +54,13 @@ def check_hparams(hparams):
     choices = {
         "critic": sorted(hparams["critics"]) if isinstance(hparams.get("critics"), dict) else sorted(CRITICS),
         "score_norm": list(SCORE_NORMS),
-        "norm_over": ["time", "channel_time"],
-        "encoder_implementation": list(IMPLEMENTATIONS),
-        "layer_norm": list(LAYER_NORMS),
-        "fc_init": list(FC_INITS),
         "pretrain_data": list(PRETRAIN_DATA),
     }
+    if hparams.get("encoder") is not None:
+        check_encoder(hparams["encoder"], hparams)
+    if hparams.get("encoder") is None or isinstance(hparams["encoder"], SincNetEncoder):  # its own settings
+        choices.update({"norm_over": ["time", "channel_time"], "encoder_implementation": list(IMPLEMENTATIONS),
+                        "layer_norm": list(LAYER_NORMS), "fc_init": list(FC_INITS)})
     for key, valid in choices.items():
         if key in hparams and hparams[key] not in valid:
             raise ValueError(f"{key}={hparams[key]!r} is invalid: choose one of {valid}")
@@ -103,6 +104,32 @@ def check_hparams(hparams):
             f"pretrained_folder={pretrained!r} holds no LIM run (no {lim_folder}): "
             "pass the output_folder of a finished LIM run"
         )
+
+
+def check_encoder(encoder, hparams=None):
+    """The encoder keeps the contract every stage relies on (docs/new_encoder.md), at the yaml's chunk and rate.
+
+    An ``nn.Module`` mapping ``(N, chunk_size)`` chunks to ``(N, embedding_size)``, with integer
+    ``chunk_size``, ``sample_rate`` and ``embedding_size`` and a ``config`` dict that rebuilds it.
+
+    Example
+    -------
+    >>> check_encoder(torch.nn.Linear(4, 2))
+    Traceback (most recent call last):
+    ...
+    ValueError: encoder: a Linear lacks chunk_size, sample_rate, embedding_size, config, the contract of a chunk encoder (docs/new_encoder.md)
+    """
+    kind = type(encoder).__name__
+    missing = [key for key in ("chunk_size", "sample_rate", "embedding_size", "config") if not hasattr(encoder, key)]
+    if missing or not isinstance(encoder, torch.nn.Module):
+        raise ValueError(f"encoder: a {kind} lacks {', '.join(missing) or 'nn.Module'}, the contract of a chunk "
+                         "encoder (docs/new_encoder.md)")
+    if not isinstance(encoder.config, dict):
+        raise ValueError(f"encoder: the {kind}'s config must be the dict of arguments that rebuild it")
+    for key in ("chunk_size", "sample_rate"):
+        if hparams is not None and hparams.get(key) is not None and getattr(encoder, key) != hparams[key]:
+            raise ValueError(f"encoder: the {kind}'s {key} is {getattr(encoder, key)} but the yaml's {key} is "
+                             f"{hparams[key]}: declare it as {key}: !ref <{key}>")
 
 
 def check_objective(objective, objective_name=None):

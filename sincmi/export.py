@@ -38,6 +38,7 @@ Usage:
 """
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -58,6 +59,7 @@ from speechbrain.dataio.preprocess import AudioNormalizer
 
 from sincmi.backend import BACKENDS, Backend
 from sincmi.calibration import Calibration
+from sincmi.config import check_encoder
 from sincmi.encoder import SincNetEncoder, default_shift
 from sincmi.inference import SentenceClassifier, Unchanged, UnitLength, UtteranceEmbedder, WaveformScaling
 from sincmi.scoring import read_scores
@@ -196,11 +198,11 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 
 
 def plain_copy(encoder):
-    """The encoder with the plain layers (``implementation: reference``), same weights, in eval mode.
-
-    The fast kernels (a custom autograd function, loops over micro-batches)
-    do not trace; the plain layers compute the same function.
-    """
+    """The encoder to trace, same weights, in eval mode: a SincNet encoder with its plain layers
+    (``implementation: reference``; the fast kernels, a custom autograd function and loops over
+    micro-batches, do not trace, the plain layers compute the same function), any other as it is."""
+    if not isinstance(encoder, SincNetEncoder):
+        return copy.deepcopy(encoder).eval()
     plain = SincNetEncoder(**{**encoder.config, "implementation": "reference"})
     plain.load_state_dict(encoder.state_dict())
     return plain.eval()
@@ -402,8 +404,7 @@ def export(experiment, out_folder, stage=None, threshold="eer", traced=True, sco
     hparams = read_experiment(experiment)
     check_output_folder(out_folder)
     encoder = hparams["encoder"]
-    if not isinstance(encoder, SincNetEncoder):
-        raise TypeError(f"the experiment's encoder is a {type(encoder).__name__}, not a SincNetEncoder")
+    check_encoder(encoder, hparams)
     parent = os.path.dirname(os.path.abspath(out_folder))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
@@ -464,6 +465,18 @@ def stage_model(experiment, hparams, encoder, staging, stage, threshold, traced,
     return summary
 
 
+def traced_copy(key, exporter, encoder, path):
+    """``{key: parity error}`` of one traced copy, or ``{key: "skipped: <why>"}`` when the encoder does not
+    trace that way (no file is left then): any encoder exports what it allows."""
+    try:
+        return {key: exporter(encoder, path, encoder.chunk_size)}
+    except Exception as error:  # each tracer raises its own types
+        if os.path.exists(path):
+            os.remove(path)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        return {key: f"skipped: {type(error).__name__}: {reason}"}
+
+
 def export_traced(encoder, staging, shift, normalize_peak, backend, method, top_k, threshold, calibration, p_target):
     """TorchScript, ``torch.export`` and ONNX copies of the staged encoder; returns their parity errors.
 
@@ -481,14 +494,16 @@ def _export_traced(encoder, staging, shift, normalize_peak, backend, method, top
     state = torch.load(os.path.join(staging, ENCODER_FILE), map_location="cpu", weights_only=True)
     encoder.load_state_dict(state)
     encoder.eval()
-    errors = {"torchscript_max_abs_diff": export_torchscript(encoder, os.path.join(staging, TORCHSCRIPT_FILE),
-                                                             encoder.chunk_size),
-              "torch_export_max_abs_diff": export_program(encoder, os.path.join(staging, PROGRAM_FILE),
-                                                          encoder.chunk_size)}
+    errors = {}
+    for key, exporter, name in (("torchscript_max_abs_diff", export_torchscript, TORCHSCRIPT_FILE),
+                                ("torch_export_max_abs_diff", export_program, PROGRAM_FILE)):
+        errors.update(traced_copy(key, exporter, encoder, os.path.join(staging, name)))
     if not onnx_available():
         errors["onnx"] = 'skipped: install the onnx extra (pip install -e ".[onnx]")'
         return errors
-    errors["onnx_relative_error"] = export_onnx(encoder, os.path.join(staging, ONNX_FILE), encoder.chunk_size)
+    errors.update(traced_copy("onnx_relative_error", export_onnx, encoder, os.path.join(staging, ONNX_FILE)))
+    if not os.path.isfile(os.path.join(staging, ONNX_FILE)):
+        return errors
     with open(os.path.join(staging, ONNX_CONFIG_FILE), "w") as f:
         json.dump({"input": "chunks", "output": "embeddings", "sample_rate": encoder.config["sample_rate"],
                    "chunk_size": encoder.chunk_size, "shift": shift, "normalize_peak": normalize_peak,
