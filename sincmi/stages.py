@@ -29,6 +29,7 @@ from sincmi.prepare.manifest import OPTS_FILE
 from sincmi.brains import LIMBrain, SpeakerIdBrain
 from sincmi.checkpoints import make_checkpointer
 from sincmi.manifest_table import ManifestTable, as_table
+from sincmi.command_line import check_device
 from sincmi.config import PRETRAIN_DATA, check_hparams
 from sincmi.plots import embedding_map, training_curves
 from sincmi.reporting import write_results
@@ -55,6 +56,7 @@ def start_experiment(argv):
     ``torchrun`` it joins the process group first.
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    check_device(run_opts.get("device") or "cpu")  # --device cuda without a GPU: said now, not mid-run
     # Under torchrun: join the process group (a no-op in a single process).
     sb.utils.distributed.ddp_init_group(run_opts)
     progress.configure(run_opts)

@@ -84,6 +84,16 @@ def test_demo_missing_data_folder_is_explained(tmp_path):
     assert "does not exist" in proc.stderr + proc.stdout
 
 
+def test_demo_without_a_gpu_for_device_cuda_is_refused_before_writing(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    _, proc = run_recipe("Demo", "lim_nce.yaml", tmp_path / "out", "--device=cuda:0", expect_ok=False)
+    assert proc.returncode != 0 and "PyTorch sees no GPU here" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def check_run_folder(out, results):
     """What a run leaves: its provenance, its own train.py, a quiet log, the main system's scores."""
     import os
