@@ -1,9 +1,9 @@
-"""Verification back ends: transforms of utterance embeddings learned without labels.
+"""Verification back ends: transforms of utterance embeddings fitted on the training speakers.
 
 A back end is fitted on the embeddings of the training speakers' utterances
-(no labels are used) and applied to every verification embedding before
-cosine scoring. The recipes offer the same back ends to every system, LIM
-and baselines alike, and name the back end on each result row.
+and applied to every verification embedding before cosine scoring. The
+recipes offer the same back ends to every system, LIM and baselines alike,
+and name the back end on each result row. All but ``lda`` use no labels.
 
 * ``none``: raw embeddings;
 * ``center``: the training mean subtracted;
@@ -14,6 +14,14 @@ and baselines alike, and name the back end on each result row.
   the identity (PCA whitening), with the covariance shrunk towards its mean
   variance by :data:`WHITEN_SHRINKAGE` so that directions the training set
   barely spans (fewer utterances than dimensions) are not blown up.
+* ``lda``: linear discriminant analysis with the training speakers' labels:
+  the mean subtracted, then the directions that best separate the speakers
+  (at most one fewer than the speakers), scaled to unit within-speaker
+  variance; the within-speaker scatter is shrunk as whitening's covariance.
+  SpeechBrain's ``PLDA_LDA.LDA`` is not used: it inverts the within-speaker
+  scatter, singular whenever the utterances are fewer than the dimensions
+  plus the speakers (60 speakers x 4 utterances in 256 dimensions here), and
+  takes a symmetric eigendecomposition of a non-symmetric product.
 """
 
 import os
@@ -22,14 +30,18 @@ import numpy as np
 import torch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
-BACKENDS = ("none", "center", "standardize", "whiten")
-BACKEND_LABELS = {"none": "", "center": ", centred", "standardize": ", standardised", "whiten": ", whitened"}
+BACKENDS = ("none", "center", "standardize", "whiten", "lda")
+BACKEND_LABELS = {"none": "", "center": ", centred", "standardize": ", standardised", "whiten": ", whitened",
+                  "lda": ", LDA"}
+LABELLED_BACKENDS = ("lda",)
 WHITEN_SHRINKAGE = 0.1
 
 
 @register_checkpoint_hooks
 class Backend:
-    """A fitted back end: ``backend(embeddings)`` maps ``(N, D)`` to ``(N, D)``.
+    """A fitted back end: ``backend(embeddings)`` maps ``(N, D)`` to ``(N, D)`` (``lda``: ``(N, d)``).
+
+    ``labels``: the speaker of each training embedding, for ``lda`` only.
 
     Example
     -------
@@ -38,11 +50,11 @@ class Backend:
     tensor([[0.0000, 1.4142]])
     """
 
-    def __init__(self, name, training_embeddings=None):
+    def __init__(self, name, training_embeddings=None, labels=None):
         if name not in BACKENDS:
             raise ValueError(f"verification back end {name!r} is unknown; choose one of {list(BACKENDS)}")
         self.name = name
-        self.mean = self.std = self.whitening = None
+        self.mean = self.std = self.whitening = self.projection = None
         if name != "none":
             if training_embeddings is None or len(training_embeddings) < 2:
                 raise ValueError(f"back end {name!r} needs the embeddings of at least 2 training utterances")
@@ -56,6 +68,10 @@ class Backend:
                 cov += WHITEN_SHRINKAGE * cov.diagonal().mean().clamp(min=1e-12) * torch.eye(len(cov), dtype=cov.dtype)
                 values, vectors = torch.linalg.eigh(cov)
                 self.whitening = vectors @ torch.diag(values.rsqrt()) @ vectors.T
+            if name == "lda":
+                if labels is None or len(labels) != len(train):
+                    raise ValueError("back end 'lda' needs the speaker of every training utterance")
+                self.projection = lda_projection(train, labels)
 
     def __call__(self, embeddings):
         if self.name == "none":
@@ -65,18 +81,21 @@ class Backend:
             out = out / self.std
         if self.whitening is not None:
             out = out @ self.whitening
+        if self.projection is not None:
+            out = out @ self.projection
         return out.to(embeddings.dtype)
 
     @mark_as_saver
     def save(self, path):
         """Writes the fitted statistics to ``path`` (``.npz``: NumPy alone reads it, see :mod:`sincmi.onnx_embed`).
 
-        Arrays: ``name``; ``mean`` (``center``, ``standardize``, ``whiten``),
-        ``std`` (``standardize``), ``whitening`` (``whiten``, ``(D, D)``), all
-        float64: the transform is ``((x - mean) / std) @ whitening``.
+        Arrays: ``name``; ``mean`` (every back end but ``none``), ``std``
+        (``standardize``), ``whitening`` (``whiten``, ``(D, D)``), ``projection``
+        (``lda``, ``(D, d)``), all float64: the transform is
+        ``((x - mean) / std) @ whitening @ projection``, each part when present.
         """
         arrays = {"name": np.array(self.name)}
-        for key in ("mean", "std", "whitening"):
+        for key in ("mean", "std", "whitening", "projection"):
             value = getattr(self, key)
             if value is not None:
                 arrays[key] = value.numpy()
@@ -113,7 +132,7 @@ class Backend:
             if name not in BACKENDS:
                 raise ValueError(f"{path}: unknown back end {name!r}")
             self.name = name
-            for key in ("mean", "std", "whitening"):
+            for key in ("mean", "std", "whitening", "projection"):
                 setattr(self, key, torch.from_numpy(arrays[key]) if key in arrays else None)
 
     def apply(self, embeddings):
@@ -123,3 +142,41 @@ class Backend:
         ids = list(embeddings)
         transformed = self(torch.stack([embeddings[key] for key in ids]))
         return dict(zip(ids, transformed))
+
+
+def lda_projection(train, labels, shrinkage=WHITEN_SHRINKAGE):
+    """The ``(D, d)`` LDA projection of ``train`` ``(N, D)`` with speaker ``labels``, ``d`` = speakers - 1 at most.
+
+    Solves ``Sb v = lambda Sw v`` (between- and within-speaker scatter, Sw shrunk towards its mean
+    variance by ``shrinkage``, as whitening's covariance is) and keeps the directions with a positive
+    ratio, largest first, scaled so that ``v' Sw v = 1``.
+
+    Example
+    -------
+    >>> x = torch.tensor([[0.0, 0.0], [0.0, 2.0], [1.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
+    >>> w = lda_projection(x, ["a", "a", "b", "b"])  # the speakers differ along the first axis alone
+    >>> w.shape, bool(abs(w[1, 0]) < 1e-9)
+    (torch.Size([2, 1]), True)
+    """
+    from scipy.linalg import eigh
+
+    x = train.double().numpy()
+    _, index = np.unique(np.asarray(labels), return_inverse=True)
+    speakers = index.max() + 1
+    if speakers < 2:
+        raise ValueError("back end 'lda' needs at least 2 training speakers")
+    mean = x.mean(0)
+    within = np.zeros((x.shape[1], x.shape[1]))
+    between = np.zeros_like(within)
+    for k in range(speakers):
+        members = x[index == k]
+        centred = members - members.mean(0)
+        within += centred.T @ centred
+        between += len(members) * np.outer(members.mean(0) - mean, members.mean(0) - mean)
+    within /= len(x)
+    between /= len(x)
+    within += shrinkage * max(within.diagonal().mean(), 1e-12) * np.eye(len(within))
+    values, vectors = eigh(between, within)  # ascending; vectors' Sw-norm is 1
+    keep = np.flatnonzero(values > 1e-10 * max(values.max(), 1e-30))[::-1][: speakers - 1]
+    return torch.from_numpy(np.ascontiguousarray(vectors[:, keep]))
+

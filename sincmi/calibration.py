@@ -70,7 +70,8 @@ def cllr(target_llrs, nontarget_llrs):
     """
     targets = np.asarray(target_llrs, dtype=np.float64)
     nontargets = np.asarray(nontarget_llrs, dtype=np.float64)
-    return float((-log_expit(targets).mean() - log_expit(-nontargets).mean()) / (2 * LOG2))
+    value = (-log_expit(targets).mean() - log_expit(-nontargets).mean()) / (2 * LOG2)
+    return max(float(value), 0.0)  # never below 0 but by rounding (perfectly separated trials)
 
 
 def pav_llrs(target_scores, nontarget_scores):
@@ -258,7 +259,8 @@ def fit_on_training_speakers(embeddings, speakers, backend="none", cohort=None, 
         group = set(names[k::folds])
         inside = [key for key in ids if speakers[key] in group]
         outside = [key for key in ids if speakers[key] not in group] if folds > 1 else ids
-        fitted = Backend(backend, torch.stack([embeddings[key] for key in outside]) if backend != "none" else None)
+        fitted = Backend(backend, torch.stack([embeddings[key] for key in outside]) if backend != "none" else None,
+                         [speakers[key] for key in outside])
         targets, nontargets = speaker_trial_scores(embeddings, speakers, inside, fitted, cohort, score_norm, top_k,
                                                    seed)
         target_scores.append(targets)

@@ -68,9 +68,9 @@ class OnnxSpeakerEncoder:
         self.session = onnxruntime.InferenceSession(os.path.join(folder, "encoder.onnx"),
                                                     providers=["CPUExecutionProvider"])
         self.backend = None
-        if self.config.get("backend"):  # ((x - mean) / std) @ whitening, each part when present
+        if self.config.get("backend"):  # ((x - mean) / std) @ whitening @ projection, each part when present
             with np.load(os.path.join(folder, self.config["backend"])) as arrays:
-                self.backend = {key: arrays[key] for key in ("mean", "std", "whitening") if key in arrays}
+                self.backend = {key: arrays[key] for key in ("mean", "std", "whitening", "projection") if key in arrays}
         self.cohort = None
         if self.config.get("score_norm"):
             with np.load(os.path.join(folder, self.config["cohort"])) as arrays:
@@ -84,6 +84,8 @@ class OnnxSpeakerEncoder:
             out = out / self.backend["std"]
         if "whitening" in self.backend:
             out = out @ self.backend["whitening"]
+        if "projection" in self.backend:
+            out = out @ self.backend["projection"]
         return out.astype(np.float32)
 
     def read(self, path):

@@ -627,6 +627,7 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
     # One dataset when the cohort is the back ends' set (VoxCeleb): verify() then embeds it once.
     cohort_set = backend_set if same_cohort else sets.sentences(cohort_rows) if cohort_rows else None
     speakers = {key: row["spk_id"] for key, row in rows.items()}
+    backend_speakers = {key: row["spk_id"] for key, row in backend_rows.items()}  # the lda back end's labels
     training_speakers = {key: row["spk_id"] for key, row in (calibration_rows if held else backend_rows).items()}
     saved = hparams.get("save_scores") or list(systems)[:1]  # default: the run's own system
     results = {}
@@ -640,7 +641,7 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
             backends=hparams.get("verification_backends", ["none"]), backend_set=backend_set,
             save_scores=name in saved, num_workers=hparams.get("num_workers") or 0,
             max_chunks=hparams.get("eval_chunks_per_batch") or 64, training_speakers=training_speakers,
-            calibration_set=calibration_set,
+            calibration_set=calibration_set, backend_speakers=backend_speakers,
             calibration_prior=hparams.get("calibration_prior"), p_target=hparams.get("p_target", 0.01),
         )
         timings["verification" if i == 0 else f"verification ({name})"] = time.time() - start

@@ -91,7 +91,8 @@ def embed_all_processes(encoder, dataset, device, batch_size, shift, num_workers
 def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, cohort_set=None,
            score_norm=None, top_k=None, out_folder=None, name="system", speakers=None,
            backends=("none",), backend_set=None, save_scores=True, num_workers=0, max_chunks=64,
-           training_speakers=None, calibration_prior=None, p_target=0.01, calibration_set=None):
+           training_speakers=None, calibration_prior=None, p_target=0.01, calibration_set=None,
+           backend_speakers=None):
     """Scores a trial list by cosine on utterance embeddings, after each back end, and calibrates the scores.
 
     Every process embeds its share of the utterances (with ``num_workers``
@@ -115,8 +116,9 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
     backends : sequence of str
         Back ends (:mod:`sincmi.backend`) applied before scoring, each scored.
     backend_set : dataset, optional
-        Training speakers' utterances that the back ends are fitted on (no
-        labels used); needed by every back end but ``none``.
+        Training speakers' utterances that the back ends are fitted on;
+        needed by every back end but ``none``, with ``backend_speakers``
+        (``{utterance id: speaker}``) for ``lda``.
     training_speakers : dict, optional
         ``{utterance id: speaker}``: trials among them fit each back end's
         calibration at ``calibration_prior`` (default ``p_target``): those of
@@ -150,7 +152,9 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
     raw_cohort = None if cohort_emb is None else torch.stack([cohort_emb[key] for key in sorted(cohort_emb)])
     results = {}
     for backend_name in backends:
-        backend = Backend(backend_name, None if training is None else torch.stack(list(training.values())))
+        backend = Backend(backend_name, None if training is None else torch.stack(list(training.values())),
+                          None if training is None or backend_speakers is None
+                          else [backend_speakers[key] for key in training])
         cohort = None if raw_cohort is None else backend(raw_cohort)
         scores, labels = score_trials(backend.apply(embeddings), trials, cohort, score_norm, top_k)
         results[backend_name] = {**verification_metrics(scores[labels], scores[~labels]), "backend": backend_name}

@@ -62,3 +62,37 @@ def test_whiten_makes_the_training_covariance_the_identity():
     shrunk = values / (values + backends.WHITEN_SHRINKAGE * train_cov.diagonal().mean())
     assert torch.allclose(torch.linalg.eigvalsh(cov), shrunk, atol=1e-4)
     assert out.mean(0).abs().max() < 1e-5
+
+
+def test_lda_is_fishers_discriminant_against_a_hand_computation():
+    """Two speakers: the one LDA direction is Fisher's, w ~ Sw^-1 (m1 - m0), with Sw shrunk as documented,
+    scaled to unit within-speaker variance (w' Sw w = 1)."""
+    from sincmi import backend as backends
+
+    torch.manual_seed(1)
+    mix = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.2]], dtype=torch.float64)
+    spk0 = torch.randn(40, 3, dtype=torch.float64) @ mix
+    spk1 = torch.randn(60, 3, dtype=torch.float64) @ mix + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    train, labels = torch.cat([spk0, spk1]), ["a"] * 40 + ["b"] * 60
+    fitted = Backend("lda", train, labels)
+    assert fitted.projection.shape == (3, 1)
+    # By hand: within-speaker scatter (per utterance), shrunk; Fisher's direction.
+    within = ((spk0 - spk0.mean(0)).T @ (spk0 - spk0.mean(0)) + (spk1 - spk1.mean(0)).T @ (spk1 - spk1.mean(0))) / 100
+    within += backends.WHITEN_SHRINKAGE * within.diagonal().mean() * torch.eye(3, dtype=torch.float64)
+    fisher = torch.linalg.solve(within, spk1.mean(0) - spk0.mean(0))
+    fisher = fisher / torch.sqrt(fisher @ within @ fisher)  # unit within-speaker variance
+    w = fitted.projection[:, 0]
+    assert torch.allclose(w * torch.sign(w @ fisher), fisher, atol=1e-8)
+    out = fitted(train)
+    assert out.shape == (100, 1) and abs(float(out.mean())) < 1e-9  # centred on the training mean
+    with pytest.raises(ValueError, match="needs the speaker of every training utterance"):
+        Backend("lda", train)
+
+
+def test_lda_back_end_saves_and_loads(tmp_path):
+    train = torch.randn(30, 5, dtype=torch.float64)
+    fitted = Backend("lda", train, [i % 3 for i in range(30)])
+    fitted.save(str(tmp_path / "backend.ckpt"))
+    loaded = Backend.load(str(tmp_path / "backend.ckpt"))
+    x = torch.randn(4, 5, dtype=torch.float64)
+    assert loaded.name == "lda" and loaded(x).shape == (4, 2) and torch.equal(loaded(x), fitted(x))
