@@ -71,7 +71,7 @@ def cllr(target_llrs, nontarget_llrs):
     targets = np.asarray(target_llrs, dtype=np.float64)
     nontargets = np.asarray(nontarget_llrs, dtype=np.float64)
     value = (-log_expit(targets).mean() - log_expit(-nontargets).mean()) / (2 * LOG2)
-    return max(float(value), 0.0)  # never below 0 but by rounding (perfectly separated trials)
+    return float(value) if value > 0 else 0.0  # never below 0 but by rounding (perfectly separated trials)
 
 
 def pav_llrs(target_scores, nontarget_scores):
@@ -245,15 +245,18 @@ def fit_on_training_speakers(embeddings, speakers, backend="none", cohort=None, 
         ``{utterance id: speaker}``.
     backend : str
         The :mod:`sincmi.backend` the verification scores use.
-    cohort : torch.Tensor, optional
-        ``(M, D)`` score-normalisation cohort before the back end.
+    cohort : dict, optional
+        ``{utterance id: embedding}``: the score-normalisation cohort before the
+        back end; a fold's own utterances are left out of it, as the
+        verification utterances are not in it.
     """
     from sincmi.backend import Backend
 
     ids = sorted(key for key in embeddings if key in speakers)
     names = sorted({speakers[key] for key in ids})
     np.random.default_rng(seed).shuffle(names)
-    folds = max(1, min(folds, len(names) // 2)) if backend != "none" else 1
+    # Held out in folds what the trials must not have seen: a fitted back end's data, the cohort's own utterances.
+    folds = max(1, min(folds, len(names) // 2)) if backend != "none" or cohort is not None else 1
     target_scores, nontarget_scores = [], []
     for k in range(folds):
         group = set(names[k::folds])
@@ -261,11 +264,12 @@ def fit_on_training_speakers(embeddings, speakers, backend="none", cohort=None, 
         outside = [key for key in ids if speakers[key] not in group] if folds > 1 else ids
         fitted = Backend(backend, torch.stack([embeddings[key] for key in outside]) if backend != "none" else None,
                          [speakers[key] for key in outside])
-        targets, nontargets = speaker_trial_scores(embeddings, speakers, inside, fitted, cohort, score_norm, top_k,
+        others = None if cohort is None else cohort_matrix(cohort, exclude=set(inside))
+        targets, nontargets = speaker_trial_scores(embeddings, speakers, inside, fitted, others, score_norm, top_k,
                                                    seed)
         target_scores.append(targets)
         nontarget_scores.append(nontargets)
-    held_out = f", back end held out in {folds} folds of speakers" if folds > 1 else ""
+    held_out = f", in {folds} folds of speakers held out of the back end and cohort" if folds > 1 else ""
     return Calibration.fit(np.concatenate(target_scores), np.concatenate(nontarget_scores), prior,
                            source=f"trials among {len(ids)} utterances of {len(names)} training speakers{held_out}")
 
@@ -279,11 +283,21 @@ def fit_on_held_out_speakers(embeddings, speakers, backend, cohort=None, score_n
     :class:`~sincmi.backend.Backend` as the verification trials are.
     """
     ids = sorted(key for key in embeddings if key in speakers)
+    cohort = None if cohort is None else cohort_matrix(cohort, exclude=set(ids))
     targets, nontargets = speaker_trial_scores(embeddings, speakers, ids, backend, cohort, score_norm, top_k, seed)
     count = len({speakers[key] for key in ids})
     return Calibration.fit(targets, nontargets, prior,
                            source=f"trials among {len(ids)} utterances of {count} training speakers held out of "
                                   "training and back end")
+
+
+def cohort_matrix(cohort, exclude=()):
+    """The ``(M, D)`` matrix of a ``{utterance id: embedding}`` cohort, in id order, without ``exclude``.
+
+    >>> cohort_matrix({"b": torch.ones(2), "a": torch.zeros(2), "c": torch.ones(2)}, exclude={"c"}).tolist()
+    [[0.0, 0.0], [1.0, 1.0]]
+    """
+    return torch.stack([cohort[key] for key in sorted(cohort) if key not in exclude])
 
 
 def speaker_trial_scores(embeddings, speakers, keys, backend, cohort=None, score_norm=None, top_k=None, seed=0):

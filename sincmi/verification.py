@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from sincmi import layout
 from sincmi.backend import BACKEND_LABELS, Backend
-from sincmi.calibration import fit_on_held_out_speakers, fit_on_training_speakers
+from sincmi.calibration import cohort_matrix, fit_on_held_out_speakers, fit_on_training_speakers
 from sincmi.distributed import ShardSampler, in_process_group
 from sincmi.encoder import utterance_embeddings
 from sincmi.metrics import verification_metrics
@@ -149,7 +149,7 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
     if embeddings is None:  # not the main process: it only embedded its share
         return {}
     trials = read_trials(trials_file)
-    raw_cohort = None if cohort_emb is None else torch.stack([cohort_emb[key] for key in sorted(cohort_emb)])
+    raw_cohort = None if cohort_emb is None else cohort_matrix(cohort_emb)
     results = {}
     for backend_name in backends:
         backend = Backend(backend_name, None if training is None else torch.stack(list(training.values())),
@@ -160,9 +160,9 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
         results[backend_name] = {**verification_metrics(scores[labels], scores[~labels]), "backend": backend_name}
         calibration = None
         if training_speakers:
-            calibration = (fit_on_held_out_speakers(held_out, training_speakers, backend, raw_cohort, score_norm,
+            calibration = (fit_on_held_out_speakers(held_out, training_speakers, backend, cohort_emb, score_norm,
                                                     top_k, calibration_prior or p_target) if held_out is not None
-                           else fit_on_training_speakers(training, training_speakers, backend_name, raw_cohort,
+                           else fit_on_training_speakers(training, training_speakers, backend_name, cohort_emb,
                                                          score_norm, top_k, calibration_prior or p_target))
             results[backend_name].update(calibration.metrics(scores[labels].numpy(), scores[~labels].numpy(),
                                                              p_target))

@@ -77,6 +77,26 @@ def folder_bytes(folder):
     return found
 
 
+def test_demo_scores_with_as_norm_against_its_training_speakers_and_an_lda_row(tmp_path):
+    """score_norm in the Demo: the cohort is the training speakers' utterances; lda is a row like the others."""
+    import os
+
+    folder = write_tone_corpus(str(tmp_path / "mine"), speakers=8, utterances=4, seconds=0.6)
+    args = ["--data_folder=" + folder, "--num_verification_speakers=3", "--valid_per_speaker=1",
+            "--test_per_speaker=1", "--score_baselines=False", "--verification_backends=[none,lda]"]
+    plain, _ = run_recipe("Demo", "lim_nce.yaml", tmp_path / "plain", *args)
+    normed, _ = run_recipe("Demo", "lim_nce.yaml", tmp_path / "normed", *args, "--score_norm=as-norm",
+                           "--cohort_top_k=5")
+    assert set(normed["systems"]) == {"LIM (nce)", "LIM (nce), LDA"} == set(plain["systems"])
+    for row in normed["systems"].values():
+        assert 0.0 <= row["minCllr"] <= row["Cllr"] + 1e-9
+    # The same embeddings (same seed), other scores: the normalisation was applied, with its cohort kept.
+    assert os.path.isfile(tmp_path / "normed" / "save" / "cohort" / "lim_nce.npz")
+    assert not os.path.isfile(tmp_path / "plain" / "save" / "cohort" / "lim_nce.npz")
+    assert (tmp_path / "normed" / "scores_lim_nce.txt.gz").read_bytes() != (
+        tmp_path / "plain" / "scores_lim_nce.txt.gz").read_bytes()
+
+
 def test_demo_missing_data_folder_is_explained(tmp_path):
     _, proc = run_recipe("Demo", "lim_nce.yaml", tmp_path / "out", f"--data_folder={tmp_path / 'missing'}",
                          expect_ok=False)

@@ -50,7 +50,10 @@ def main(argv):
     #    fitted on the training speakers' utterances without their labels
     rows = stages.load_manifests(hparams, data_folder, ["verification"])["verification"]
     training_rows = {**manifests["train"], **manifests["valid"], **manifests["test"]}
-    results = stages.verification(hparams, run_opts, systems, rows, training_rows, timings, stats, audio=audio)
+    # With score_norm (e.g. as-norm) the training speakers' utterances are the cohort too
+    cohort = training_rows if hparams["score_norm"] else None
+    results = stages.verification(hparams, run_opts, systems, rows, training_rows, timings, stats, audio=audio,
+                                  cohort_rows=cohort)
 
     # 5. Report: results.json and the table
     stages.report(hparams, results, timings, run_opts)
