@@ -102,17 +102,13 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
     Arguments
     ---------
     shift : int, optional
-        Hop between the chunks averaged into an utterance embedding (default:
-        half a chunk).
-    cohort_set : dataset, optional
-        Utterances whose embeddings form the score-normalisation cohort.
-    score_norm, top_k : see :func:`sincmi.scoring.score_trials`.
+        Hop between the chunks of an utterance embedding (default: half a chunk).
+    cohort_set, score_norm, top_k : the score normalisation's cohort, see :func:`sincmi.scoring.score_trials`.
     out_folder : str, optional
         Where ``scores_<name>[_<back end>].txt.gz`` and DET curves go (with
         ``save_scores``), and what the export packs (:func:`save_model_parts`).
     speakers : dict, optional
-        ``{utterance id: speaker}``: also draws ``embeddings_<name>.png``, a
-        2-D map of the utterance embeddings (with ``out_folder``).
+        ``{utterance id: speaker}``: also draws ``embeddings_<name>.png`` (with ``out_folder``).
     backends : sequence of str
         Back ends (:mod:`sincmi.backend`) applied before scoring, each scored.
     backend_set : dataset, optional

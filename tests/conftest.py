@@ -58,6 +58,27 @@ SMALL_RUN = [
 TINY_PRETRAIN = ["--pretrain_epochs=1", "--pairs_per_epoch=16", "--pretrain_batch_size=8"]
 
 
+def doc_blocks(doc):
+    """``(files, commands)`` of a walk-through page: the code blocks marked ``<!-- file: PATH -->`` and
+    ``<!-- run -->`` (bash), as written."""
+    import re
+
+    with open(doc) as f:
+        text = f.read()
+    files = dict(re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", text, re.S))
+    return files, re.findall(r"<!-- run -->\n```bash\n(.*?)```", text, re.S)
+
+
+def walk_through_folder(tmp_path, files):
+    """A working folder as a user's: ``recipes/Demo`` (linked), the page's files, and a folder of 6 speakers."""
+    work = tmp_path / "work"
+    os.makedirs(work / "recipes")
+    os.symlink(os.path.join(ROOT, "recipes", "Demo"), work / "recipes" / "Demo")
+    for path, text in files.items():
+        (work / path).write_text(text)
+    return work, write_tone_corpus(str(tmp_path / "speakers"), speakers=6, utterances=4, seconds=0.6)
+
+
 def run_recipe(recipe, yaml, out, *args, pretrain=True, expect_ok=True):
     """Runs ``recipes/<recipe>/train.py`` on a tiny model; returns (results, process)."""
     import json

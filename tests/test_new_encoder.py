@@ -8,29 +8,15 @@ import shlex
 import subprocess
 import sys
 
-from conftest import ROOT, TINY_MODEL, TINY_PRETRAIN, write_tone_corpus
+from conftest import ROOT, TINY_MODEL, TINY_PRETRAIN, doc_blocks, walk_through_folder
 
 DOC = os.path.join(ROOT, "docs", "new_encoder.md")
 
 
-def doc_steps():
-    """``(files, commands)``: the code blocks marked ``<!-- file: PATH -->`` and ``<!-- run -->``."""
-    with open(DOC) as f:
-        text = f.read()
-    files = dict(re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", text, re.S))
-    commands = re.findall(r"<!-- run -->\n```bash\n(.*?)```", text, re.S)
-    return files, commands
-
-
 def test_the_new_encoder_walk_through_runs_as_written(tmp_path):
-    files, (copy, use) = doc_steps()
+    files, (copy, use) = doc_blocks(DOC)
     assert list(files) == ["my_encoders.py"]
-    work = tmp_path / "work"
-    os.makedirs(work / "recipes")
-    os.symlink(os.path.join(ROOT, "recipes", "Demo"), work / "recipes" / "Demo")
-    for path, text in files.items():
-        (work / path).write_text(text)
-    speakers = write_tone_corpus(str(tmp_path / "speakers"), speakers=6, utterances=4, seconds=0.6)
+    work, speakers = walk_through_folder(tmp_path, files)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [".", os.environ.get("PYTHONPATH")])))
 
     proc = subprocess.run(copy, shell=True, executable="/bin/bash", cwd=work, capture_output=True, text=True)

@@ -2,34 +2,25 @@
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
 
-from conftest import ROOT, TINY_MODEL, TINY_PRETRAIN, write_tone_corpus
+from conftest import ROOT, TINY_MODEL, TINY_PRETRAIN, doc_blocks, walk_through_folder
 
 DOC = os.path.join(ROOT, "docs", "new_objective.md")
 
 
 def doc_steps():
-    """``(files, commands)``: the code blocks marked ``<!-- file: PATH -->`` and ``<!-- run -->``."""
-    with open(DOC) as f:
-        text = f.read()
-    files = dict(re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", text, re.S))
-    commands = [block.replace("\\\n", " ").strip() for block in re.findall(r"<!-- run -->\n```bash\n(.*?)```", text, re.S)]
-    return files, commands
+    """``(files, commands)`` of the page, each command on one line."""
+    files, commands = doc_blocks(DOC)
+    return files, [block.replace("\\\n", " ").strip() for block in commands]
 
 
 def test_the_new_objective_walk_through_runs_as_written(tmp_path):
     files, commands = doc_steps()
     assert list(files) == ["my_estimators.py"] and len(commands) == 2
-    work = tmp_path / "work"
-    os.makedirs(work / "recipes")
-    os.symlink(os.path.join(ROOT, "recipes", "Demo"), work / "recipes" / "Demo")
-    for path, text in files.items():
-        (work / path).write_text(text)
-    speakers = write_tone_corpus(str(tmp_path / "speakers"), speakers=6, utterances=4, seconds=0.6)
+    work, speakers = walk_through_folder(tmp_path, files)
 
     copy, run = commands
     proc = subprocess.run(copy, shell=True, cwd=work, capture_output=True, text=True, timeout=60)

@@ -16,7 +16,7 @@ import torch
 
 import conftest
 from conftest import ROOT, write_tone_corpus
-from sincmi.shards import INDEX_FILE, ShardPairs, pack_shards, read_index, shuffled
+from sincmi.shards import ShardPairs, pack_shards, read_index, shuffled
 
 
 def write_manifest(folder, rows_per_file=2, files=6, seconds=1.0, rate=16000):
