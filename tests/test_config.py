@@ -18,7 +18,7 @@ from sincmi.config import check_hparams
         ({"critic": "dot"}, r"critic='dot' is invalid: choose one of \['bilinear', 'cosine', 'cosine_threshold', 'mlp'\]"),
         ({"score_norm": "x"}, r"score_norm='x' is invalid"),
         ({"num_negatives": 0}, r"num_negatives=0 is invalid"),
-        ({"verification_backends": ["none", "plda"]}, r"verification_backends=\['none', 'plda'\] is invalid"),
+        ({"verification_backends": ["none", "cosine_plda"]}, r"verification_backends=\['none', 'cosine_plda'\] is invalid"),
         ({"verification_backends": "whiten"}, r"verification_backends='whiten' is invalid: a list"),
         ({"pretrain_data": "everything"}, r"pretrain_data='everything' is invalid: choose one of \['train', 'all', 'none'\]"),
         ({"save_scores": "LIM"}, r"save_scores='LIM' is invalid"),
@@ -41,7 +41,7 @@ def test_missing_folders_are_named(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("--label_fraction=2.0", "label_fraction=2.0 is invalid"),
-    ("--verification_backends=[none,lda]", "verification_backends=['none', 'lda'] is invalid"),
+    ("--verification_backends=[none,cosine_plda]", "verification_backends=['none', 'cosine_plda'] is invalid"),
     ("--pretrain_data=everything", "pretrain_data='everything' is invalid"),
 ])
 def test_recipe_fails_before_any_data_work(tmp_path, override, message):
