@@ -530,16 +530,25 @@ def utterance_embeddings(encoder, wavs, lens=None, chunk_size=3200, shift=None, 
     torch.Tensor
         ``(batch, D)`` utterance embeddings (not re-normalised).
     """
-    shift = shift or default_shift(chunk_size)
+    return mean_unit_embedding(*chunk_embeddings(encoder, wavs, lens, chunk_size, shift, max_chunks), len(wavs))
+
+
+def chunk_embeddings(encoder, wavs, lens=None, chunk_size=3200, shift=None, max_chunks=64):
+    """``(embeddings, owner)``: the encoder's output for every chunk of the utterances (:func:`iter_chunks`,
+    ``max_chunks`` per call) and the utterance each chunk belongs to."""
     pieces, owners = [], []
-    for chunks, owner in iter_chunks(wavs, lens, chunk_size, shift, max_chunks):
+    for chunks, owner in iter_chunks(wavs, lens, chunk_size, shift or default_shift(chunk_size), max_chunks):
         pieces.append(encoder(chunks))
         owners.append(owner)
-    emb, owner = F.normalize(torch.cat(pieces), dim=-1), torch.cat(owners)
-    total = torch.zeros(wavs.shape[0], emb.shape[1], device=emb.device, dtype=emb.dtype)
-    total.index_add_(0, owner, emb)
-    counts = torch.bincount(owner, minlength=wavs.shape[0]).clamp(min=1)
-    return total / counts.unsqueeze(1).to(emb.dtype)
+    return torch.cat(pieces), torch.cat(owners)
+
+
+def mean_unit_embedding(embeddings, owner, count):
+    """``(count, D)``: the mean of each utterance's L2-normalised chunk embeddings (``owner``: its index)."""
+    total = torch.zeros(count, embeddings.shape[1], device=embeddings.device, dtype=embeddings.dtype)
+    total.index_add_(0, owner, F.normalize(embeddings, dim=-1))
+    counts = torch.bincount(owner, minlength=count).clamp(min=1)
+    return total / counts.unsqueeze(1).to(embeddings.dtype)
 
 
 def untrained_copy(encoder):

@@ -36,6 +36,7 @@ from speechbrain.dataio.batch import PaddedBatch
 from sincmi.audio import AUDIO_EXTENSIONS, is_audio_file
 from sincmi.command_line import load_model, one_line_errors
 from sincmi.data import read_segment, resampled
+from sincmi.inference import TooShortError, check_length
 from sincmi.prepare.manifest import inspect_audio
 from sincmi.progress import progress_bar
 from sincmi.scoring import EmbeddingTable
@@ -159,8 +160,11 @@ def usable_items(utterances, rate, chunk):
     for item in utterances:
         check = inspect_audio(item[1], rate, 1, resample=True, read_samples=False)
         stop = check.frames if item[3] is None else item[3]
-        if not check.reason and (stop - item[2]) * rate / check.rate < chunk:
-            check = check._replace(reason=f"shorter than one chunk ({chunk} samples at {rate} Hz)")
+        if not check.reason:
+            try:
+                check_length(int((stop - item[2]) * rate / check.rate), chunk, rate, "the file")
+            except TooShortError as error:
+                check = check._replace(reason=str(error))
         if check.reason:
             skipped.append((item[1], check.reason))
         else:

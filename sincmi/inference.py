@@ -38,7 +38,8 @@ from sincmi.audio import to_mono
 from sincmi.backend import Backend
 from sincmi.data import resampled
 from sincmi.calibration import bayes_threshold
-from sincmi.encoder import iter_chunks, utterance_embeddings
+from sincmi.scoring import Cohort
+from sincmi.encoder import chunk_embeddings, mean_unit_embedding, utterance_embeddings
 from sincmi.thresholds import OperatingPoint, operating_point
 
 Verification = namedtuple("Verification", "score same_speaker operating_point llr")
@@ -220,15 +221,8 @@ class UtteranceEmbedder(nn.Module):
             torch.round(wav_lens.float() * wavs.shape[1]).long().tolist()
         for i, n in enumerate(samples):
             check_length(n, chunk, self.sample_rate, f"utterance {i} of the batch", self.pad_short)
-        pieces, owners = [], []
-        for chunks, owner in iter_chunks(wavs, wav_lens, chunk, self.shift, self.max_chunks):
-            pieces.append(self.encoder(chunks))
-            owners.append(owner)
-        raw, owner = torch.cat(pieces), torch.cat(owners)
-        total = torch.zeros(len(wavs), raw.shape[1], device=raw.device, dtype=raw.dtype)
-        total.index_add_(0, owner, F.normalize(raw, dim=-1))
-        counts = torch.bincount(owner, minlength=len(wavs)).clamp(min=1).unsqueeze(1).to(raw.dtype)
-        out = self.backend((total / counts).cpu()).to(raw.device).unsqueeze(1)
+        raw, owner = chunk_embeddings(self.encoder, wavs, wav_lens, chunk, self.shift, self.max_chunks)
+        out = self.backend(mean_unit_embedding(raw, owner, len(wavs)).cpu()).to(raw.device).unsqueeze(1)
         self.last = (out, raw, owner)
         return out
 
@@ -387,10 +381,7 @@ class SpeakerEncoder(Pretrained):
     def score(self, emb_a, emb_b):
         """The verification score of two embeddings: their cosine, as the recipes score trials,
         normalised against the model's cohort when it carries the run's score normalisation."""
-        if self.cohort is not None:
-            return self.cohort.normalize(emb_a, emb_b)
-        pair = F.normalize(torch.stack([emb_a.flatten(), emb_b.flatten()]).float().cpu(), dim=1)
-        return float((pair[0] * pair[1]).sum())
+        return (self.cohort or Cohort()).normalize(emb_a, emb_b)  # Cohort(): no normalisation, the cosine
 
     def llr(self, score):
         """The log-likelihood ratio of a score (None when the model has no calibration)."""

@@ -25,7 +25,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from sincmi import data, distributed, layout, progress, shards
 from sincmi.prepare import unlabelled
-from sincmi.prepare.manifest import OPTS_FILE
+from sincmi.prepare.manifest import OPTS_FILE, trained_stages
 from sincmi.brains import LIMBrain, SpeakerIdBrain
 from sincmi.checkpoints import make_checkpointer
 from sincmi.manifest_table import ManifestTable, as_table
@@ -98,8 +98,7 @@ def refuse_another_runs_folder(hparams):
     derived = ("sample_rate", "min_samples", "resample")  # worked out from other settings (preparer_settings)
     changed = [key for key, value in stored.items()
                if key not in derived and given.get(key) is not None and not isinstance(given[key], dict) and given[key] != value]
-    trained = [name for name in sorted(os.listdir(save_folder)) if os.path.isdir(os.path.join(save_folder, name))
-               and any(entry.startswith("CKPT+") for entry in os.listdir(os.path.join(save_folder, name)))]
+    trained = trained_stages(save_folder)
     if changed and trained:
         raise ValueError(
             f"{hparams['output_folder']} holds another run, prepared with other settings "

@@ -195,11 +195,7 @@ def already_prepared(save_folder, opts, outputs):
         stored = json.load(f)
     if stored != opts:
         changed = sorted(k for k in set(stored) | set(opts) if stored.get(k) != opts.get(k))
-        trained = sorted(
-            name for name in os.listdir(save_folder)
-            if os.path.isdir(os.path.join(save_folder, name))
-            and any(entry.startswith("CKPT+") for entry in os.listdir(os.path.join(save_folder, name)))
-        )
+        trained = trained_stages(save_folder)
         if trained:
             raise ValueError(
                 f"{save_folder} holds a run prepared with other settings ({', '.join(f'{k}: {stored.get(k)!r} -> {opts.get(k)!r}' for k in changed)}) "
@@ -208,6 +204,12 @@ def already_prepared(save_folder, opts, outputs):
             )
         return False
     return all(os.path.isfile(os.path.join(save_folder, name)) for name in outputs)
+
+
+def trained_stages(save_folder):
+    """The stage folders of ``save_folder`` that hold a checkpoint (``CKPT+...``), sorted."""
+    return sorted(name for name in os.listdir(save_folder) if os.path.isdir(os.path.join(save_folder, name))
+                  and any(entry.startswith("CKPT+") for entry in os.listdir(os.path.join(save_folder, name))))
 
 
 def mark_prepared(save_folder, opts):
