@@ -526,6 +526,12 @@ def update_onnx_config(model_folder, **settings):
             json.dump(values, f, indent=2)
 
 
+def with_loadable(text, name):
+    """A model's hyperparams text with ``name`` among its pretrainer's loadables (the list ends the file)."""
+    line = f"        {name}: !ref <{name}>"
+    return text if line in text else text.rstrip("\n") + f"\n{line}\n"
+
+
 def set_threshold(model_folder, point, summary=None):
     """Stores a new operating point in an exported model folder; with ``summary``, also the trials' summary."""
     hparams_path = os.path.join(model_folder, HPARAMS_FILE)
@@ -536,8 +542,7 @@ def set_threshold(model_folder, point, summary=None):
         text = re.sub(rf"^{key}:.*$", line, text, count=1, flags=re.M)
     if summary is not None:
         ScoreSummary(summary).save(os.path.join(model_folder, SUMMARY_FILE))
-        if "    score_summary: !ref <score_summary>" not in text:
-            text = text.rstrip("\n") + "\n    score_summary: !ref <score_summary>\n"
+        text = with_loadable(text, "score_summary")
     with open(hparams_path, "w") as f:
         f.write(text)
     update_onnx_config(model_folder, threshold=point.threshold)
@@ -553,9 +558,8 @@ def set_calibration(model_folder, calibration):
     hparams_path = os.path.join(model_folder, HPARAMS_FILE)
     with open(hparams_path) as f:
         text = f.read()
-    if "    calibration: !ref <calibration>" not in text:
-        with open(hparams_path, "w") as f:
-            f.write(text.rstrip("\n") + "\n    calibration: !ref <calibration>\n")
+    with open(hparams_path, "w") as f:
+        f.write(with_loadable(text, "calibration"))
     update_onnx_config(model_folder, calibration={"scale": calibration.scale, "offset": calibration.offset})
 
 
