@@ -22,6 +22,13 @@ and name the back end on each result row. All but ``lda`` use no labels.
   scatter, singular whenever the utterances are fewer than the dimensions
   plus the speakers (60 speakers x 4 utterances in 256 dimensions here), and
   takes a symmetric eigendecomposition of a non-symmetric product.
+* ``plda``: the field's x-vector back end (as Kaldi's recipes): ``lda``, then
+  length normalisation (each embedding scaled to norm ``sqrt(d)``), then
+  SpeechBrain's PLDA fitted with the labels; trials are scored by its
+  log-likelihood ratio (:mod:`sincmi.plda`) instead of the cosine.
+
+Every back end scores through its ``scorer`` (:class:`sincmi.plda.CosineScorer`
+for all but ``plda``).
 """
 
 import os
@@ -30,18 +37,21 @@ import numpy as np
 import torch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
-BACKENDS = ("none", "center", "standardize", "whiten", "lda")
+from sincmi.plda import COSINE, PLDAScorer, fit_plda
+
+BACKENDS = ("none", "center", "standardize", "whiten", "lda", "plda")
 BACKEND_LABELS = {"none": "", "center": ", centred", "standardize": ", standardised", "whiten": ", whitened",
-                  "lda": ", LDA"}
-LABELLED_BACKENDS = ("lda",)
+                  "lda": ", LDA", "plda": ", PLDA"}
+LABELLED_BACKENDS = ("lda", "plda")
 WHITEN_SHRINKAGE = 0.1
 
 
 @register_checkpoint_hooks
 class Backend:
-    """A fitted back end: ``backend(embeddings)`` maps ``(N, D)`` to ``(N, D)`` (``lda``: ``(N, d)``).
+    """A fitted back end: ``backend(embeddings)`` maps ``(N, D)`` to ``(N, D)`` (``lda``, ``plda``: ``(N, d)``);
+    ``backend.scorer`` scores the transformed embeddings (``pairs(a, b)``, ``cross(a, cohort)``).
 
-    ``labels``: the speaker of each training embedding, for ``lda`` only.
+    ``labels``: the speaker of each training embedding, for ``lda`` and ``plda`` only.
 
     Example
     -------
@@ -55,6 +65,7 @@ class Backend:
             raise ValueError(f"verification back end {name!r} is unknown; choose one of {list(BACKENDS)}")
         self.name = name
         self.mean = self.std = self.whitening = self.projection = None
+        self.length_norm, self.scorer = False, COSINE
         if name != "none":
             if training_embeddings is None or len(training_embeddings) < 2:
                 raise ValueError(f"back end {name!r} needs the embeddings of at least 2 training utterances")
@@ -68,10 +79,13 @@ class Backend:
                 cov += WHITEN_SHRINKAGE * cov.diagonal().mean().clamp(min=1e-12) * torch.eye(len(cov), dtype=cov.dtype)
                 values, vectors = torch.linalg.eigh(cov)
                 self.whitening = vectors @ torch.diag(values.rsqrt()) @ vectors.T
-            if name == "lda":
+            if name in LABELLED_BACKENDS:
                 if labels is None or len(labels) != len(train):
-                    raise ValueError("back end 'lda' needs the speaker of every training utterance")
+                    raise ValueError(f"back end {name!r} needs the speaker of every training utterance")
                 self.projection = lda_projection(train, labels)
+            if name == "plda":
+                self.length_norm = True
+                self.scorer = fit_plda(self(train), labels)[0]
 
     def __call__(self, embeddings):
         if self.name == "none":
@@ -83,6 +97,8 @@ class Backend:
             out = out @ self.whitening
         if self.projection is not None:
             out = out @ self.projection
+        if self.length_norm:
+            out = out * (out.shape[1] ** 0.5 / out.norm(dim=1, keepdim=True).clamp(min=1e-12))
         return out.to(embeddings.dtype)
 
     @mark_as_saver
@@ -91,10 +107,15 @@ class Backend:
 
         Arrays: ``name``; ``mean`` (every back end but ``none``), ``std``
         (``standardize``), ``whitening`` (``whiten``, ``(D, D)``), ``projection``
-        (``lda``, ``(D, d)``), all float64: the transform is
-        ``((x - mean) / std) @ whitening @ projection``, each part when present.
+        (``lda``, ``plda``: ``(D, d)``), all float64: the transform is
+        ``((x - mean) / std) @ whitening @ projection``, each part when present,
+        then for ``plda`` the length normalisation to ``sqrt(d)`` and the
+        scorer's ``plda_mean``, ``plda_phi``, ``plda_psi``, ``plda_offset``
+        (:class:`sincmi.plda.PLDAScorer`).
         """
         arrays = {"name": np.array(self.name)}
+        if isinstance(self.scorer, PLDAScorer):
+            arrays.update(self.scorer.arrays())
         for key in ("mean", "std", "whitening", "projection"):
             value = getattr(self, key)
             if value is not None:
@@ -134,6 +155,8 @@ class Backend:
             self.name = name
             for key in ("mean", "std", "whitening", "projection"):
                 setattr(self, key, torch.from_numpy(arrays[key]) if key in arrays else None)
+            self.length_norm = name == "plda"
+            self.scorer = PLDAScorer.from_arrays(arrays) if name == "plda" else COSINE
 
     def apply(self, embeddings):
         """Applies the back end to a ``{utterance id: embedding}`` dict."""

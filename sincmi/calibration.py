@@ -308,7 +308,7 @@ def speaker_trial_scores(embeddings, speakers, keys, backend, cohort=None, score
     pairs = calibration_trials([speakers[key] for key in keys], seed=seed)
     trials = [(int(label), keys[a], keys[b]) for a, b, label in zip(pairs.enrol, pairs.test, pairs.label)]
     scores, labels = score_trials(backend.apply({key: embeddings[key] for key in keys}), trials,
-                                  None if cohort is None else backend(cohort), score_norm, top_k)
+                                  None if cohort is None else backend(cohort), score_norm, top_k, backend.scorer)
     return scores[labels].numpy(), scores[~labels].numpy()
 
 

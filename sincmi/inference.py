@@ -379,9 +379,9 @@ class SpeakerEncoder(Pretrained):
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def score(self, emb_a, emb_b):
-        """The verification score of two embeddings: their cosine, as the recipes score trials,
-        normalised against the model's cohort when it carries the run's score normalisation."""
-        return (self.cohort or Cohort()).normalize(emb_a, emb_b)  # Cohort(): no normalisation, the cosine
+        """The verification score of two embeddings as the recipes score trials: the back end's scorer (the
+        cosine; PLDA's log-likelihood ratio), normalised against the model's cohort when it has one."""
+        return (self.cohort or Cohort()).normalize(emb_a, emb_b, self.backend.scorer)  # Cohort(): not normalised
 
     def llr(self, score):
         """The log-likelihood ratio of a score (None when the model has no calibration)."""

@@ -4,7 +4,8 @@ A model folder written by ``python -m sincmi export`` holds ``encoder.onnx`` and
 ``encoder_onnx.json`` (sample rate, chunk length and hop, peak normalisation,
 back end, score normalisation, calibration, threshold). An utterance embedding
 is the mean of the L2-normalised embeddings of its chunks, then the model's
-back end (``backend.ckpt``), and two are scored by cosine, normalised against
+back end (``backend.ckpt``), and two are scored by cosine (a PLDA back end: its log-likelihood
+ratio, see ``sincmi/plda.py``), normalised against
 the model's cohort (``cohort.ckpt``) when it has one, and turned into a
 log-likelihood ratio by its calibration: as ``python -m sincmi verify`` does,
 files at another sample rate resampled with the same filter. Audio shorter
@@ -70,11 +71,12 @@ class OnnxSpeakerEncoder:
         self.backend = None
         if self.config.get("backend"):  # ((x - mean) / std) @ whitening @ projection, each part when present
             with np.load(os.path.join(folder, self.config["backend"])) as arrays:
-                self.backend = {key: arrays[key] for key in ("mean", "std", "whitening", "projection") if key in arrays}
+                self.backend = {key: arrays[key] for key in arrays if key != "name"}
+                self.backend["name"] = str(arrays["name"])
         self.cohort = None
         if self.config.get("score_norm"):
             with np.load(os.path.join(folder, self.config["cohort"])) as arrays:
-                self.cohort = unit_rows(arrays["embeddings"].astype(np.float64))
+                self.cohort = arrays["embeddings"].astype(np.float64)
 
     def apply_backend(self, embedding):
         if self.backend is None:
@@ -86,7 +88,19 @@ class OnnxSpeakerEncoder:
             out = out @ self.backend["whitening"]
         if "projection" in self.backend:
             out = out @ self.backend["projection"]
+        if self.backend["name"] == "plda":  # length normalisation to sqrt(d)
+            out = out * np.sqrt(len(out)) / max(np.linalg.norm(out), 1e-12)
         return out.astype(np.float32)
+
+    def pair_score(self, a, b):
+        """Cosine of two embeddings, or PLDA's log-likelihood ratio (``b`` may be a matrix: one score per row)."""
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if self.backend is None or self.backend["name"] != "plda":
+            return unit_rows(b) @ unit_rows(a)
+        p = self.backend
+        a, b = a - p["plda_mean"], b - p["plda_mean"]
+        own_b = ((b @ p["plda_phi"]) * b).sum(-1) / 2
+        return a @ p["plda_phi"] @ a / 2 + own_b + b @ p["plda_psi"] @ a + float(p["plda_offset"])
 
     def read(self, path):
         """A file as mono float32 at the model's rate; one-line ``ValueError`` for unusable audio."""
@@ -117,15 +131,14 @@ class OnnxSpeakerEncoder:
         return self.apply_backend(total / len(starts))
 
     def score(self, a, b):
-        """Cosine similarity of two embeddings, normalised against the cohort when the model has one."""
-        a, b = unit_rows(np.asarray(a, dtype=np.float64)), unit_rows(np.asarray(b, dtype=np.float64))
-        score = float(a @ b)
+        """The back end's score of two embeddings (cosine or PLDA), normalised against the cohort if any."""
+        score = float(self.pair_score(a, b))
         if self.cohort is None:
             return score
         method, top_k = self.config["score_norm"], self.config.get("cohort_top_k")
         stats = []
         for side in (a, b):  # mean and (unbiased) std of the side's cohort scores, top-k for as-norm
-            cohort_scores = self.cohort @ side
+            cohort_scores = self.pair_score(side, self.cohort)
             if method == "as-norm":
                 cohort_scores = np.sort(cohort_scores)[-top_k:]
             stats.append((cohort_scores.mean(), max(cohort_scores.std(ddof=1), 1e-6)))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Scores a trial list by cosine on embeddings written by ``python -m sincmi embed``.
+"""Scores a trial list on embeddings written by ``python -m sincmi embed``: cosine, or the model's PLDA.
 
 Embeddings: the ``OUT.pt`` or ``OUT.npy`` (with ``OUT.csv``) of ``python -m
 sincmi embed MODEL SOURCE OUT`` (:func:`sincmi.extract.load_embeddings`),
@@ -13,6 +13,7 @@ Usage:
     python -m sincmi embed MODEL results/Demo/lim_nce/1234/save/verification.csv emb/verification --data_root DIR
     python -m sincmi score emb/verification.npy results/Demo/lim_nce/1234/save/trials.txt --out_folder scores/
     python -m sincmi score EMB.npy TRIALS.txt --cohort COHORT.npy --score_norm as-norm --top_k 300
+    python -m sincmi score EMB.npy TRIALS.txt --model MODEL   # a model with the plda back end
 """
 
 import argparse
@@ -22,6 +23,8 @@ import sys
 
 
 from sincmi import extract, layout
+from sincmi.backend import Backend
+from sincmi.plda import COSINE
 from sincmi.metrics import verification_metrics
 from sincmi.scoring import SCORE_NORMS, read_trials, score_trials, write_scores
 from sincmi.plots import det_curve
@@ -39,6 +42,18 @@ def load_embeddings(path):
         raise SystemExit(f"error: {err}") from err
 
 
+def model_scorer(model):
+    """The scorer of a model folder's back end (the cosine without one), or a one-line error."""
+    path = os.path.join(model, layout.BACKEND_FILE)
+    if not os.path.isfile(os.path.join(model, layout.HPARAMS_FILE)):
+        raise SystemExit(f"error: {model} is not a model folder (no {layout.HPARAMS_FILE}): "
+                         "give the folder python -m sincmi export wrote")
+    try:
+        return Backend.load(path).scorer if os.path.isfile(path) else COSINE
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m sincmi score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("embeddings", help="OUT.pt or OUT.npy written by python -m sincmi embed")
@@ -47,7 +62,10 @@ def main(argv=None):
     parser.add_argument("--cohort", help="cohort embeddings, also written by python -m sincmi embed")
     parser.add_argument("--score_norm", choices=[m for m in SCORE_NORMS if m], default=None)
     parser.add_argument("--top_k", type=int, default=None, help="cohort size per utterance for as-norm")
+    parser.add_argument("--model", help="the model that embedded them: its back end's scorer (PLDA) scores them; "
+                                        "default: cosine")
     args = parser.parse_args(argv)
+    scorer = model_scorer(args.model) if args.model else COSINE
 
     embeddings = load_embeddings(args.embeddings)
     try:
@@ -60,7 +78,7 @@ def main(argv=None):
     if args.score_norm == "as-norm" and args.top_k is None:
         raise SystemExit("--score_norm as-norm needs --top_k (e.g. 300)")
     try:
-        scores, labels = score_trials(embeddings, trials, cohort, args.score_norm, args.top_k)
+        scores, labels = score_trials(embeddings, trials, cohort, args.score_norm, args.top_k, scorer)
     except (KeyError, ValueError) as err:
         raise SystemExit(f"{args.trials}: {err}") from err
 

@@ -1,9 +1,10 @@
-"""Verification scoring: trial lists, cosine scores and score normalisation.
+"""Verification scoring: trial lists, trial scores and score normalisation.
 
 Reads the VoxCeleb-style trial lists (``label enrol test``) and the score files
 the recipes write (``enrol test score label``), and scores trials by the cosine
-of L2-normalised embeddings, optionally normalised against a cohort (z-, t-,
-s- or adaptive s-norm). The error rates of the scores are in :mod:`sincmi.metrics`.
+of the embeddings (or a back end's own scorer: PLDA, :mod:`sincmi.plda`),
+optionally normalised against a cohort (z-, t-, s- or adaptive s-norm). The
+error rates of the scores are in :mod:`sincmi.metrics`.
 """
 
 import gzip
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+
+from sincmi.plda import COSINE
 
 # Bytes of embeddings gathered at once while scoring: memory stays bounded whatever the number of trials.
 SCORING_CHUNK_BYTES = 128 << 20
@@ -139,52 +142,50 @@ def trial_indices(embeddings, trials):
     return table, enrol, test, labels
 
 
-def cosine_scores(matrix, enrol, test, chunk=None):
-    """Cosine scores of rows ``enrol[i]`` and ``test[i]`` of ``matrix``, in bounded memory.
+def pair_scores(matrix, enrol, test, scorer=COSINE, chunk=None):
+    """Scores of rows ``enrol[i]`` and ``test[i]`` of ``matrix``, in bounded memory.
 
-    The rows need not be normalised: each gathered row is L2-normalised, so
-    the scores are those of a normalised matrix, without a normalised copy of
-    it. ``chunk`` trials at a time (default: :data:`SCORING_CHUNK_BYTES` of
-    rows), so the memory used does not grow with the number of trials.
+    ``scorer``: the cosine (the rows need not be normalised; each gathered row
+    is, so no normalised copy of the matrix is made) or a back end's
+    ``scorer``. ``chunk`` trials at a time (default: :data:`SCORING_CHUNK_BYTES`
+    of rows), so the memory used does not grow with the number of trials.
 
     Example
     -------
-    >>> cosine_scores(torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([0]), torch.tensor([1]))
+    >>> pair_scores(torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([0]), torch.tensor([1]))
     tensor([0.6000])
     """
     chunk = chunk or chunk_rows(matrix.shape[1])
     scores = torch.empty(len(enrol), dtype=torch.float32)
     for i in range(0, len(enrol), chunk):
-        a = F.normalize(matrix[enrol[i : i + chunk]].float(), dim=1)
-        b = F.normalize(matrix[test[i : i + chunk]].float(), dim=1)
-        scores[i : i + chunk] = (a * b).sum(1)
+        scores[i : i + chunk] = scorer.pairs(matrix[enrol[i : i + chunk]], matrix[test[i : i + chunk]])
     return scores
 
 
-def cohort_statistics(matrix, cohort, top_k=None, chunk=4096):
-    """Mean and standard deviation of each embedding's cosine scores against a cohort.
+def cohort_statistics(matrix, cohort, top_k=None, chunk=4096, scorer=COSINE):
+    """Mean and standard deviation of each embedding's scores against a cohort.
 
     Arguments
     ---------
     matrix : torch.Tensor
-        ``(N, D)`` embeddings (L2-normalised here, a chunk of rows at a time).
+        ``(N, D)`` embeddings, a chunk of rows at a time.
     cohort : torch.Tensor
-        ``(M, D)`` cohort embeddings (normalised here).
+        ``(M, D)`` cohort embeddings.
     top_k : int or None
         Use only the ``top_k`` highest cohort scores of each embedding (the
         adaptive variant); None uses the whole cohort.
+    scorer : the cosine, or a back end's ``scorer``.
 
     Returns
     -------
     mean, std : torch.Tensor
         ``(N,)`` each.
     """
-    cohort = torch.nn.functional.normalize(cohort.float(), dim=1)
     if top_k is not None and not 0 < top_k <= len(cohort):
         raise ValueError(f"top_k must be in [1, {len(cohort)}] (the cohort size), got {top_k}")
     means, stds = [], []
     for i in range(0, len(matrix), chunk):
-        scores = F.normalize(matrix[i : i + chunk].float(), dim=1) @ cohort.T
+        scores = scorer.cross(matrix[i : i + chunk], cohort)
         if top_k is not None:
             scores = scores.topk(top_k, dim=1).values
         means.append(scores.mean(1))
@@ -214,14 +215,14 @@ class Cohort:
             raise ValueError(f"score_norm: unknown method {method!r}; choose one of {list(SCORE_NORMS)}")
         self.method, self.top_k, self.embeddings = method, top_k if method == "as-norm" else None, embeddings
 
-    def normalize(self, emb_a, emb_b):
-        """The normalised cosine score of two embeddings (the raw cosine without a method)."""
-        pair = F.normalize(torch.stack([emb_a.flatten(), emb_b.flatten()]).float().cpu(), dim=1)
-        score = (pair[0] * pair[1]).sum()
+    def normalize(self, emb_a, emb_b, scorer=COSINE):
+        """The normalised score of two embeddings (the raw score without a method), by ``scorer``."""
+        pair = torch.stack([emb_a.flatten(), emb_b.flatten()]).cpu()
+        score = scorer.pairs(pair[:1], pair[1:])
         if self.method is None:
-            return float(score)
-        mean, std = cohort_statistics(pair, self.embeddings, self.top_k)
-        return float(normalize_scores(score[None], torch.tensor([0]), torch.tensor([1]), mean, std, self.method)[0])
+            return float(score[0])
+        mean, std = cohort_statistics(pair, self.embeddings, self.top_k, scorer=scorer)
+        return float(normalize_scores(score, torch.tensor([0]), torch.tensor([1]), mean, std, self.method)[0])
 
     @mark_as_saver
     def save(self, path):
@@ -263,15 +264,15 @@ def normalize_scores(scores, enrol, test, mean, std, method):
     return (z + t) / 2
 
 
-def score_trials(embeddings, trials, cohort=None, method=None, top_k=None):
-    """Cosine scores of a trial list, optionally normalised against a cohort.
+def score_trials(embeddings, trials, cohort=None, method=None, top_k=None, scorer=COSINE):
+    """Scores of a trial list (cosine, or ``scorer``), optionally normalised against a cohort.
 
     Arguments
     ---------
     embeddings : dict or EmbeddingTable
         ``{utterance id: 1-D tensor}``, or a table used without a copy (the
         memory then grows with neither the number of trials nor of
-        utterances: see :func:`cosine_scores`).
+        utterances: see :func:`pair_scores`).
     trials : list
         ``(label, enrol, test)`` tuples.
     cohort : torch.Tensor, optional
@@ -281,6 +282,7 @@ def score_trials(embeddings, trials, cohort=None, method=None, top_k=None):
         One of :data:`SCORE_NORMS`.
     top_k : int, optional
         Cohort size kept per utterance for ``as-norm``.
+    scorer : the cosine, or a fitted back end's ``scorer`` (the embeddings and cohort after that back end).
 
     Returns
     -------
@@ -292,11 +294,11 @@ def score_trials(embeddings, trials, cohort=None, method=None, top_k=None):
     if method not in SCORE_NORMS:
         raise ValueError(f"score_norm: unknown method {method!r}; choose one of {list(SCORE_NORMS)}")
     table, enrol, test, labels = trial_indices(embeddings, trials)
-    scores = cosine_scores(table.matrix, enrol, test)
+    scores = pair_scores(table.matrix, enrol, test, scorer)
     if method is not None:
         if cohort is None:
             raise ValueError(f"score normalisation {method!r} needs a cohort of embeddings")
-        mean, std = cohort_statistics(table.matrix, cohort, top_k if method == "as-norm" else None)
+        mean, std = cohort_statistics(table.matrix, cohort, top_k if method == "as-norm" else None, scorer=scorer)
         scores = normalize_scores(scores, enrol, test, mean, std, method)
     return scores, labels
 

@@ -152,7 +152,7 @@ def verify(encoder, dataset, trials_file, device, batch_size=8, shift=None, coho
                           None if training is None or backend_speakers is None
                           else [backend_speakers[key] for key in training])
         cohort = None if raw_cohort is None else backend(raw_cohort)
-        scores, labels = score_trials(backend.apply(embeddings), trials, cohort, score_norm, top_k)
+        scores, labels = score_trials(backend.apply(embeddings), trials, cohort, score_norm, top_k, backend.scorer)
         results[backend_name] = {**verification_metrics(scores[labels], scores[~labels]), "backend": backend_name}
         calibration = None
         if training_speakers:

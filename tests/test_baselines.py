@@ -1,5 +1,6 @@
 """The MFCC-statistics baseline and the verification back ends."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,7 +44,7 @@ def test_standardize_uses_training_statistics_only():
 
 def test_unknown_or_unfitted_backend_is_explained():
     with pytest.raises(ValueError, match="unknown; choose one of"):
-        Backend("plda")
+        Backend("ivector")
     with pytest.raises(ValueError, match="needs the embeddings of at least 2 training utterances"):
         Backend("standardize")
 
@@ -96,3 +97,74 @@ def test_lda_back_end_saves_and_loads(tmp_path):
     loaded = Backend.load(str(tmp_path / "backend.ckpt"))
     x = torch.randn(4, 5, dtype=torch.float64)
     assert loaded.name == "lda" and loaded(x).shape == (4, 2) and torch.equal(loaded(x), fitted(x))
+
+
+def plda_data(speakers=12, per_speaker=6, dim=5, seed=2):
+    """Embeddings drawn from a two-covariance model: speaker offsets plus utterance noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(speakers, dim)) * 2.0
+    x = np.repeat(centres, per_speaker, axis=0) + rng.normal(size=(speakers * per_speaker, dim))
+    return torch.from_numpy(x), [k // per_speaker for k in range(speakers * per_speaker)]
+
+
+def test_plda_scores_are_the_two_covariance_log_likelihood_ratio_by_hand():
+    """The scorer's closed form against the ratio of the two hypotheses' Gaussian densities of (x, y),
+    computed directly with the model SpeechBrain's PLDA fitted (mean, F, Sigma)."""
+    from scipy.stats import multivariate_normal
+
+    from sincmi.plda import fit_plda
+
+    x, labels = plda_data()
+    scorer, (mean, factors, residual) = fit_plda(x, labels)
+    between = factors @ factors.T
+    total = between + residual
+    same = np.block([[total, between], [between, total]])
+    a, b = torch.randn(3, x.shape[1], dtype=torch.float64), torch.randn(3, x.shape[1], dtype=torch.float64) + 1
+    by_hand = [multivariate_normal(np.concatenate([mean, mean]), same).logpdf(np.concatenate([u, v]))
+               - multivariate_normal(mean, total).logpdf(u) - multivariate_normal(mean, total).logpdf(v)
+               for u, v in zip(a.numpy(), b.numpy())]
+    assert np.allclose(scorer.pairs(a, b).numpy(), by_hand, atol=1e-4)
+    assert torch.allclose(scorer.cross(a, b).diagonal(), scorer.pairs(a, b))
+    assert torch.allclose(scorer.cross(a, b), scorer.cross(b, a).T, atol=1e-5)  # symmetric in the two sides
+
+
+def test_plda_scores_equal_speechbrains_fast_plda_scoring():
+    from speechbrain.processing.PLDA_LDA import Ndx, StatObject_SB, fast_PLDA_scoring
+
+    from sincmi.plda import fit_plda
+
+    x, labels = plda_data()
+    scorer, (mean, factors, residual) = fit_plda(x, labels)
+    enrol, test = torch.randn(4, x.shape[1], dtype=torch.float64), torch.randn(5, x.shape[1], dtype=torch.float64)
+
+    def stat(rows, prefix):
+        ids = np.array([f"{prefix}{i}" for i in range(len(rows))], dtype=object)
+        none = np.array([None] * len(rows))
+        return StatObject_SB(modelset=ids, segset=ids, start=none, stop=none, stat0=np.ones((len(rows), 1)),
+                             stat1=rows.numpy().copy())
+
+    enrol_stat, test_stat = stat(enrol, "e"), stat(test, "t")
+    reference = fast_PLDA_scoring(enrol_stat, test_stat, Ndx(models=enrol_stat.modelset, testsegs=test_stat.segset),
+                                  mean, factors, residual).scoremat
+    assert np.allclose(scorer.cross(enrol, test).numpy(), reference, atol=1e-4)
+
+
+def test_plda_back_end_is_lda_then_length_norm_then_plda_and_round_trips(tmp_path):
+    x, labels = plda_data(dim=8)
+    fitted = Backend("plda", x, labels)
+    lda = Backend("lda", x, labels)
+    out = fitted(x)
+    d = lda(x).shape[1]
+    assert out.shape == (len(x), d) and torch.allclose(out.norm(dim=1), torch.full((len(x),), d ** 0.5, dtype=torch.float64))
+    assert torch.allclose(out, lda(x) / lda(x).norm(dim=1, keepdim=True) * d ** 0.5)
+    same = fitted.scorer.pairs(out[:6:2], out[1:6:2])  # speaker 0's utterances
+    different = fitted.scorer.pairs(out[:30:6], out[6:36:6])  # speakers 0-4 against 1-5
+    assert same.min() > different.max()  # well separated speakers: every target LLR above every non-target
+    fitted.save(str(tmp_path / "backend.ckpt"))
+    loaded = Backend.load(str(tmp_path / "backend.ckpt"))
+    probe = torch.randn(4, 8, dtype=torch.float64)
+    assert loaded.name == "plda" and torch.equal(loaded(probe), fitted(probe))
+    assert torch.equal(loaded.scorer.pairs(loaded(probe[:2]), loaded(probe[2:])),
+                       fitted.scorer.pairs(fitted(probe[:2]), fitted(probe[2:])))
+    with pytest.raises(ValueError, match="needs the speaker of every training utterance"):
+        Backend("plda", x)

@@ -45,7 +45,8 @@ def experiment(tmp_path_factory):
     corpus = write_tone_corpus(str(base / "corpus"), speakers=6, utterances=4, seconds=0.6)
     out = base / "exp"
     run_recipe("Demo", "lim_nce.yaml", out, f"--data_folder={corpus}", "--num_verification_speakers=2",
-               "--valid_per_speaker=1", "--test_per_speaker=1", "--score_baselines=False")
+               "--valid_per_speaker=1", "--test_per_speaker=1", "--score_baselines=False",
+               "--verification_backends=[none,standardize,whiten,plda]")
     model = base / "model"
     summary = json.loads(tool("export", out, model, "--backend", "none").stdout)  # the encoder alone
     return {"base": base, "corpus": corpus, "exp": str(out), "model": str(model), "summary": summary}
@@ -442,36 +443,50 @@ def whitened_model(experiment):
     return str(model), summary
 
 
-def test_the_exported_back_end_scores_the_trials_as_the_run_did(experiment, whitened_model, tmp_path):
-    model, summary = whitened_model
-    assert summary["backend"] == "whiten" and os.path.isfile(os.path.join(model, "backend.ckpt"))
+@pytest.fixture(scope="module", params=["whiten", "plda"])
+def backend_model(experiment, whitened_model, request):
+    """The tiny run exported with a back end: whitening (cosine scores), PLDA (its log-likelihood ratio)."""
+    if request.param == "whiten":
+        return whitened_model
+    model = experiment["base"] / "model_plda"
+    summary = json.loads(tool("export", experiment["exp"], model, "--backend", "plda").stdout)
+    return str(model), summary
+
+
+def test_the_exported_back_end_scores_the_trials_as_the_run_did(experiment, backend_model, tmp_path):
+    from sincmi.backend import BACKEND_LABELS
+
+    model, summary = backend_model
+    backend = summary["backend"]
+    assert os.path.isfile(os.path.join(model, "backend.ckpt"))
     with open(os.path.join(experiment["exp"], "results.json")) as f:
-        run_eer = json.load(f)["systems"]["LIM (nce), whitened"]["EER"]
+        run_eer = json.load(f)["systems"]["LIM (nce)" + BACKEND_LABELS[backend]]["EER"]
     assert summary["eer"] == pytest.approx(run_eer)  # the threshold is that back end's
     # The run's verification files, embedded by the command line and scored by the tool
     save = os.path.join(experiment["exp"], "save")
     tool("embed", model, os.path.join(save, "verification.csv"), tmp_path / "emb", "--data_root",
          experiment["corpus"])
     tool("score", str(tmp_path / "emb") + ".npy", os.path.join(save, "trials.txt"),
-         "--out_folder", tmp_path / "scored")
+         "--out_folder", tmp_path / "scored", "--model", model)
     with open(tmp_path / "scored" / "results.json") as f:
         assert json.load(f)["EER"] == pytest.approx(run_eer, abs=0.0005)  # within 0.05 points
     ours = {tuple(line.split()[:2]): float(line.split()[2]) for line in open(tmp_path / "scored" / "scores.txt")}
     import gzip
-    with gzip.open(os.path.join(experiment["exp"], "scores_lim_nce_whiten.txt.gz"), "rt") as f:
+    with gzip.open(os.path.join(experiment["exp"], f"scores_lim_nce_{backend}.txt.gz"), "rt") as f:
         run = {tuple(line.split()[:2]): float(line.split()[2]) for line in f}
     assert ours.keys() == run.keys()
     assert max(abs(ours[key] - run[key]) for key in run) < 1e-4
     # The raw model scores otherwise
     raw = SpeakerEncoder.from_hparams(source=experiment["model"])
-    whitened = SpeakerEncoder.from_hparams(source=model)
-    path = os.path.join(experiment["corpus"], "spk0", "session", "u0.wav")
-    assert not torch.allclose(raw.encode_file(path), whitened.encode_file(path))
+    after = SpeakerEncoder.from_hparams(source=model).encode_file(
+        os.path.join(experiment["corpus"], "spk0", "session", "u0.wav"))
+    before = raw.encode_file(os.path.join(experiment["corpus"], "spk0", "session", "u0.wav"))
+    assert before.shape != after.shape or not torch.allclose(before, after)
 
 
-def test_onnx_snippet_scores_a_pair_as_verify_does_with_the_back_end(whitened_model, tmp_path):
+def test_onnx_snippet_scores_a_pair_as_verify_does_with_the_back_end(backend_model, tmp_path):
     pytest.importorskip("onnxruntime")
-    model, _ = whitened_model
+    model, _ = backend_model
     a, b = real_speech_files()
     proc = subprocess.run(["sincmi-onnx-embed", model, a, b],
                           capture_output=True, text=True, timeout=120)

@@ -138,7 +138,7 @@ def test_score_normalisation_errors_name_the_problem():
 def test_scoring_a_table_in_chunks_equals_scoring_at_once():
     """Chunked cosine scoring of an un-normalised table (what Vox1-E/H scoring uses) gives the scores
     of the normalised embeddings, whatever the chunk."""
-    from sincmi.scoring import EmbeddingTable, cosine_scores, score_trials
+    from sincmi.scoring import EmbeddingTable, pair_scores, score_trials
 
     gen = torch.Generator().manual_seed(1)
     matrix = 3 * torch.randn(50, 8, generator=gen)
@@ -147,9 +147,9 @@ def test_scoring_a_table_in_chunks_equals_scoring_at_once():
     trials = [(int(a % 2), ids[a], ids[b]) for a, b in pairs.T.tolist()]
     normalised = torch.nn.functional.normalize(matrix, dim=1)
     expected = (normalised[pairs[0]] * normalised[pairs[1]]).sum(1)
-    assert torch.allclose(cosine_scores(matrix, pairs[0], pairs[1], chunk=7), expected, atol=1e-6)
+    assert torch.allclose(pair_scores(matrix, pairs[0], pairs[1], chunk=7), expected, atol=1e-6)
     scores, labels = score_trials(EmbeddingTable(ids, matrix), trials)
-    assert torch.equal(scores, cosine_scores(matrix, pairs[0], pairs[1]))
+    assert torch.equal(scores, pair_scores(matrix, pairs[0], pairs[1]))
     dict_scores, _ = score_trials(dict(zip(ids, matrix)), trials)
     assert torch.allclose(scores, dict_scores, atol=1e-6)
     with pytest.raises(KeyError, match="no embedding"):
