@@ -38,7 +38,7 @@ def test_demo_yaml_runs_end_to_end(yaml, synth_folder, tmp_path):
     if yaml.startswith("lim_"):
         # Every system is scored with every back end, one row each, named after it.
         names = [f"LIM ({yaml[4:-5]})", "random weights", "MFCC statistics"]
-        rows = {"": "none", ", standardised": "standardize", ", whitened": "whiten"}
+        rows = {"": "none", ", standardised": "standardize", ", whitened": "whiten", ", LDA": "lda", ", PLDA": "plda"}
         assert set(systems) == {n + suffix for n in names for suffix in rows}
         for suffix, backend in rows.items():
             assert {systems[n + suffix]["backend"] for n in names} == {backend}
@@ -133,4 +133,5 @@ def check_run_folder(out, results):
     assert " - matplotlib" not in log and "font_manager" not in log  # the library's loggers, not its version line
     assert "\r" not in log
     scores = sorted(n for n in names if n.startswith("scores_"))
-    assert scores == ["scores_lim_nce.txt.gz", "scores_lim_nce_standardize.txt.gz", "scores_lim_nce_whiten.txt.gz"]
+    assert scores == ["scores_lim_nce.txt.gz", "scores_lim_nce_lda.txt.gz", "scores_lim_nce_plda.txt.gz",
+                      "scores_lim_nce_standardize.txt.gz", "scores_lim_nce_whiten.txt.gz"]
