@@ -16,6 +16,7 @@ import re
 PRETRAIN = "pretrain"      # LIM pretraining
 SPEAKER_ID = "speaker_id"  # speaker identification (TIMIT, LibriSpeech, Demo)
 FINETUNE = "finetune"      # supervised fine-tuning before verification (VoxCeleb)
+PSEUDO_LABELS = "pseudo_labels"  # fine-tuning on clusters of LIM's embeddings (pseudo_labels_<round>)
 
 # Stages an exported model is taken from, the final one first.
 EXPORT_ORDER = (SPEAKER_ID, FINETUNE, PRETRAIN)

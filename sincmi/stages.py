@@ -35,6 +35,7 @@ from sincmi.plots import embedding_map, training_curves
 from sincmi.reporting import write_results
 from sincmi.verification import embed_dataset, result_rows, verify
 from sincmi.provenance import record_start, run_provenance
+from sincmi.pseudo_labels import cluster_embeddings, purity, relabelled
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +243,44 @@ def lim_pretraining(hparams, run_opts, manifests, timings, audio=None):
     return encoder
 
 
+def pseudo_label_training(hparams, run_opts, encoder, manifests, timings, audio=None):
+    """Stage 2b (``pseudo_label_rounds`` > 0): the LIM encoder fine-tuned on clusters of its own embeddings.
+
+    Each round embeds the training speakers' audio that LIM learned from
+    (:func:`labelled_pretraining_parts`; their labels unused), clusters it into
+    ``pseudo_label_clusters`` (:mod:`sincmi.pseudo_labels`), and fine-tunes the
+    encoder with ``pseudo_label_classifier`` (AAM-softmax) and
+    ``pseudo_label_optimizer`` on the clusters for ``pseudo_label_epochs``, the
+    checkpoint chosen on the clusters of the validation files. Returns each
+    round's cluster purity against the true speakers (a diagnostic only).
+    """
+    from speechbrain.dataio.encoder import CategoricalEncoder
+    from speechbrain.utils.epoch_loop import EpochCounter
+
+    rounds = hparams.get("pseudo_label_rounds") or 0
+    start, purities = time.time(), []
+    sets = data.RecipeDatasets(hparams, audio)
+    rows = {key: row for part in labelled_pretraining_parts(hparams, manifests) for key, row in part.items()}
+    for number in range(1, rounds + 1):
+        embeddings = embed_dataset(encoder, sets.sentences(rows), device_of(run_opts), hparams["eval_batch_size"],
+                                   hparams.get("verification_shift"), progress=if_main_process())
+        clusters = cluster_embeddings(embeddings, hparams["pseudo_label_clusters"])
+        purities.append(purity(clusters, {key: row["spk_id"] for key, row in rows.items()}))
+        named = relabelled(rows, clusters)
+        names = CategoricalEncoder()
+        names.update_from_iterable(sorted({row["spk_id"] for row in named.values()}))
+        logger.info(f"Pseudo-labels, round {number}: {len(names)} clusters of {len(named)} utterances "
+                    f"(purity against the true speakers {purities[-1]:.3f}, a diagnostic)")
+        valid = {key: named[key] for key in manifests["valid"] if key in named}
+        train_speaker_id(hparams, run_opts, f"{layout.PSEUDO_LABELS}_{number}", encoder, len(names),
+                         sets.chunks(named, names), sets.sentences(valid, names), None, freeze_encoder=False,
+                         counter=EpochCounter(hparams["pseudo_label_epochs"]),
+                         classifier=hparams["pseudo_label_classifier"], optimizer=hparams["pseudo_label_optimizer"])
+    if rounds:
+        timings[layout.PSEUDO_LABELS] = time.time() - start
+    return purities
+
+
 def identify(hparams, run_opts, stage, encoder, manifests, labels, timings, freeze_encoder=None, audio=None,
              epoch_counter="finetune_epoch_counter"):
     """Stage 3: speaker identification of the training speakers; returns the test statistics.
@@ -324,7 +363,18 @@ def calibration_speaker_set(hparams, rows):
 
 
 def pretraining_rows(hparams, manifests):
-    """The sentences LIM pretrains on, without their labels (``pretrain_data``), and the unlabelled pool.
+    """The sentences LIM pretrains on, without their labels (:func:`labelled_pretraining_parts`), and the
+    unlabelled pool (:func:`prepare_unlabelled_pool`, with ``unlabelled_folder``)."""
+    pool = manifests.get("unlabelled") or {}
+    parts = [part for part in labelled_pretraining_parts(hparams, manifests) + [pool] if len(part)]
+    if not parts:
+        raise ValueError("pretrain_data: none needs an unlabelled pool (unlabelled_folder)")
+    # One table, never a dict per row: at VoxCeleb2 size the training manifest has millions of rows.
+    return parts[0] if len(parts) == 1 else ManifestTable.concat(parts)
+
+
+def labelled_pretraining_parts(hparams, manifests):
+    """The training speakers' manifests LIM learns from, without their labels (``pretrain_data``).
 
     ``pretrain_data``: ``train`` (default): the training split. ``all``:
     every file of the training speakers, their validation and test files too
@@ -332,9 +382,8 @@ def pretraining_rows(hparams, manifests):
     heard, never their labels). ``none``: none of them (the pool alone).
     ``pretrain_audio_fraction`` (default 1) keeps that share of each training
     speaker's audio (:func:`sincmi.data.label_subset`, drawn from the seed).
-    With ``unlabelled_folder``, the segments of the pool
-    (:func:`prepare_unlabelled_pool`) are added. Verification speakers are
-    never used, nor the ``calibration_speakers`` (:func:`calibration_speaker_set`).
+    Verification speakers are never used, nor the ``calibration_speakers``
+    (:func:`calibration_speaker_set`).
     """
     choice = hparams.get("pretrain_data", "train")
     if choice not in PRETRAIN_DATA:
@@ -347,12 +396,7 @@ def pretraining_rows(hparams, manifests):
     fraction = hparams.get("pretrain_audio_fraction") or 1.0
     if fraction < 1.0:
         parts = [data.label_subset(dict(part), fraction, hparams["seed"], hparams["chunk_size"]) for part in parts]
-    pool = manifests.get("unlabelled") or {}
-    parts = [part for part in parts + [pool] if len(part)]
-    if not parts:
-        raise ValueError("pretrain_data: none needs an unlabelled pool (unlabelled_folder)")
-    # One table, never a dict per row: at VoxCeleb2 size the training manifest has millions of rows.
-    return parts[0] if len(parts) == 1 else ManifestTable.concat(parts)
+    return [part for part in parts if len(part)]
 
 
 def prepare_unlabelled_pool(hparams, timings, labelled_folders):
@@ -526,7 +570,7 @@ class MissingSetting(KeyError):
 
 
 def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, valid_set, test_set, freeze_encoder,
-                     counter):
+                     counter, classifier=None, optimizer=None):
     """Trains and tests a speaker classifier on ``encoder``'s chunk embeddings.
 
     Uses ``classifier`` (a partial taking ``input_size`` and
@@ -541,6 +585,8 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
         Stage name: its checkpoint folder and its rows in the train log.
     counter : speechbrain.utils.epoch_loop.EpochCounter
         The stage's epoch loop (the yaml's ``finetune_epoch_counter``).
+    classifier, optimizer : callable, optional
+        In place of the yaml's ``classifier`` and ``finetune_optimizer``.
     freeze_encoder : bool
         True: probe a fixed encoder; False: fine-tune it with the classifier.
     test_set : dataset or None
@@ -552,12 +598,12 @@ def train_speaker_id(hparams, run_opts, name, encoder, num_speakers, train_set, 
         Test statistics (``sentence_error``, ``chunk_error``, counts); empty
         without a test set.
     """
-    classifier = hparams["classifier"](input_size=encoder.embedding_size, num_speakers=num_speakers)
+    classifier = (classifier or hparams["classifier"])(input_size=encoder.embedding_size, num_speakers=num_speakers)
     modules = {"encoder": encoder, "classifier": classifier}
     checkpointer = make_checkpointer(os.path.join(hparams["save_folder"], name), {**modules, "counter": counter})
     brain = SpeakerIdBrain(
         modules=modules,
-        opt_class=hparams["finetune_optimizer"],
+        opt_class=optimizer or hparams["finetune_optimizer"],
         hparams=hparams,
         run_opts=run_opts,
         checkpointer=checkpointer,

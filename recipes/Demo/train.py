@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Demo recipe: LIM on a synthetic (or your own) multi-speaker corpus.
 
-prepare -> LIM pretraining (no labels) -> speaker-id probe (CER) ->
+prepare -> LIM pretraining (no labels) [-> pseudo-label rounds] -> speaker-id probe (CER) ->
 verification on unseen speakers (EER, minDCF), with the random-weights
 encoder and MFCC statistics scored on the same data, with the same back ends.
 
@@ -35,7 +35,11 @@ def main(argv):
     # 2. Pretrain without labels, 3. speaker id (probe or fine-tuning)
     audio = stages.training_audio(hparams, manifests["train"])  # None unless audio_cache
     encoder = stages.lim_pretraining(hparams, run_opts, manifests, timings, audio)
+    # ... optionally fine-tuned on clusters of its own embeddings (pseudo_label_rounds; labels unused)
+    purities = stages.pseudo_label_training(hparams, run_opts, encoder, manifests, timings, audio)
     id_stats = stages.identify(hparams, run_opts, layout.SPEAKER_ID, encoder, manifests, labels, timings, audio=audio)
+    if purities:  # a diagnostic in results.json: how close the clusters came to the true speakers
+        id_stats["pseudo_label_purity"] = purities
     systems, stats = {hparams["system_name"]: encoder}, {hparams["system_name"]: id_stats}
     if hparams["score_baselines"]:  # the baselines get the same speaker-id probe
         for name, stage, model, counter in (
