@@ -248,6 +248,8 @@ def main(argv=None):
                     out.starts if windowed else None, out.ends if windowed else None)
     written = f"{args.out}.pt" if args.format == "pt" else f"{args.out}.npy and {args.out}.csv"
     print(f"written {written} ({len(out.ids)} embeddings)")
+    if model.backend.name == "plda":  # its trials are scored by PLDA, which the embeddings alone do not carry
+        print(f"the model scores with PLDA: python -m sincmi score {args.out}.npy TRIALS --model {args.model}")
 
 
 if __name__ == "__main__":

@@ -464,8 +464,9 @@ def test_the_exported_back_end_scores_the_trials_as_the_run_did(experiment, back
     assert summary["eer"] == pytest.approx(run_eer)  # the threshold is that back end's
     # The run's verification files, embedded by the command line and scored by the tool
     save = os.path.join(experiment["exp"], "save")
-    tool("embed", model, os.path.join(save, "verification.csv"), tmp_path / "emb", "--data_root",
-         experiment["corpus"])
+    embedded = tool("embed", model, os.path.join(save, "verification.csv"), tmp_path / "emb", "--data_root",
+                    experiment["corpus"])
+    assert ("the model scores with PLDA" in embedded.stdout) == (backend == "plda")  # says how to score them
     tool("score", str(tmp_path / "emb") + ".npy", os.path.join(save, "trials.txt"),
          "--out_folder", tmp_path / "scored", "--model", model)
     with open(tmp_path / "scored" / "results.json") as f:
