@@ -20,11 +20,12 @@ PRETRAIN_DATA = ("train", "all", "none")
 POSITIVE_INTS = [
     "chunk_size", "pretrain_batch_size", "finetune_batch_size", "eval_batch_size", "eval_shift",
     "sample_rate", "embedding_size", "valid_pairs_per_sentence", "pairs_per_segment", "shuffle_buffer",
+    "pseudo_label_clusters",
 ]
 NON_NEGATIVE_INTS = [
     "pretrain_epochs", "finetune_epochs", "pairs_per_epoch", "finetune_chunks_per_epoch", "num_workers",
     "num_verification_speakers", "valid_per_speaker", "test_per_speaker", "valid_speakers", "cohort_size",
-    "num_speakers", "sentences_per_speaker",
+    "num_speakers", "sentences_per_speaker", "pseudo_label_rounds", "pseudo_label_epochs",
 ]
 FOLDERS = ["data_folder", "voxceleb1_folder", "voxceleb2_folder", "train_shards"]
 

@@ -24,6 +24,8 @@ from sincmi.config import check_hparams
         ({"save_scores": "LIM"}, r"save_scores='LIM' is invalid"),
         ({"export_backend": "pca"}, r"export_backend='pca' is invalid: choose one of"),
         ({"valid_pairs_per_sentence": 0}, r"valid_pairs_per_sentence=0 is invalid"),
+        ({"pseudo_label_clusters": 0}, r"pseudo_label_clusters=0 is invalid: it must be a positive integer"),
+        ({"pseudo_label_rounds": -1}, r"pseudo_label_rounds=-1 is invalid: it must be an integer >= 0"),
     ],
 )
 def test_bad_values_are_named(hparams, message):
