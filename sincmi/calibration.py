@@ -307,6 +307,8 @@ def speaker_trial_scores(embeddings, speakers, keys, backend, cohort=None, score
 
     pairs = calibration_trials([speakers[key] for key in keys], seed=seed)
     trials = [(int(label), keys[a], keys[b]) for a, b, label in zip(pairs.enrol, pairs.test, pairs.label)]
+    if cohort is not None and top_k is not None:  # a fold's cohort lacks the fold's own utterances
+        top_k = min(top_k, len(cohort))
     scores, labels = score_trials(backend.apply({key: embeddings[key] for key in keys}), trials,
                                   None if cohort is None else backend(cohort), score_norm, top_k, backend.scorer)
     return scores[labels].numpy(), scores[~labels].numpy()

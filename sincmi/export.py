@@ -323,7 +323,10 @@ def pack_cohort(experiment, system, backend, hparams, staging, carry=True):
             f"the run normalised its scores ({method}) but {source} is missing: rerun its verification "
             "stage, or export with --no_score_norm")
     shutil.copyfile(source, os.path.join(staging, COHORT_FILE))
-    return method, hparams.get("cohort_top_k") if method == "as-norm" else None
+    if method != "as-norm":
+        return method, None
+    with np.load(source) as arrays:  # a cohort smaller than cohort_top_k was used whole, as the run did
+        return method, min(hparams.get("cohort_top_k"), len(arrays["embeddings"]))
 
 
 def pack_calibration(experiment, system, backend, staging, normalised_as_run):

@@ -675,13 +675,19 @@ def verification(hparams, run_opts, systems, rows, backend_rows, timings, stats=
     backend_speakers = {key: row["spk_id"] for key, row in backend_rows.items()}  # the lda back end's labels
     training_speakers = {key: row["spk_id"] for key, row in (calibration_rows if held else backend_rows).items()}
     saved = hparams.get("save_scores") or list(systems)[:1]  # default: the run's own system
+    top_k = hparams.get("cohort_top_k")
+    cohort_size = len(backend_rows if same_cohort else cohort_rows or {})
+    if hparams.get("score_norm") == "as-norm" and top_k and top_k > cohort_size:
+        logger.warning(f"cohort_top_k={top_k} is more than the {cohort_size} cohort utterances: AS-norm uses "
+                       "them all (as s-norm)")
+        top_k = cohort_size
     results = {}
     for i, (name, encoder) in enumerate(systems.items()):
         start = time.time()
         by_backend = verify(
             encoder, verification_set, os.path.join(hparams["save_folder"], layout.TRIALS_FILE),
             device_of(run_opts), hparams["eval_batch_size"], hparams["verification_shift"],
-            cohort_set=cohort_set, score_norm=hparams.get("score_norm"), top_k=hparams.get("cohort_top_k"),
+            cohort_set=cohort_set, score_norm=hparams.get("score_norm"), top_k=top_k,
             out_folder=hparams["output_folder"], name=name, speakers=speakers,
             backends=hparams.get("verification_backends", ["none"]), backend_set=backend_set,
             save_scores=name in saved, num_workers=hparams.get("num_workers") or 0,

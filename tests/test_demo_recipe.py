@@ -78,15 +78,17 @@ def folder_bytes(folder):
 
 
 def test_demo_scores_with_as_norm_against_its_training_speakers_and_an_lda_row(tmp_path):
-    """score_norm in the Demo: the cohort is the training speakers' utterances; lda is a row like the others."""
+    """score_norm in the Demo (the yaml's as-norm): the cohort is the training speakers' utterances; lda is a
+    row like the others."""
     import os
 
     folder = write_tone_corpus(str(tmp_path / "mine"), speakers=8, utterances=4, seconds=0.6)
     args = ["--data_folder=" + folder, "--num_verification_speakers=3", "--valid_per_speaker=1",
             "--test_per_speaker=1", "--score_baselines=False", "--verification_backends=[none,lda]"]
-    plain, _ = run_recipe("Demo", "lim_nce.yaml", tmp_path / "plain", *args)
-    normed, _ = run_recipe("Demo", "lim_nce.yaml", tmp_path / "normed", *args, "--score_norm=as-norm",
-                           "--cohort_top_k=5")
+    plain, _ = run_recipe("Demo", "lim_nce.yaml", tmp_path / "plain", *args, "--score_norm=null")
+    normed, _ = run_recipe("Demo", "lim_nce.yaml", tmp_path / "normed", *args)  # the yaml's: as-norm, top 50
+    # 5 training speakers x 4 files: a cohort of 20, fewer than 50: all of it is used, and the log says so
+    assert "cohort_top_k=50 is more than the 20 cohort utterances" in (tmp_path / "normed" / "log.txt").read_text()
     assert set(normed["systems"]) == {"LIM (nce)", "LIM (nce), LDA"} == set(plain["systems"])
     for row in normed["systems"].values():
         assert 0.0 <= row["minCllr"] <= row["Cllr"] + 1e-9
