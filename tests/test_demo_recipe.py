@@ -1,5 +1,6 @@
 """Smoke runs of the Demo recipe on tiny configurations."""
 
+import numpy as np
 import pytest
 
 from conftest import run_recipe, write_tone_corpus
@@ -78,15 +79,14 @@ def folder_bytes(folder):
 
 
 def test_demo_scores_with_as_norm_against_its_training_speakers_and_an_lda_row(tmp_path):
-    """score_norm in the Demo (the yaml's as-norm): the cohort is the training speakers' utterances; lda is a
-    row like the others."""
+    """score_norm in the Demo: the cohort is the training speakers' utterances; lda is a row like the others."""
     import os
 
     folder = write_tone_corpus(str(tmp_path / "mine"), speakers=8, utterances=4, seconds=0.6)
     args = ["--data_folder=" + folder, "--num_verification_speakers=3", "--valid_per_speaker=1",
             "--test_per_speaker=1", "--score_baselines=False", "--verification_backends=[none,lda]"]
-    plain, _ = run_recipe("Demo", "lim_nce.yaml", tmp_path / "plain", *args, "--score_norm=null")
-    normed, _ = run_recipe("Demo", "lim_nce.yaml", tmp_path / "normed", *args)  # the yaml's: as-norm, top 50
+    plain, _ = run_recipe("Demo", "lim_nce.yaml", tmp_path / "plain", *args)
+    normed, _ = run_recipe("Demo", "lim_nce.yaml", tmp_path / "normed", *args, "--score_norm=as-norm")  # top 50
     # 5 training speakers x 4 files: a cohort of 20, fewer than 50: all of it is used, and the log says so
     assert "cohort_top_k=50 is more than the 20 cohort utterances" in (tmp_path / "normed" / "log.txt").read_text()
     assert set(normed["systems"]) == {"LIM (nce)", "LIM (nce), LDA"} == set(plain["systems"])
@@ -97,6 +97,19 @@ def test_demo_scores_with_as_norm_against_its_training_speakers_and_an_lda_row(t
     assert not os.path.isfile(tmp_path / "plain" / "save" / "cohort" / "lim_nce.npz")
     assert (tmp_path / "normed" / "scores_lim_nce.txt.gz").read_bytes() != (
         tmp_path / "plain" / "scores_lim_nce.txt.gz").read_bytes()
+    # Exported, the model normalises against the same whole cohort (top 20, not 50) and scores a pair.
+    import subprocess
+    import sys
+
+    from sincmi.inference import SpeakerEncoder
+
+    proc = subprocess.run([sys.executable, "-m", "sincmi", "export", str(tmp_path / "normed"), str(tmp_path / "model"),
+                           "--backend", "lda", "--no_traced"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = SpeakerEncoder.from_hparams(source=str(tmp_path / "model"))
+    assert model.cohort.method == "as-norm" and model.cohort.top_k == 20 and len(model.cohort.embeddings) == 20
+    wavs = [os.path.join(folder, speaker, "session", "u0.wav") for speaker in ("spk0", "spk1")]
+    assert np.isfinite(model.verify_files(*wavs).score)
 
 
 def test_demo_missing_data_folder_is_explained(tmp_path):
