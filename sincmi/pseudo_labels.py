@@ -44,7 +44,7 @@ def purity(clusters, speakers):
     members = {}
     for key, cluster in clusters.items():
         members.setdefault(cluster, []).append(speakers[key])
-    agree = sum(max(np.unique(names, return_counts=True)[1]) for names in members.values())
+    agree = sum(int(np.unique(names, return_counts=True)[1].max()) for names in members.values())
     return agree / len(clusters)
 
 

@@ -65,7 +65,7 @@ def test_the_new_corpus_walk_through_runs_as_written(tmp_path):
     out = work / "results" / "MyCorpus" / "lim_nce" / "1234"
     results = json.load(open(out / "results.json"))["systems"]
     rows = {name: row for name, row in results.items() if name.startswith("LIM (nce)")}
-    assert len(rows) == 3  # one per back end of the Demo yaml
+    assert len(rows) == 5  # one per back end of the Demo yaml: none, standardize, whiten, lda, plda
     for row in rows.values():
         assert 0.0 <= row["EER"] <= 1.0 and 0.0 <= row["sentence_error"] <= 1.0
     # 8 speakers: 4 held out for verification (4 x 4 utterances = 120 trials), 4 for speaker id.
