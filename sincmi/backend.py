@@ -1,9 +1,9 @@
 """Verification back ends: transforms of utterance embeddings fitted on the training speakers.
 
 A back end is fitted on the embeddings of the training speakers' utterances
-and applied to every verification embedding before cosine scoring. The
-recipes offer the same back ends to every system, LIM and baselines alike,
-and name the back end on each result row. All but ``lda`` use no labels.
+and applied to every verification embedding before scoring. The recipes
+offer the same back ends to every system, LIM and baselines alike, and name
+the back end on each result row. All but ``lda`` and ``plda`` use no labels.
 
 * ``none``: raw embeddings;
 * ``center``: the training mean subtracted;

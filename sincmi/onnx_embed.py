@@ -4,8 +4,8 @@ A model folder written by ``python -m sincmi export`` holds ``encoder.onnx`` and
 ``encoder_onnx.json`` (sample rate, chunk length and hop, peak normalisation,
 back end, score normalisation, calibration, threshold). An utterance embedding
 is the mean of the L2-normalised embeddings of its chunks, then the model's
-back end (``backend.ckpt``), and two are scored by cosine (a PLDA back end: its log-likelihood
-ratio, see ``sincmi/plda.py``), normalised against
+back end (``backend.ckpt``), and two are scored by cosine (with a PLDA back
+end: its log-likelihood ratio, see ``sincmi/plda.py``), normalised against
 the model's cohort (``cohort.ckpt``) when it has one, and turned into a
 log-likelihood ratio by its calibration: as ``python -m sincmi verify`` does,
 files at another sample rate resampled with the same filter. Audio shorter

@@ -13,7 +13,6 @@ from typing import List, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
 from sincmi.plda import COSINE
