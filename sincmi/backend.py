@@ -65,7 +65,7 @@ class Backend:
             raise ValueError(f"verification back end {name!r} is unknown; choose one of {list(BACKENDS)}")
         self.name = name
         self.mean = self.std = self.whitening = self.projection = None
-        self.length_norm, self.scorer = False, COSINE
+        self.scorer = COSINE
         if name != "none":
             if training_embeddings is None or len(training_embeddings) < 2:
                 raise ValueError(f"back end {name!r} needs the embeddings of at least 2 training utterances")
@@ -84,7 +84,6 @@ class Backend:
                     raise ValueError(f"back end {name!r} needs the speaker of every training utterance")
                 self.projection = lda_projection(train, labels)
             if name == "plda":
-                self.length_norm = True
                 self.scorer = fit_plda(self(train), labels)[0]
 
     def __call__(self, embeddings):
@@ -97,7 +96,7 @@ class Backend:
             out = out @ self.whitening
         if self.projection is not None:
             out = out @ self.projection
-        if self.length_norm:
+        if self.name == "plda":  # length normalisation, before PLDA as in Kaldi's recipes
             out = out * (out.shape[1] ** 0.5 / out.norm(dim=1, keepdim=True).clamp(min=1e-12))
         return out.to(embeddings.dtype)
 
@@ -155,7 +154,6 @@ class Backend:
             self.name = name
             for key in ("mean", "std", "whitening", "projection"):
                 setattr(self, key, torch.from_numpy(arrays[key]) if key in arrays else None)
-            self.length_norm = name == "plda"
             self.scorer = PLDAScorer.from_arrays(arrays) if name == "plda" else COSINE
 
     def apply(self, embeddings):

@@ -48,15 +48,17 @@ class PLDAScorer:
     def __init__(self, mean, phi, psi, offset):
         self.mean, self.phi, self.psi, self.offset = mean, phi, psi, float(offset)
 
+    def own_terms(self, x):
+        """The rows centred on the mean, and each row's ``x'Phi x / 2``."""
+        x = x.double() - self.mean
+        return x, ((x @ self.phi) * x).sum(1) / 2
+
     def pairs(self, a, b):
-        a, b = a.double() - self.mean, b.double() - self.mean
-        scores = ((a @ self.phi) * a).sum(1) / 2 + ((b @ self.phi) * b).sum(1) / 2 + ((a @ self.psi) * b).sum(1)
-        return (scores + self.offset).float()
+        (a, own_a), (b, own_b) = self.own_terms(a), self.own_terms(b)
+        return (own_a + own_b + ((a @ self.psi) * b).sum(1) + self.offset).float()
 
     def cross(self, a, c):
-        a, c = a.double() - self.mean, c.double() - self.mean
-        own_a = ((a @ self.phi) * a).sum(1) / 2
-        own_c = ((c @ self.phi) * c).sum(1) / 2
+        (a, own_a), (c, own_c) = self.own_terms(a), self.own_terms(c)
         return (own_a[:, None] + own_c[None, :] + a @ self.psi @ c.T + self.offset).float()
 
     def arrays(self):
