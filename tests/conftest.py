@@ -79,6 +79,15 @@ def walk_through_folder(tmp_path, files):
     return work, write_tone_corpus(str(tmp_path / "speakers"), speakers=6, utterances=4, seconds=0.6)
 
 
+def failure_report(proc, tail=3000):
+    """What a failed subprocess printed: its first traceback (often a loader worker's or another rank's,
+    the root cause) and the end of its output, so that a rare failure in CI can be diagnosed from the log."""
+    output = proc.stdout + proc.stderr
+    first = output.find("Traceback (most recent call last)")
+    head = output[max(0, first - 300): first + 2500] + "\n[...]\n" if 0 <= first < len(output) - tail else ""
+    return head + output[-tail:]
+
+
 def run_recipe(recipe, yaml, out, *args, pretrain=True, expect_ok=True):
     """Runs ``recipes/<recipe>/train.py`` on a tiny model; returns (results, process)."""
     import json
@@ -95,6 +104,6 @@ def run_recipe(recipe, yaml, out, *args, pretrain=True, expect_ok=True):
     proc = subprocess.run(cmd, cwd=os.path.dirname(str(out)), capture_output=True, text=True, timeout=600)
     if not expect_ok:
         return None, proc
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     with open(os.path.join(out, "results.json")) as f:
         return json.load(f), proc

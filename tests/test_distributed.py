@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY_MODEL, TINY_PRETRAIN, write_tone_corpus
+from conftest import ROOT, TINY_MODEL, TINY_PRETRAIN, failure_report, write_tone_corpus
 
 
 def demo_args(corpus, out):
@@ -35,7 +35,7 @@ def test_two_process_ddp_training_equals_single_process_evaluation(tmp_path):
            *demo_args(corpus, out), "--distributed_backend=gloo"]
     proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
+    assert proc.returncode == 0, failure_report(proc)
 
     with open(out / "log.txt") as f:
         log = f.read()
@@ -121,7 +121,7 @@ def test_processes_leave_the_group_together_and_skip_the_interpreter_shutdown(tm
     # shutdown. Each process waits at a barrier for the others (the main one
     # finishes a second later), then ends without that shutdown.
     proc = run_exit_script(tmp_path)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.returncode == 0, failure_report(proc)
     done, left = event_times(proc.stdout, "done at"), event_times(proc.stdout, "Left the process group")
     assert sorted(done) == sorted(left) == [0, 1]  # output flushed before the early end
     assert done[1] < done[0]  # rank 1 finished its work first ...
@@ -207,7 +207,7 @@ def test_two_ranks_draw_different_chunks_at_the_same_batch_position(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            str(tmp_path / "save" / "train.csv"), corpus, str(tmp_path)]
     proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, failure_report(proc)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for workers in ("workers0", "workers2"):
         (ids0, sums0), (ids1, sums1) = ranks[0][workers], ranks[1][workers]
@@ -261,7 +261,7 @@ def test_a_ddp_run_killed_inside_lim_resumes_exactly(tmp_path):
 
     uninterrupted = subprocess.run(command(tmp_path / "whole"), cwd=str(tmp_path), capture_output=True, text=True,
                                    timeout=600)
-    assert uninterrupted.returncode == 0, (uninterrupted.stdout + uninterrupted.stderr)[-3000:]
+    assert uninterrupted.returncode == 0, failure_report(uninterrupted)
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen(command(resumed), cwd=str(tmp_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -275,7 +275,7 @@ def test_a_ddp_run_killed_inside_lim_resumes_exactly(tmp_path):
     proc.wait()
     assert proc.returncode != 0 and not (resumed / "save" / "speaker_id").exists(), "LIM ended before the kill"
     again = subprocess.run(command(resumed), cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert again.returncode == 0, failure_report(again)
     assert "Loading a checkpoint from " + str(folder) in (resumed / "log.txt").read_text()
     assert results(resumed) == results(tmp_path / "whole")
     for stage in ("pretrain", "speaker_id"):  # the same weights, to the bit

@@ -198,7 +198,7 @@ def test_two_ranks_train_lim_from_shards(tmp_path):
            "--distributed_backend=gloo", f"--train_shards={tmp_path / 'shards'}", "--num_workers=2",
            "--pairs_per_segment=2", "--shuffle_buffer=8"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, conftest.failure_report(proc)
     log = (tmp_path / "out" / "train_log.txt").read_text()
     assert log.count("stage: pretrain, epoch:") == 2
     assert "LIM reads" in (tmp_path / "out" / "log.txt").read_text()
