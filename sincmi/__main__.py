@@ -92,7 +92,7 @@ def pairs_needed(spec, targets, nontargets):
 
 
 def threshold(argv):
-    from sincmi.calibration import Calibration, required_trials
+    from sincmi.calibration import Calibration, required_trials, score_transform
     from sincmi.progress import progress_bar
     from sincmi.export import set_calibration, set_threshold
     from sincmi.thresholds import operating_point, score_summary
@@ -108,7 +108,7 @@ def threshold(argv):
                              "(by default the run's summary stays)")
     parser.add_argument("--calibrate", action="store_true",
                         help="refit the model's calibration on these pairs (the run's is kept as calibration_run.ckpt)")
-    parser.add_argument("--p_target", type=float, default=0.01, help="prior the calibration is checked at")
+    parser.add_argument("--p_target", type=float, default=0.01, help="prior the calibration is checked and refitted at")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     with one_line_errors():
@@ -154,10 +154,11 @@ def threshold(argv):
               + ("" if args.replace_summary else " (the model's score summary is unchanged: --replace_summary "
                                                  "stores these pairs' instead)"))
     if args.calibrate:
-        calibration = Calibration.fit(positive, negative, source=f"{len(pairs)} pairs of {args.pairs}")
+        calibration = Calibration.fit(positive, negative, args.p_target, f"{len(pairs)} pairs of {args.pairs}",
+                                      score_transform(model.backend.scorer, model.cohort and model.cohort.method))
         set_calibration(args.model, calibration)
         metrics = calibration.metrics(positive, negative, args.p_target)
-        print(f"calibration stored in {args.model}: llr = {calibration.scale:.3f} score + {calibration.offset:.3f} "
+        print(f"calibration stored in {args.model}: {calibration.describe()} "
               f"(on these pairs: Cllr {metrics['Cllr']:.3f}, minCllr {metrics['minCllr']:.3f}); "
               "the run's is kept as calibration_run.ckpt")
 

@@ -5,9 +5,16 @@ same-speaker trial is. The field's standard calibration (Brümmer, FoCal;
 Hyperion) is an affine map fitted by prior-weighted logistic regression on
 trials with known labels::
 
-    llr = scale * score + offset
+    llr = scale * f(score) + offset
 
 so that ``llr`` is the log-likelihood ratio ``log p(score | same) / p(score | different)``.
+``f`` is the identity for scores that are already log-likelihood ratios or
+normalised (PLDA, AS-norm) and Fisher's z, ``atanh``, for plain cosines:
+same-speaker cosines crowd against 1, where an affine map of the cosine
+cannot follow the log-likelihood ratio over all operating points; ``atanh``
+spreads them out (it makes a correlation's sampling spread independent of its
+value), so that one affine map fits the decisions at a low prior and Cllr
+alike.
 With it a decision is made at a stated prior ``p_target`` (the Bayes threshold
 ``llr > log((1 - p_target) / p_target)``, costs of both errors equal), and its
 quality is measured by:
@@ -26,6 +33,9 @@ utterances, never the verification speakers (:func:`calibration_trials`).
 >>> cal = Calibration.fit([2.0, 3.0, 2.5, 0.5], [0.0, -1.0, 1.0, -0.5])
 >>> cal.scale > 0
 True
+>>> cosine = Calibration(scale=2.0, offset=-1.0, transform="atanh")
+>>> round(float(cosine(0.5)), 4), round(cosine.score_at(cosine(0.5)), 4)
+(0.0986, 0.5)
 >>> round(bayes_threshold(0.01), 3)
 4.595
 """
@@ -44,6 +54,31 @@ from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, registe
 LOG2 = math.log(2.0)
 
 CalibrationTrials = namedtuple("CalibrationTrials", "enrol test label")
+SCORE_TRANSFORMS = ("identity", "atanh")
+COSINE_LIMIT = 1 - 1e-7  # cosines are clipped to +-COSINE_LIMIT before atanh (a file against itself scores 1)
+
+
+def score_transform(scorer, score_norm=None):
+    """The ``f`` of a calibration for scores of ``scorer`` normalised by ``score_norm``: ``atanh`` for plain
+    cosines, ``identity`` otherwise (PLDA's log-likelihood ratios, normalised scores).
+
+    >>> from sincmi.plda import COSINE
+    >>> score_transform(COSINE), score_transform(COSINE, "as-norm")
+    ('atanh', 'identity')
+    """
+    from sincmi.plda import CosineScorer
+
+    return "atanh" if isinstance(scorer, CosineScorer) and not score_norm else "identity"
+
+
+def transformed(scores, transform):
+    """``f(scores)`` of :func:`score_transform`'s ``transform`` (float64 array)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if transform == "atanh":
+        return np.arctanh(np.clip(scores, -COSINE_LIMIT, COSINE_LIMIT))
+    if transform != "identity":
+        raise ValueError(f"score transform {transform!r} is unknown; choose one of {list(SCORE_TRANSFORMS)}")
+    return scores
 
 
 def bayes_threshold(p_target):
@@ -114,14 +149,17 @@ def act_dcf(target_llrs, nontarget_llrs, p_target=0.01):
 
 @register_checkpoint_hooks
 class Calibration:
-    """An affine score-to-log-likelihood-ratio map: ``llr = scale * score + offset``.
+    """A score-to-log-likelihood-ratio map: ``llr = scale * f(score) + offset`` (``f``: ``transform``).
 
     Fitted with :meth:`fit`; saved and loaded as a small JSON file (a
-    SpeechBrain ``Pretrainer`` loadable: ``calibration.ckpt`` of a model folder).
+    SpeechBrain ``Pretrainer`` loadable: ``calibration.ckpt`` of a model folder;
+    a file without ``transform``, written before it existed, is affine in the score).
     """
 
-    def __init__(self, scale=None, offset=None, prior=0.5, target_trials=0, nontarget_trials=0, source=None):
-        self.scale, self.offset, self.prior = scale, offset, prior
+    def __init__(self, scale=None, offset=None, prior=0.5, target_trials=0, nontarget_trials=0, source=None,
+                 transform="identity"):
+        transformed(0.0, transform)  # refuses an unknown transform
+        self.scale, self.offset, self.prior, self.transform = scale, offset, prior, transform
         self.target_trials, self.nontarget_trials, self.source = target_trials, nontarget_trials, source
 
     @property
@@ -129,15 +167,15 @@ class Calibration:
         return self.scale is not None
 
     @classmethod
-    def fit(cls, target_scores, nontarget_scores, prior=0.5, source=None):
-        """Prior-weighted logistic regression of the labels on the scores (FoCal's objective).
+    def fit(cls, target_scores, nontarget_scores, prior=0.5, source=None, transform="identity"):
+        """Prior-weighted logistic regression of the labels on ``f(score)`` (FoCal's objective).
 
         Targets and non-targets weigh ``prior`` and ``1 - prior`` whatever their
         counts; the fitted offset is that of a log-likelihood ratio (the prior's
-        log-odds taken out).
+        log-odds taken out). ``transform``: see :func:`score_transform`.
         """
-        targets = np.asarray(target_scores, dtype=np.float64).ravel()
-        nontargets = np.asarray(nontarget_scores, dtype=np.float64).ravel()
+        targets = transformed(target_scores, transform).ravel()
+        nontargets = transformed(nontarget_scores, transform).ravel()
         if not len(targets) or not len(nontargets):
             raise ValueError(f"calibration needs target and non-target trials (has {len(targets)} and "
                              f"{len(nontargets)})")
@@ -156,13 +194,25 @@ class Calibration:
         start = np.array([1.0 / spread, 0.0])
         result = minimize(cost, start, jac=True, method="L-BFGS-B")
         scale, offset = (float(v) for v in result.x)
-        return cls(scale, offset, prior, len(targets), len(nontargets), source)
+        return cls(scale, offset, prior, len(targets), len(nontargets), source, transform)
 
     def __call__(self, scores):
         """Log-likelihood ratios of ``scores`` (array or float)."""
         if not self.fitted:
             raise ValueError("the calibration is not fitted")
-        return self.scale * np.asarray(scores, dtype=np.float64) + self.offset
+        return self.scale * transformed(scores, self.transform) + self.offset
+
+    def score_at(self, llr):
+        """The score whose log-likelihood ratio is ``llr`` (the inverse map: a threshold in score units)."""
+        if not self.fitted:
+            raise ValueError("the calibration is not fitted")
+        value = (llr - self.offset) / self.scale
+        return float(np.tanh(value) if self.transform == "atanh" else value)
+
+    def describe(self):
+        """The map in words, e.g. ``llr = 12.300 atanh(score) - 4.100``."""
+        term = "atanh(score)" if self.transform == "atanh" else "score"
+        return f"llr = {self.scale:.3f} {term} {'+' if self.offset >= 0 else '-'} {abs(self.offset):.3f}"
 
     def metrics(self, target_scores, nontarget_scores, p_target=0.01):
         """``{"Cllr", "minCllr", "actDCF_<p>"}`` of these trials' scores with this calibration."""
@@ -171,7 +221,7 @@ class Calibration:
                 f"actDCF_{p_target:g}": act_dcf(self(target_scores), self(nontarget_scores), p_target)}
 
     def as_dict(self):
-        return {"scale": self.scale, "offset": self.offset, "prior": self.prior,
+        return {"scale": self.scale, "offset": self.offset, "prior": self.prior, "transform": self.transform,
                 "target_trials": self.target_trials, "nontarget_trials": self.nontarget_trials,
                 "source": self.source}
 
@@ -271,7 +321,8 @@ def fit_on_training_speakers(embeddings, speakers, backend="none", cohort=None, 
         nontarget_scores.append(nontargets)
     held_out = f", in {folds} folds of speakers held out of the back end and cohort" if folds > 1 else ""
     return Calibration.fit(np.concatenate(target_scores), np.concatenate(nontarget_scores), prior,
-                           source=f"trials among {len(ids)} utterances of {len(names)} training speakers{held_out}")
+                           source=f"trials among {len(ids)} utterances of {len(names)} training speakers{held_out}",
+                           transform=score_transform(fitted.scorer, score_norm))
 
 
 def fit_on_held_out_speakers(embeddings, speakers, backend, cohort=None, score_norm=None, top_k=None, prior=0.01,
@@ -288,7 +339,7 @@ def fit_on_held_out_speakers(embeddings, speakers, backend, cohort=None, score_n
     count = len({speakers[key] for key in ids})
     return Calibration.fit(targets, nontargets, prior,
                            source=f"trials among {len(ids)} utterances of {count} training speakers held out of "
-                                  "training and back end")
+                                  "training and back end", transform=score_transform(backend.scorer, score_norm))
 
 
 def cohort_matrix(cohort, exclude=()):

@@ -512,10 +512,14 @@ def _export_traced(encoder, staging, shift, normalize_peak, backend, method, top
                    "chunk_size": encoder.chunk_size, "shift": shift, "normalize_peak": normalize_peak,
                    "backend": None if backend == "none" else BACKEND_FILE,
                    "score_norm": method, "cohort": COHORT_FILE if method else None, "cohort_top_k": top_k,
-                   "calibration": None if calibration is None else {"scale": calibration.scale,
-                                                                     "offset": calibration.offset},
+                   "calibration": None if calibration is None else onnx_calibration(calibration),
                    "p_target": p_target, "threshold": threshold}, f, indent=2)
     return errors
+
+
+def onnx_calibration(calibration):
+    """The calibration as the ONNX runner's config holds it: ``llr = scale * f(score) + offset``."""
+    return {"scale": calibration.scale, "offset": calibration.offset, "transform": calibration.transform}
 
 
 def update_onnx_config(model_folder, **settings):
@@ -563,7 +567,7 @@ def set_calibration(model_folder, calibration):
         text = f.read()
     with open(hparams_path, "w") as f:
         f.write(with_loadable(text, "calibration"))
-    update_onnx_config(model_folder, calibration={"scale": calibration.scale, "offset": calibration.offset})
+    update_onnx_config(model_folder, calibration=onnx_calibration(calibration))
 
 
 def main(argv=None):

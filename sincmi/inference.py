@@ -327,7 +327,7 @@ class SpeakerEncoder(Pretrained):
             return operating_point(self.score_summary, threshold)
         if self.calibration is not None:
             p_target = p_target or getattr(self.hparams, "p_target", None) or 0.01
-            value = (bayes_threshold(p_target) - self.calibration.offset) / self.calibration.scale
+            value = self.calibration.score_at(bayes_threshold(p_target))
             point = operating_point(self.score_summary, value) if self.score_summary else None
             return OperatingPoint(f"Bayes decision at p_target={p_target:g}", value,
                                   *(point[2:] if point else (None, None)))

@@ -25,6 +25,8 @@ import sys
 import numpy as np
 import soundfile
 
+COSINE_LIMIT = 1 - 1e-7  # as sincmi.calibration: cosines are clipped before atanh
+
 
 def unit_rows(matrix):
     """Rows scaled to unit L2 norm."""
@@ -149,7 +151,11 @@ class OnnxSpeakerEncoder:
     def llr(self, score):
         """The calibrated log-likelihood ratio of a score (None without a calibration)."""
         calibration = self.config.get("calibration")
-        return None if not calibration else calibration["scale"] * score + calibration["offset"]
+        if not calibration:
+            return None
+        if calibration.get("transform", "identity") == "atanh":  # Fisher's z of a cosine (clipped as sincmi does)
+            score = math.atanh(min(max(score, -COSINE_LIMIT), COSINE_LIMIT))
+        return calibration["scale"] * score + calibration["offset"]
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@ and shared by the tests of this module.
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -126,8 +127,11 @@ def test_verify_files_decides_with_the_calibration_or_a_given_threshold(experime
     assert -1.0 <= score <= 1.0
     # The log-likelihood ratio is the run's calibration of the score; the decision the Bayes one at p_target.
     calibration = model.calibration
-    assert llr == pytest.approx(calibration.scale * score + calibration.offset)
+    assert calibration.transform == "atanh"  # a cosine score: Fisher's z
+    assert llr == pytest.approx(calibration.scale * math.atanh(score) + calibration.offset)
     assert point.name == "Bayes decision at p_target=0.01" and same == (llr > bayes_threshold(0.01))
+    # ... the same decision as a threshold on the score
+    assert calibration(point.threshold) == pytest.approx(bayes_threshold(0.01)) and same == (score > point.threshold)
     assert model.verify_files(a, b, p_target=0.5).same_speaker == (llr > 0)
     # The stored threshold (the EER point of the run's trials) on request
     stored = model.verify_files(a, b, threshold=model.threshold)
@@ -429,7 +433,7 @@ def test_command_line_threshold_on_known_pairs_of_ones_own_files(experiment, tmp
     same = [score for label, score in scores if label]
     different = [score for label, score in scores if not label]
     assert recalibrated.source.startswith("12 pairs")
-    assert recalibrated.as_dict() == Calibration.fit(same, different, source=recalibrated.source).as_dict()
+    assert recalibrated.as_dict() == Calibration.fit(same, different, 0.01, recalibrated.source, "atanh").as_dict()
     pairs.write_text("1 nowhere.wav nowhere.wav\n")
     proc = sincmi_cli("threshold", model_folder, pairs)
     assert proc.returncode != 0 and "pairs.txt:1" in proc.stderr and "does not exist" in proc.stderr
@@ -496,7 +500,8 @@ def test_onnx_snippet_scores_a_pair_as_verify_does_with_the_back_end(backend_mod
     proc = sincmi_cli("verify", model, a, b)
     assert proc.returncode == 0, proc.stderr[-2000:]
     verify_score = float(re.search(r"score (-?[0-9.]+)", proc.stdout).group(1))
-    exact = SpeakerEncoder.from_hparams(source=model).verify_files(a, b).score
+    verified = SpeakerEncoder.from_hparams(source=model).verify_files(a, b)
+    exact = verified.score
     assert verify_score == pytest.approx(exact, abs=5e-5)  # printed with 4 decimals
     import importlib.util
 
@@ -507,6 +512,8 @@ def test_onnx_snippet_scores_a_pair_as_verify_does_with_the_back_end(backend_mod
     onnx_exact = onnx_model.score(onnx_model.encode_file(a), onnx_model.encode_file(b))
     assert onnx_exact == pytest.approx(exact, rel=1e-4)
     assert onnx_score == pytest.approx(onnx_exact, abs=5e-5)
+    # ... and calibrates it as verify does (atanh of a cosine, PLDA's ratio as it is)
+    assert verified.llr is not None and onnx_model.llr(onnx_exact) == pytest.approx(verified.llr, rel=1e-4, abs=1e-3)
     # A file at another rate is resampled with verify's filter; audio shorter than a chunk is refused.
     wav, rate = sf.read(b, dtype="float32")
     b_8k, short = str(tmp_path / "b_8k.wav"), str(tmp_path / "short.wav")
