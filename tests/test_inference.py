@@ -441,7 +441,7 @@ def test_command_line_threshold_on_known_pairs_of_ones_own_files(experiment, tmp
 
 @pytest.fixture(scope="module")
 def whitened_model(experiment):
-    """The tiny run exported with its whitening back end (what the Demo's yaml exports by default)."""
+    """The tiny run exported with its whitening back end (cosine scores after a fitted transform)."""
     model = experiment["base"] / "model_whiten"
     summary = json.loads(tool("export", experiment["exp"], model, "--backend", "whiten").stdout)
     return str(model), summary
