@@ -1,5 +1,6 @@
 """SpeechBrain ``Brain`` classes: LIM pretraining and speaker identification."""
 
+import gc
 import logging
 import random
 
@@ -7,6 +8,7 @@ import numpy as np
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
+from speechbrain.dataio.dataloader import LoopedLoader
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sincmi import layout
@@ -27,6 +29,34 @@ class DistributedBrain(sb.Brain):
     """
 
     shard_evaluation = False  # True: VALID/TEST sets are split across processes
+
+    def fit(self, *args, **kwargs):
+        """As SpeechBrain's; then the training loader's worker processes end (:meth:`release_loader_workers`)."""
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            self.release_loader_workers()
+
+    def release_loader_workers(self):
+        """Ends the worker processes a looped or persistent training loader keeps after ``fit``.
+
+        Brain and checkpointer refer to each other, so the loader, its iterator
+        and its workers outlive the stage until Python's cycle collector runs.
+        A loader forked meanwhile (the next stage's) copies that live iterator
+        into its own workers; a copy collected there shuts the original workers
+        down from the wrong process (a worker then exits with status 1, or a
+        ``torchrun`` rank fails on a closed file descriptor).
+        """
+        recoverables = self.checkpointer.recoverables.values() if self.checkpointer is not None else ()
+        for loader in list(recoverables):
+            if isinstance(loader, LoopedLoader):
+                loader.iterator = None
+                loader = loader.loader
+            if isinstance(loader, torch.utils.data.DataLoader):
+                loader._iterator = None  # where a loader with persistent workers keeps them ...
+                if hasattr(loader, "_speechbrain_iterator"):
+                    loader._speechbrain_iterator = None  # ... and where SpeechBrain keeps one to checkpoint it
+        gc.collect()  # the iterators' clean-up ends their workers here, in the process that started them
 
     def _fit_train(self, train_set, epoch, enable):
         """As SpeechBrain's; under DDP the random streams are keyed first (see :meth:`key_random_streams`)."""

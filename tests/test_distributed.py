@@ -282,3 +282,31 @@ def test_a_ddp_run_killed_inside_lim_resumes_exactly(tmp_path):
         weights = [torch.load(next((out / "save" / stage).glob("CKPT+*/encoder.ckpt")), map_location="cpu")
                    for out in (resumed, tmp_path / "whole")]
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), stage
+
+
+@pytest.mark.parametrize("loader", ["persistent", "looped"])
+def test_fit_ends_the_training_loaders_workers(tmp_path, loader):
+    """After ``fit`` no training-loader worker is left alive: not left to the cycle collector (Brain and
+    checkpointer refer to each other), where a later stage's loader would fork copies of it."""
+    import multiprocessing
+
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    from sincmi.brains import DistributedBrain
+
+    class Tiny(DistributedBrain):
+        def compute_forward(self, batch, stage):
+            return self.modules.layer(batch)
+
+        def compute_objectives(self, predictions, batch, stage):
+            return predictions.pow(2).mean()
+
+    dataset = torch.utils.data.TensorDataset(torch.randn(16, 3))
+    kwargs = {"batch_size": 4, "num_workers": 1, "collate_fn": lambda items: torch.stack([x for (x,) in items])}
+    kwargs.update({"persistent_workers": True} if loader == "persistent" else {"looped_nominal_epoch": 2})
+    brain = Tiny(modules={"layer": torch.nn.Linear(3, 1)}, opt_class=lambda p: torch.optim.SGD(p, lr=0.1),
+                 checkpointer=Checkpointer(str(tmp_path), {}))
+    before = {p.pid for p in multiprocessing.active_children()}
+    brain.fit(range(1, 3), dataset, train_loader_kwargs=kwargs)
+    assert "dataloader-TRAIN" in brain.checkpointer.recoverables  # the loader the brain still holds ...
+    assert {p.pid for p in multiprocessing.active_children()} <= before  # ... without its workers
