@@ -106,16 +106,21 @@ def test_scratch_buffers_are_per_thread():
     import threading
 
     pointers = {}
+    # Each thread holds its buffer until both have one: a thread's buffer is freed when it ends, and the
+    # next thread's could then reuse that address although the buffers are per thread.
+    both_allocated = threading.Barrier(2)
 
     def grab(name):
         pointers[name] = fast_ops.scratch_channels_last(torch.empty(0), 4, 3, 5).data_ptr()
+        if name != "main":
+            both_allocated.wait(timeout=60)
 
+    grab("main")  # first, so that its buffer lives throughout too
     threads = [threading.Thread(target=grab, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    grab("main")
     assert len(set(pointers.values())) == 3
 
 
