@@ -131,12 +131,7 @@ class LIMBrain(DistributedBrain):
         positives separately, with independent random draws.
         """
         batch = batch.to(self.device)
-        anchors, positives = batch.anchor.data, batch.positive.data
-        augmentation = getattr(self.hparams, "pair_augmentation", None)
-        if stage == sb.Stage.TRAIN and getattr(self.hparams, "augment_pairs", False):
-            full = torch.ones(anchors.shape[0], device=anchors.device)
-            anchors = augmentation(anchors, full)[0]
-            positives = augmentation(positives, full)[0]
+        anchors, positives = self.two_views(batch, stage)
         z = self.modules.encoder(torch.cat([anchors, positives]))
         z_anchor, z_positive = z.split(anchors.shape[0])
         return pair_logits(
@@ -146,6 +141,16 @@ class LIMBrain(DistributedBrain):
             batch.sentence,
             getattr(self.hparams, "num_negatives", None),
         )
+
+    def two_views(self, batch, stage):
+        """The batch's anchor and positive chunks, each augmented independently in training with ``augment_pairs``."""
+        anchors, positives = batch.anchor.data, batch.positive.data
+        if stage == sb.Stage.TRAIN and getattr(self.hparams, "augment_pairs", False):
+            augmentation = self.hparams.pair_augmentation
+            full = torch.ones(anchors.shape[0], device=anchors.device)
+            anchors = augmentation(anchors, full)[0]
+            positives = augmentation(positives, full)[0]
+        return anchors, positives
 
     def compute_objectives(self, predictions, batch, stage):
         """The MI objective; in evaluation, also the pair ranking accuracy.
@@ -187,6 +192,35 @@ class LIMBrain(DistributedBrain):
             )
             if self.checkpointer is not None:
                 self.checkpointer.save_and_keep_only(meta=stats, min_keys=[layout.best_checkpoint_key(layout.PRETRAIN)])
+
+
+class DistillationBrain(LIMBrain):
+    """Self-distillation (DINO, :mod:`sincmi.distillation`) on LIM's pairs: the same data, stages and checkpoints.
+
+    Modules: ``encoder``, ``discriminator`` (the projection head, :class:`sincmi.distillation.DINOHead`)
+    and ``objective`` (:class:`sincmi.distillation.SelfDistillation`, which holds the teacher). The
+    student encodes both chunks of every sentence; each chunk's prototype distribution learns the
+    teacher's for the other chunk; after every optimiser step the teacher moves towards the student.
+    """
+
+    def compute_forward(self, batch, stage):
+        """The student's and the teacher's prototype logits of ``[anchors; positives]``."""
+        batch = batch.to(self.device)
+        chunks = torch.cat(self.two_views(batch, stage))
+        student = self.modules.discriminator(self.modules.encoder(chunks))
+        return student, self.modules.objective.teacher_logits(chunks)
+
+    def compute_objectives(self, predictions, batch, stage):
+        """The distillation loss, in float32 under mixed precision (as LIM's objectives)."""
+        student, teacher = predictions
+        with torch.autocast(device_type=torch.device(self.device).type, enabled=False):
+            return self.modules.objective(student.float(), teacher.float())
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """After each optimiser step, the teacher's moving-average update."""
+        super().on_fit_batch_end(batch, outputs, loss, should_step)
+        if should_step:
+            self.modules.objective.update_teacher(self.modules.encoder, self.modules.discriminator)
 
 
 class SpeakerIdBrain(DistributedBrain):

@@ -26,11 +26,12 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from sincmi import data, distributed, layout, progress, shards
 from sincmi.prepare import unlabelled
 from sincmi.prepare.manifest import OPTS_FILE, trained_stages
-from sincmi.brains import LIMBrain, SpeakerIdBrain
+from sincmi.brains import DistillationBrain, LIMBrain, SpeakerIdBrain
 from sincmi.checkpoints import make_checkpointer
 from sincmi.manifest_table import ManifestTable, as_table
 from sincmi.command_line import check_device
 from sincmi.config import PRETRAIN_DATA, check_hparams
+from sincmi.distillation import SelfDistillation
 from sincmi.plots import embedding_map, training_curves
 from sincmi.reporting import write_results
 from sincmi.verification import embed_dataset, result_rows, verify
@@ -479,10 +480,13 @@ def pretrain(hparams, run_opts, train_set, valid_set):
             f"pretrain_modules must hold the encoder (!ref <encoder>), the discriminator and the objective; "
             f"{'it lacks ' + str(sorted(missing)) if missing else 'its encoder is not <encoder>'}"
         )
+    distill = isinstance(modules["objective"], SelfDistillation)
+    if distill:  # the teacher starts as the student, before a checkpoint may resume it
+        modules["objective"].init_teacher(encoder, modules["discriminator"])
     checkpointer = make_checkpointer(
         layout.stage_folder(hparams["save_folder"], layout.PRETRAIN), {**modules, "counter": counter}
     )
-    brain = LIMBrain(
+    brain = (DistillationBrain if distill else LIMBrain)(
         modules=modules,
         opt_class=hparams["pretrain_optimizer"],
         hparams=hparams,
@@ -512,7 +516,8 @@ def pretrain(hparams, run_opts, train_set, valid_set):
         # Workers that persist across epochs (not forked again each epoch)
         train_kwargs = {**loader_kwargs, "sampler": sampler, "drop_last": True,
                         "persistent_workers": hparams["num_workers"] > 0}
-    logger.info(f"Stage pretrain: LIM ({modules['objective'].name}) for {counter.limit} epoch(s)")
+    method = "self-distillation" if distill else "LIM"
+    logger.info(f"Stage pretrain: {method} ({modules['objective'].name}) for {counter.limit} epoch(s)")
     brain.fit(
         counter,
         train_set,

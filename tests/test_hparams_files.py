@@ -23,6 +23,7 @@ RECIPES = ["TIMIT", "LibriSpeech", "Demo", "VoxCeleb"]
 SYSTEM_KEYS = {
     "system_name", "output_folder",
     "objective_name", "objective", "num_negatives", "mine_ema_decay", "critic",  # the LIM objective and critic
+    "discriminator",  # the critic, or self-distillation's head in its place (dino.yaml)
 }
 # Settings that only the named yaml may set otherwise (its row is about them);
 # every other yaml of its recipe must agree on them.
