@@ -22,10 +22,10 @@ from conftest import ROOT, TINY_MODEL, write_tone_corpus
 from sincmi.checkpoints import PARTIAL, AtomicCheckpointer, RandomState
 
 
-def demo_command(corpus, out):
+def demo_command(corpus, out, yaml="lim_nce.yaml"):
     return [
         sys.executable, os.path.join(ROOT, "recipes", "Demo", "train.py"),
-        os.path.join(ROOT, "recipes", "Demo", "hparams", "lim_nce.yaml"),
+        os.path.join(ROOT, "recipes", "Demo", "hparams", yaml),
         f"--output_folder={out}", f"--data_folder={corpus}",
         *[a for a in TINY_MODEL if not a.startswith(("--finetune_", "--num_workers"))], "--num_workers=0",
         "--num_verification_speakers=2", "--valid_per_speaker=1", "--test_per_speaker=1",
@@ -92,6 +92,21 @@ def test_kill_9_in_pretraining_and_in_speaker_id_then_resume_gives_the_same_resu
         epochs = [line.split(" - ")[0] for line in f]
     with open(reference / "train_log.txt") as f:
         assert epochs == [line.split(" - ")[0] for line in f]  # every epoch logged once
+
+
+def test_self_distillation_killed_in_pretraining_resumes_its_teacher_and_centre(tmp_path):
+    corpus = write_tone_corpus(str(tmp_path / "corpus"), speakers=6, utterances=4, seconds=0.6)
+    reference, out = tmp_path / "uninterrupted", tmp_path / "killed"
+    proc = subprocess.run(demo_command(corpus, reference, "dino.yaml"), cwd=str(tmp_path), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cmd = demo_command(corpus, out, "dino.yaml")
+    assert run_until_checkpoint_then_kill(cmd, str(out / "save" / "pretrain"), str(tmp_path))
+    assert logged_epochs(out, "pretrain") < 2
+    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(reference / "results.json") as f, open(out / "results.json") as g:
+        assert json.load(g)["systems"] == json.load(f)["systems"]
 
 
 def test_a_checkpoint_killed_while_saving_is_never_loaded(tmp_path):
