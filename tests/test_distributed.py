@@ -17,14 +17,29 @@ import torch
 from conftest import ROOT, TINY_MODEL, TINY_PRETRAIN, failure_report, write_tone_corpus
 
 
-def demo_args(corpus, out):
+def demo_args(corpus, out, yaml="lim_nce.yaml"):
     return [
         os.path.join(ROOT, "recipes", "Demo", "train.py"),
-        os.path.join(ROOT, "recipes", "Demo", "hparams", "lim_nce.yaml"),
+        os.path.join(ROOT, "recipes", "Demo", "hparams", yaml),
         f"--output_folder={out}", f"--data_folder={corpus}", *TINY_MODEL, *TINY_PRETRAIN,
         "--num_verification_speakers=2", "--valid_per_speaker=1", "--test_per_speaker=1",
         "--score_baselines=False",
     ]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_two_processes_self_distil_under_torchrun(tmp_path):
+    corpus = write_tone_corpus(str(tmp_path / "corpus"), speakers=6, utterances=4, seconds=0.6)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *demo_args(corpus, out, "dino.yaml"), "--distributed_backend=gloo"]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, failure_report(proc)
+    with open(out / "results.json") as f:
+        assert "DINO" in json.load(f)["systems"]
+    folder = out / "save" / "pretrain"
+    state = torch.load(folder / [n for n in os.listdir(folder) if n.startswith("CKPT+")][0] / "objective.ckpt")
+    assert state["center"].abs().sum() > 0 and any(key.startswith("teacher.head.") for key in state)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
