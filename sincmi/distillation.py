@@ -30,7 +30,7 @@ class DINOHead(nn.Module):
     (torch.Size([3, 10]), True)
     """
 
-    def __init__(self, input_size, hidden_size=512, bottleneck_size=128, prototypes=1024):
+    def __init__(self, input_size, hidden_size=512, bottleneck_size=128, prototypes=256):
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(input_size, hidden_size), nn.GELU(),
@@ -80,9 +80,12 @@ class SelfDistillation(nn.Module):
     center_momentum : float
         The centre is a moving average of the teacher's mean logits (training batches).
     teacher_momentum : float
-        After every optimiser step, ``teacher = m * teacher + (1 - m) * student``. DINO's 0.996
-        suits hundreds of thousands of steps; a short run needs a lower one (the Demo's 0.99
-        leaves 0.7 % of the initial weights after its 500 steps).
+        After every optimiser step, ``teacher = m * teacher + (1 - m) * student``.
+
+    The defaults are the Demo's: DINO's own (65,536 prototypes, teacher temperature 0.04 to 0.07,
+    momentum 0.996) suit hundreds of thousands of steps; in the Demo's 500 steps, 1,024 prototypes
+    at 0.04 collapsed to uniform outputs (``recipes/Demo/README.md``), and momentum 0.99 leaves
+    0.7 % of the initial weights in the teacher at the end.
 
     Example
     -------
@@ -94,7 +97,7 @@ class SelfDistillation(nn.Module):
     name = "dino"
     rows_without_negatives = 0
 
-    def __init__(self, prototypes=1024, student_temperature=0.1, teacher_temperature=0.04, center_momentum=0.9,
+    def __init__(self, prototypes=256, student_temperature=0.1, teacher_temperature=0.01, center_momentum=0.9,
                  teacher_momentum=0.99):
         super().__init__()
         self.student_temperature = student_temperature
