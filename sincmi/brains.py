@@ -120,8 +120,11 @@ class LIMBrain(DistributedBrain):
     Each step encodes exactly the 2B chunks of the batch (anchor and positive
     of B sentences); negatives pair an anchor with the positive chunks of other
     sentences (by the ``sentence`` key: segments of one recording are one
-    sentence), reusing those encodings.
+    sentence), reusing those encodings. The checkpoint kept is the epoch with the
+    lowest validation loss (``keep_last_checkpoint = False``).
     """
+
+    keep_last_checkpoint = False
 
     def compute_forward(self, batch, stage):
         """Encodes both chunks of every sentence and scores all pairs.
@@ -190,7 +193,11 @@ class LIMBrain(DistributedBrain):
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
-            if self.checkpointer is not None:
+            if self.checkpointer is None:
+                return
+            if self.keep_last_checkpoint:
+                self.checkpointer.save_and_keep_only(meta=stats, num_to_keep=1)
+            else:
                 self.checkpointer.save_and_keep_only(meta=stats, min_keys=[layout.best_checkpoint_key(layout.PRETRAIN)])
 
 
@@ -201,7 +208,11 @@ class DistillationBrain(LIMBrain):
     and ``objective`` (:class:`sincmi.distillation.SelfDistillation`, which holds the teacher). The
     student encodes both chunks of every sentence; each chunk's prototype distribution learns the
     teacher's for the other chunk; after every optimiser step the teacher moves towards the student.
+    The last epoch's checkpoint is kept, as DINO trains: its loss measures agreement with a teacher and a
+    centre that move, not a quality comparable between epochs.
     """
+
+    keep_last_checkpoint = True
 
     def compute_forward(self, batch, stage):
         """The student's and the teacher's prototype logits of ``[anchors; positives]``."""

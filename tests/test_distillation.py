@@ -64,12 +64,16 @@ def test_the_teacher_is_a_frozen_moving_average_of_the_student():
 def test_the_demo_pretrains_by_self_distillation_and_scores_it(tmp_path):
     folder = write_tone_corpus(str(tmp_path / "mine"), speakers=8, utterances=4, seconds=0.6)
     args = ["--data_folder=" + folder, "--num_verification_speakers=3", "--valid_per_speaker=1",
-            "--test_per_speaker=1", "--score_baselines=False", "--dino_prototypes=16"]
-    results, proc = run_recipe("Demo", "dino.yaml", tmp_path / "out", *args)
+            "--test_per_speaker=1", "--score_baselines=False", "--dino_prototypes=16",
+            "--pretrain_epochs=3", "--pairs_per_epoch=16", "--pretrain_batch_size=8"]
+    results, proc = run_recipe("Demo", "dino.yaml", tmp_path / "out", *args, pretrain=False)
     row = results["systems"]["DINO"]
     assert 0.0 <= row["EER"] <= 1.0
     assert "self-distillation (dino)" in proc.stdout + proc.stderr
     checkpoints = [c for c in os.listdir(tmp_path / "out" / "save" / "pretrain") if c.startswith("CKPT+")]
+    assert len(checkpoints) == 1  # the last epoch's, whatever its validation loss
+    with open(tmp_path / "out" / "save" / "pretrain" / checkpoints[0] / "counter.ckpt") as f:
+        assert f.read().strip() == "3"
     state = torch.load(tmp_path / "out" / "save" / "pretrain" / checkpoints[0] / "objective.ckpt")
     assert any(key.startswith("teacher.encoder.") for key in state) and state["center"].shape == (16,)
     assert state["center"].abs().sum() > 0  # it moved in training
