@@ -464,9 +464,12 @@ def pretrain(hparams, run_opts, train_set, valid_set):
     ``pretrain_epoch_counter``, ``pretrain_modules`` (encoder, discriminator,
     objective), ``pairs_per_epoch`` (sentences drawn per epoch, with
     repetition across passes; default one pass), ``pretrain_batch_size``,
-    ``pretrain_optimizer``, ``num_workers``.
+    ``pretrain_optimizer``, ``num_workers``. An objective that is a
+    :class:`sincmi.distillation.SelfDistillation` makes it self-distillation
+    (DINO) on the same pairs, its head in the discriminator's place.
 
-    Returns the encoder with the weights of the best validation checkpoint.
+    Returns the encoder with the weights of the checkpoint kept (LIM: the best
+    validation loss; self-distillation: the last epoch).
     """
     encoder = hparams["encoder"]
     if hparams["pretrain_epochs"] <= 0:
