@@ -27,13 +27,18 @@ def demo_args(corpus, out, yaml="lim_nce.yaml"):
     ]
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
-def test_two_processes_self_distil_under_torchrun(tmp_path):
+def two_process_demo(tmp_path, yaml="lim_nce.yaml"):
+    """The tiny Demo run by torchrun in two processes (gloo): ``(process, corpus, output folder)``."""
     corpus = write_tone_corpus(str(tmp_path / "corpus"), speakers=6, utterances=4, seconds=0.6)
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           *demo_args(corpus, out, "dino.yaml"), "--distributed_backend=gloo"]
-    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+           *demo_args(corpus, out, yaml), "--distributed_backend=gloo"]
+    return subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600), corpus, out
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_two_processes_self_distil_under_torchrun(tmp_path):
+    proc, _, out = two_process_demo(tmp_path, "dino.yaml")
     assert proc.returncode == 0, failure_report(proc)
     with open(out / "results.json") as f:
         assert "DINO" in json.load(f)["systems"]
@@ -44,11 +49,7 @@ def test_two_processes_self_distil_under_torchrun(tmp_path):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
 def test_two_process_ddp_training_equals_single_process_evaluation(tmp_path):
-    corpus = write_tone_corpus(str(tmp_path / "corpus"), speakers=6, utterances=4, seconds=0.6)
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           *demo_args(corpus, out), "--distributed_backend=gloo"]
-    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    proc, corpus, out = two_process_demo(tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, failure_report(proc)
 
